@@ -1,0 +1,3 @@
+from dragonfork.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,220 @@
+"""``dragonfork serve | config | check``.
+
+Exit codes: 0 success, 1 a check failed or the server could not start, 2 unusable configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import trio
+
+from dragonfork import __version__
+from dragonfork.config import (
+    ConfigError,
+    LoadedSettings,
+    host_port,
+    leaf_paths,
+    load_settings,
+    redacted,
+    settings_value,
+)
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def _load(args: argparse.Namespace) -> LoadedSettings:
+    try:
+        return load_settings(args.config)
+    except ConfigError as exc:
+        print(f"dragonfork: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    started_at = time.perf_counter()
+    loaded = _load(args)
+    from dragonfork.logs import configure_logging
+
+    configure_logging(loaded.settings.log.level)
+    from dragonfork.server import serve
+
+    if loaded.ignored_file_keys:
+        print(
+            "dragonfork: ignoring config keys dragonfork has no feature for: "
+            + ", ".join(loaded.ignored_file_keys),
+            file=sys.stderr,
+        )
+    try:
+        trio.run(serve, loaded, started_at)
+    except BaseException as exc:
+        failure = _startup_failure(exc, loaded)
+        if failure is None:
+            raise
+        message, code = failure
+        print(f"dragonfork: {message}", file=sys.stderr)
+        return code
+    return 0
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside (nested) exception groups: what a trio nursery raised."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def _startup_failure(exc: BaseException, loaded: LoadedSettings) -> tuple[str, int] | None:
+    """A message and exit code for failures a user can fix; None for anything else (a bug: traceback)."""
+    from dragonfork.process.store import DatabaseError
+    from dragonfork.server import UnsafeBind
+
+    for leaf in _leaves(exc):
+        if isinstance(leaf, UnsafeBind):
+            return str(leaf), EXIT_CONFIG
+        if isinstance(leaf, DatabaseError):
+            return str(leaf), EXIT_FAILED
+        if isinstance(leaf, OSError) and leaf.errno == errno.EADDRINUSE:
+            return f"address {loaded.settings.address} is already in use", EXIT_FAILED
+    return None
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    print(f"# config file: {loaded.config_file or '(none: built-in defaults and environment)'}")
+    rows = []
+    for path in leaf_paths(type(loaded.settings)):
+        key = ".".join(path)
+        value = redacted(key, settings_value(loaded.settings, key))
+        rows.append((key, repr(value), loaded.sources[key]))
+    width = max(len(key) for key, _, _ in rows)
+    for key, value, source in rows:
+        print(f"{key:<{width}}  {value}  [{source}]")
+    print(f"# data directory: {loaded.settings.data_dir}")
+    for key in loaded.ignored_file_keys:
+        print(f"# ignored (no such feature here): {key}")
+    return 0
+
+
+class Verdicts:
+    """Collects check results and prints each as it happens."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+
+    def report(self, ok: bool, what: str, detail: str) -> None:
+        print(f"[{'ok' if ok else 'FAIL'}] {what}: {detail}")
+        self.failed += not ok
+
+    def run(self, what: str, check: Callable[[], str]) -> None:
+        try:
+            self.report(True, what, check())
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a verdict line
+            self.report(False, what, str(exc) or type(exc).__name__)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    settings = loaded.settings
+    verdicts = Verdicts()
+
+    def ffmpeg() -> str:
+        from dragonfork.process.skills import has_encoder, read_skills
+
+        skills = trio.run(read_skills, settings.ffmpeg_binary)
+        missing = [name for name in ("libx264", "libopus") if not has_encoder(skills, name)]
+        if missing:
+            raise RuntimeError(
+                f"{settings.ffmpeg_binary} (version {skills.version}) lacks {', '.join(missing)}"
+            )
+        return f"{settings.ffmpeg_binary} version {skills.version} with libx264 and libopus"
+
+    def http_port() -> str:
+        host, port = host_port(settings.address)
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise RuntimeError(f"cannot bind {settings.address}: {exc.strerror}") from None
+        return f"{settings.address} is free"
+
+    def rtp_ports() -> str:
+        first, last = settings.webrtc.port_first, settings.webrtc.port_last
+        free = 0
+        for port in range(first - first % 2, last, 2):
+            with (
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a,
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b,
+            ):
+                try:
+                    a.bind(("127.0.0.1", port))
+                    b.bind(("127.0.0.1", port + 1))
+                    free += 1
+                except OSError:
+                    continue
+        if not free:
+            raise RuntimeError(f"no free UDP port pair in {first}-{last}")
+        return f"{free} free UDP port pairs in {first}-{last} (one per WebRTC process)"
+
+    def data_dir() -> str:
+        directory = settings.data_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory):
+            pass
+        db = Path(directory) / "db.json"
+        return f"{directory} is writable" + (" (db.json present)" if db.exists() else " (no database yet)")
+
+    def security() -> str:
+        from dragonfork.server import check_bind_is_safe
+
+        check_bind_is_safe(loaded)
+        return "auth enabled" if settings.api.auth.enable else f"auth disabled, bound to {settings.address}"
+
+    verdicts.run("ffmpeg", ffmpeg)
+    verdicts.run("http address", http_port)
+    verdicts.run("webrtc ports", rtp_ports)
+    verdicts.run("data directory", data_dir)
+    verdicts.run("security", security)
+    if verdicts.failed:
+        print(f"verdict: NOT READY ({verdicts.failed} check(s) failed)")
+        return EXIT_FAILED
+    print("verdict: ready to serve")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dragonfork", description="Live-video server: FFmpeg processes over WHEP"
+    )
+    parser.add_argument("--version", action="version", version=f"dragonfork {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, handler, help_text in (
+        ("serve", cmd_serve, "run the server (HTTP API, processes, WHEP)"),
+        ("config", cmd_config, "print the effective configuration and where each value came from"),
+        ("check", cmd_check, "verify FFmpeg, ports and the data directory"),
+    ):
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument(
+            "--config", "-c", help=f"config file (JSON or TOML); default ${'CORE_CONFIGFILE'}"
+        )
+        command.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    result: int = args.handler(args)
+    return result

@@ -1,0 +1,77 @@
+"""The core services of one server, composed once by ``server.py`` and handed to the HTTP layer.
+
+The HTTP layer calls into these; nothing here imports ``dragonfork.http``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from dragonfork.config import LoadedSettings, Settings
+from dragonfork.process.access import AccessPolicy
+from dragonfork.process.registry import Registry
+from dragonfork.process.runner import RuntimeSettings
+from dragonfork.process.store import Store
+from dragonfork.stream.hub import StreamSettings
+from dragonfork.webrtc.sessions import ViewerSessions
+from dragonfork.webrtc.viewer import ViewerSettings
+
+
+@dataclass
+class Core:
+    loaded: LoadedSettings
+    registry: Registry
+    sessions: ViewerSessions
+    viewer_settings: ViewerSettings
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def settings(self) -> Settings:
+        return self.loaded.settings
+
+
+def build_core(loaded: LoadedSettings) -> Core:
+    settings = loaded.settings
+    webrtc = settings.webrtc
+    runtime = RuntimeSettings(
+        ffmpeg_binary=settings.ffmpeg_binary,
+        stop_timeout=settings.ffmpeg.stop_timeout_seconds,
+        probe_timeout=settings.ffmpeg.probe_timeout_seconds,
+        log_max_lines=settings.ffmpeg.log.max_lines,
+        log_max_history=settings.ffmpeg.log.max_history,
+        max_processes=settings.ffmpeg.max_processes,
+        webrtc_enabled=webrtc.enable,
+        stream=StreamSettings(
+            port_first=webrtc.port_first,
+            port_last=webrtc.port_last,
+            subscriber_buffer_frames=webrtc.subscriber_buffer_frames,
+            keyframe_cache_enabled=webrtc.keyframe_cache_enable,
+            keyframe_cache_max_packets=webrtc.keyframe_cache_max_packets,
+            keyframe_cache_max_bytes=webrtc.keyframe_cache_max_bytes,
+        ),
+    )
+    access = AccessPolicy(
+        input=settings.ffmpeg.access.input,
+        output=settings.ffmpeg.access.output,
+        data_dir=settings.data_dir,
+        disk_dir=settings.disk_dir,
+    )
+    registry = Registry(
+        Store(settings.data_dir),
+        runtime,
+        access,
+        diskfs=str(settings.disk_dir),
+        seed_demo=settings.demo,
+    )
+    ice_servers = [
+        {"urls": url, "username": webrtc.ice_username, "credential": webrtc.ice_credential}
+        for url in webrtc.ice_servers
+    ]
+    viewer_settings = ViewerSettings(
+        handshake_timeout=webrtc.handshake_timeout_seconds,
+        disconnect_grace=webrtc.disconnect_grace_seconds,
+        ice_servers=ice_servers,
+        public_ips=list(webrtc.public_ips),
+    )
+    return Core(loaded=loaded, registry=registry, sessions=ViewerSessions(), viewer_settings=viewer_settings)

@@ -1,0 +1,69 @@
+"""The QuartTrio application: routes per area, JSON errors, auth and request metrics."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from quart import Response, g, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from dragonfork import metrics
+from dragonfork.core import Core
+from dragonfork.http.auth import TokenIssuer, login_blueprint
+from dragonfork.http.errors import ApiError, error_response
+from dragonfork.http.routes.about import about_blueprint
+from dragonfork.http.routes.docs import docs_blueprint
+from dragonfork.http.routes.process import process_blueprint
+from dragonfork.http.routes.whep import whep_blueprint
+
+log = structlog.get_logger("dragonfork.http")
+
+
+def create_app(core: Core) -> QuartTrio:
+    app = QuartTrio(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = core.settings.api.max_body_bytes
+    app.config["JSON_SORT_KEYS"] = False
+    issuer = TokenIssuer(core.settings.api.auth)
+
+    @app.before_request
+    async def _before() -> None:
+        g.started = time.perf_counter()
+        if request.path.startswith("/api/v3"):
+            issuer.require()
+
+    @app.after_request
+    async def _after(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        metrics.HTTP_DURATION.labels(route).observe(
+            time.perf_counter() - g.get("started", time.perf_counter())
+        )
+        return response
+
+    @app.errorhandler(ApiError)
+    async def _api_error(exc: ApiError) -> Response:
+        return error_response(exc.code, exc.message, exc.details, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        code = exc.code or 500
+        message = {
+            404: f"no route {request.method} {request.path}",
+            405: f"method {request.method} not allowed on {request.path}",
+            413: f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes",
+        }.get(code, exc.description or exc.name)
+        return error_response(code, message)
+
+    @app.errorhandler(Exception)
+    async def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error", method=request.method, path=request.path)
+        return error_response(500, "internal error; the server log has the details")
+
+    app.register_blueprint(login_blueprint(issuer))
+    app.register_blueprint(about_blueprint(core))
+    app.register_blueprint(process_blueprint(core))
+    app.register_blueprint(whep_blueprint(core))
+    app.register_blueprint(docs_blueprint())
+    return app

@@ -1,0 +1,166 @@
+"""Every Prometheus metric dragonfork exposes, in one place.
+
+The core (process, stream, webrtc) updates these; the HTTP layer only renders them at ``/metrics``.
+Label values that name a process are removed with ``forget_process`` when the process is deleted, so a
+long-running server does not accumulate series for processes that no longer exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# --- processes -------------------------------------------------------------------------------------------
+
+PROCESS_STATE = Gauge(
+    "dragonfork_process_state",
+    "1 for the state a process is in now, 0 for the others",
+    ["process", "state"],
+    registry=REGISTRY,
+)
+PROCESS_RESTARTS = Counter(
+    "dragonfork_process_restarts_total",
+    "FFmpeg restarts by the supervisor, by reason (reconnect, stale, limit)",
+    ["process", "reason"],
+    registry=REGISTRY,
+)
+PROCESS_FPS = Gauge(
+    "dragonfork_process_fps", "Frames per second FFmpeg reports", ["process"], registry=REGISTRY
+)
+PROCESS_BITRATE = Gauge(
+    "dragonfork_process_bitrate_kbits",
+    "Output bitrate FFmpeg reports (kbit/s)",
+    ["process"],
+    registry=REGISTRY,
+)
+PROCESS_SPEED = Gauge(
+    "dragonfork_process_speed",
+    "Encoding speed FFmpeg reports (1.0 = realtime)",
+    ["process"],
+    registry=REGISTRY,
+)
+PROCESS_CPU = Gauge(
+    "dragonfork_process_cpu_percent",
+    "CPU of the FFmpeg child (100 = one core)",
+    ["process"],
+    registry=REGISTRY,
+)
+PROCESS_MEMORY = Gauge(
+    "dragonfork_process_memory_bytes", "Resident memory of the FFmpeg child", ["process"], registry=REGISTRY
+)
+PROCESSES_RUNNING = Gauge("dragonfork_processes_running", "FFmpeg children running now", registry=REGISTRY)
+
+# --- HTTP ------------------------------------------------------------------------------------------------
+
+HTTP_REQUESTS = Counter(
+    "dragonfork_http_requests_total",
+    "HTTP requests by route, method and status",
+    ["route", "method", "status"],
+    registry=REGISTRY,
+)
+HTTP_DURATION = Histogram(
+    "dragonfork_http_request_duration_seconds",
+    "HTTP request latency by route",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+
+# --- WebRTC egress (WHEP) --------------------------------------------------------------------------------
+
+WHEP_REQUESTS = Counter(
+    "dragonfork_webrtc_whep_requests_total",
+    "WHEP requests by method and response status",
+    ["method", "status"],
+    registry=REGISTRY,
+)
+WHEP_REQUEST_DURATION = Histogram(
+    "dragonfork_webrtc_whep_request_duration_seconds",
+    "WHEP request latency by method (POST includes creating the SDP answer)",
+    ["method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+VIEWERS_ACTIVE = Gauge(
+    "dragonfork_webrtc_viewers_active", "Viewers attached to a process now", ["process"], registry=REGISTRY
+)
+VIEWER_SETUP_SECONDS = Histogram(
+    "dragonfork_webrtc_viewer_setup_seconds",
+    "Time from the WHEP offer to ICE+DTLS connected",
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10),
+    registry=REGISTRY,
+)
+TIME_TO_FIRST_FRAME_SECONDS = Histogram(
+    "dragonfork_webrtc_time_to_first_frame_seconds",
+    "Time from the WHEP offer to the first video frame handed to the viewer's sender",
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10),
+    registry=REGISTRY,
+)
+VIEWERS_CLOSED = Counter(
+    "dragonfork_webrtc_viewers_closed_total",
+    "Viewers closed, by reason (delete, handshake_timeout, ice_failed, process_stopped, ...)",
+    ["reason"],
+    registry=REGISTRY,
+)
+RTP_PACKETS_FORWARDED = Counter(
+    "dragonfork_webrtc_rtp_packets_forwarded_total",
+    "RTP packets (as received from FFmpeg) forwarded to viewers, summed over viewers",
+    ["kind"],
+    registry=REGISTRY,
+)
+RTP_BYTES_FORWARDED = Counter(
+    "dragonfork_webrtc_rtp_bytes_forwarded_total",
+    "RTP payload bytes forwarded to viewers, summed over viewers",
+    ["kind"],
+    registry=REGISTRY,
+)
+PACKETS_DROPPED = Counter(
+    "dragonfork_webrtc_packets_dropped_total",
+    "RTP packets dropped, by reason (malformed, slow_viewer, awaiting_keyframe, ...)",
+    ["kind", "reason"],
+    registry=REGISTRY,
+)
+KEYFRAME_BURSTS = Counter(
+    "dragonfork_webrtc_keyframe_cache_bursts_total",
+    "New viewers started from the keyframe cache instead of waiting for the next IDR",
+    registry=REGISTRY,
+)
+SOURCES_ACTIVE = Gauge(
+    "dragonfork_webrtc_sources_active", "RTP source tasks running", ["kind"], registry=REGISTRY
+)
+SOURCE_IDLE_SECONDS = Gauge(
+    "dragonfork_webrtc_source_idle_seconds",
+    "Seconds since a source last received an RTP packet",
+    ["process", "kind"],
+    registry=REGISTRY,
+)
+SOURCE_RECEIVED_PACKETS = Counter(
+    "dragonfork_webrtc_source_packets_total",
+    "RTP packets received from FFmpeg by the sources",
+    ["kind"],
+    registry=REGISTRY,
+)
+
+_PER_PROCESS = (
+    PROCESS_FPS,
+    PROCESS_BITRATE,
+    PROCESS_SPEED,
+    PROCESS_CPU,
+    PROCESS_MEMORY,
+    VIEWERS_ACTIVE,
+)
+
+
+def forget_process(process_id: str) -> None:
+    """Drop every series labelled with this process (called when the process is deleted)."""
+    for gauge in _PER_PROCESS:
+        with contextlib.suppress(KeyError):
+            gauge.remove(process_id)
+    labelled: tuple[Gauge | Counter, ...] = (PROCESS_STATE, PROCESS_RESTARTS, SOURCE_IDLE_SECONDS)
+    for metric in labelled:
+        for labels in list(metric._metrics):  # prometheus_client has no public label listing
+            if labels[0] == process_id:
+                metric.remove(*labels)

@@ -1,0 +1,273 @@
+"""The registry owns every process, runs their supervisors in its nursery and persists ``db.json``.
+
+Mutations (create, replace, delete, orders, metadata) take one lock and write the database before they
+return, so concurrent API clients can never lose or duplicate an entry. Stopping FFmpeg happens outside the
+lock: a slow child never blocks the rest of the API.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import time
+from typing import Any
+
+import structlog
+import trio
+from pydantic import ValidationError
+
+from dragonfork.process.access import AccessPolicy
+from dragonfork.process.placeholders import expand_config
+from dragonfork.process.runner import ManagedProcess, ProcessSlots, RuntimeSettings, StartRefused
+from dragonfork.process.schema import Command, ProcessConfig
+from dragonfork.process.store import Store
+
+log = structlog.get_logger("dragonfork.registry")
+
+DEMO_PROCESS = {
+    "id": "demo",
+    "reference": "dragonfork demo: test pattern and tone",
+    "input": [
+        {"id": "video", "address": "testsrc2=size=640x360:rate=25", "options": ["-re", "-f", "lavfi"]},
+        {"id": "audio", "address": "sine=frequency=440:sample_rate=48000", "options": ["-re", "-f", "lavfi"]},
+    ],
+    "output": [],
+    "reconnect": True,
+    "reconnect_delay_seconds": 5,
+    "autostart": True,
+    "stale_timeout_seconds": 30,
+    "webrtc": {"enabled": True, "video_map": "0:v:0", "audio_map": "1:a:0"},
+}
+
+
+class ProcessNotFound(LookupError):
+    def __init__(self, process_id: str) -> None:
+        super().__init__(f"process {process_id!r} not found")
+
+
+class ProcessExists(Exception):
+    def __init__(self, process_id: str) -> None:
+        super().__init__(f"a process with id {process_id!r} already exists")
+
+
+class Registry:
+    def __init__(
+        self,
+        store: Store,
+        runtime: RuntimeSettings,
+        access: AccessPolicy,
+        *,
+        diskfs: str,
+        seed_demo: bool,
+    ) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.access = access
+        self.diskfs = diskfs
+        self.seed_demo = seed_demo
+        self.slots = ProcessSlots(runtime.max_processes)
+        self.processes: dict[str, ManagedProcess] = {}
+        self.metadata: dict[str, Any] = {}
+        self._lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+
+    # -- lifetime ---------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Registry] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the supervisors' nursery; restore the database (or seed the demo) before reporting started."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._restore()
+            task_status.started(self)
+            await trio.sleep_forever()
+
+    async def shutdown(self) -> None:
+        """Stop every FFmpeg child in parallel (orders are kept, so a restart resumes them) and persist."""
+        async with trio.open_nursery() as nursery:
+            for process in list(self.processes.values()):
+                nursery.start_soon(process.halt)
+        async with self._lock:
+            await self._persist()
+        log.info("registry stopped", processes=len(self.processes))
+
+    async def _restore(self) -> None:
+        first_run = not self.store.exists()
+        data = await trio.to_thread.run_sync(self.store.load)
+        self.metadata = data.get("metadata", {})
+        entries = data["processes"]
+        if first_run and self.seed_demo:
+            entries = [{"config": DEMO_PROCESS, "order": "start"}]
+        for entry in entries:
+            try:
+                config = self.validate(entry["config"])
+            except (ValidationError, ValueError, KeyError) as exc:
+                log.error("stored process is invalid, kept out of the registry", entry=entry, error=str(exc))
+                continue
+            process = self._new_process(
+                config, metadata=entry.get("metadata"), created_at=entry.get("created_at")
+            )
+            self.processes[config.id] = process
+            if entry.get("order") == "start":
+                await process.start(self._supervisor_nursery)
+        await self._persist()
+        log.info("registry restored", processes=len(self.processes), first_run=first_run)
+
+    @property
+    def _supervisor_nursery(self) -> trio.Nursery:
+        assert self._nursery is not None, "Registry.run has not started"
+        return self._nursery
+
+    # -- validation -------------------------------------------------------------------------------
+
+    def validate(self, raw: dict[str, Any]) -> ProcessConfig:
+        """Parse, expand placeholders and check addresses; raises ValidationError or AddressDenied."""
+        config = ProcessConfig.model_validate(raw)
+        self.access.check(self.resolve(config))
+        return config
+
+    def resolve(self, config: ProcessConfig) -> ProcessConfig:
+        return expand_config(config, self.diskfs)
+
+    def _new_process(
+        self,
+        config: ProcessConfig,
+        *,
+        metadata: dict[str, Any] | None = None,
+        created_at: float | None = None,
+    ) -> ManagedProcess:
+        return ManagedProcess(
+            config, self.resolve(config), self.runtime, self.slots, metadata=metadata, created_at=created_at
+        )
+
+    # -- queries ----------------------------------------------------------------------------------
+
+    def get(self, process_id: str) -> ManagedProcess:
+        try:
+            return self.processes[process_id]
+        except KeyError:
+            raise ProcessNotFound(process_id) from None
+
+    def find(
+        self,
+        *,
+        ids: list[str] | None = None,
+        reference: str | None = None,
+        idpattern: str | None = None,
+        refpattern: str | None = None,
+    ) -> list[ManagedProcess]:
+        """datarhei's filters: exact ids/reference, and glob patterns on id and reference."""
+        found = []
+        for process in self.processes.values():
+            if ids and process.id not in ids:
+                continue
+            if reference is not None and process.config.reference != reference:
+                continue
+            if idpattern and not fnmatch.fnmatchcase(process.id, idpattern):
+                continue
+            if refpattern and not fnmatch.fnmatchcase(process.config.reference, refpattern):
+                continue
+            found.append(process)
+        return sorted(found, key=lambda process: process.created_at)
+
+    # -- mutations --------------------------------------------------------------------------------
+
+    async def create(self, config: ProcessConfig) -> ManagedProcess:
+        async with self._lock:
+            if config.id in self.processes:
+                raise ProcessExists(config.id)
+            process = self._new_process(config)
+            self.processes[config.id] = process
+            if config.autostart:
+                process.order = "start"
+            await self._persist()
+        if config.autostart:
+            await process.start(self._supervisor_nursery)
+        log.info("process created", process=config.id)
+        return process
+
+    async def replace(self, process_id: str, config: ProcessConfig) -> ManagedProcess:
+        """PUT: swap the config (the id may change); a process that was ordered to start restarts with it."""
+        process = self.get(process_id)
+        was_started = process.order == "start"
+        async with self._lock:
+            if config.id != process_id and config.id in self.processes:
+                raise ProcessExists(config.id)
+        await process.halt()
+        async with self._lock:
+            if self.processes.get(process_id) is not process:
+                raise ProcessNotFound(process_id)
+            process.forget_metrics()
+            del self.processes[process_id]
+            replacement = self._new_process(config, metadata=process.metadata, created_at=process.created_at)
+            replacement.history = process.history
+            self.processes[config.id] = replacement
+            if was_started:
+                replacement.order = "start"
+            await self._persist()
+        if was_started:
+            await replacement.start(self._supervisor_nursery)
+        return replacement
+
+    async def delete(self, process_id: str) -> None:
+        process = self.get(process_id)
+        await process.stop()
+        async with self._lock:
+            if self.processes.get(process_id) is process:
+                del self.processes[process_id]
+                process.forget_metrics()
+                await self._persist()
+        log.info("process deleted", process=process_id)
+
+    async def command(self, process_id: str, command: Command) -> None:
+        process = self.get(process_id)
+        if command == "stop":
+            await self._set_order(process, "stop")
+            await process.stop()
+        elif command == "start":
+            self._check_slot(process)
+            await self._set_order(process, "start")
+            await process.start(self._supervisor_nursery)
+        else:  # restart, reload: a fresh run with the stored config; reload re-resolves placeholders first
+            if command == "reload":
+                process.resolved = self.resolve(process.config)
+            await process.halt()
+            self._check_slot(process)
+            await self._set_order(process, "start")
+            await process.start(self._supervisor_nursery)
+
+    def _check_slot(self, process: ManagedProcess) -> None:
+        if process.run is None and self.slots.limit and self.slots.running >= self.slots.limit:
+            raise StartRefused(f"ffmpeg.max_processes ({self.slots.limit}) running processes reached")
+
+    async def _set_order(self, process: ManagedProcess, order: str) -> None:
+        async with self._lock:
+            process.order = order  # type: ignore[assignment]
+            process.updated_at = time.time()
+            await self._persist()
+
+    async def set_metadata(self, key: str, value: Any, process_id: str | None = None) -> None:
+        """Store (or with ``None`` remove) a metadata value, globally or on one process."""
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", key):
+            raise ValueError("key may only contain letters, digits and _ . - (at most 128)")
+        async with self._lock:
+            target = self.get(process_id).metadata if process_id else self.metadata
+            if value is None:
+                target.pop(key, None)
+            else:
+                target[key] = value
+            await self._persist()
+
+    async def _persist(self) -> None:
+        snapshot = {
+            "processes": [
+                {
+                    "config": process.config.model_dump(mode="json"),
+                    "order": process.order,
+                    "metadata": process.metadata,
+                    "created_at": process.created_at,
+                }
+                for process in self.processes.values()
+            ],
+            "metadata": self.metadata,
+        }
+        await trio.to_thread.run_sync(self.store.save, snapshot)

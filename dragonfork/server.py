@@ -1,0 +1,113 @@
+"""The root of the nursery tree: registry, HTTP server, signals, systemd notification.
+
+```
+trio.run(serve)
+└── trio_asyncio loop (aiortc runs on it)
+    └── root nursery
+        ├── registry.run      → one supervisor (and one nursery per FFmpeg run) per process
+        ├── hypercorn.trio    → the QuartTrio app
+        └── signal watcher    → SIGINT/SIGTERM: stop HTTP, stop every FFmpeg child, persist, exit 0
+```
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import structlog
+import trio
+import trio_asyncio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from dragonfork.config import LoadedSettings, host_port, is_loopback_host
+from dragonfork.core import Core, build_core
+from dragonfork.http.app import create_app
+
+log = structlog.get_logger("dragonfork.server")
+
+
+class UnsafeBind(Exception):
+    """Serving a non-loopback address with auth disabled."""
+
+
+def check_bind_is_safe(loaded: LoadedSettings) -> None:
+    settings = loaded.settings
+    host, _ = host_port(settings.address)
+    auth = settings.api.auth
+    if is_loopback_host(host) or auth.enable:
+        return
+    if auth.disable_localhost_check:
+        log.warning(
+            "SERVING WITHOUT AUTHENTICATION ON A NON-LOOPBACK ADDRESS: anyone who reaches it controls FFmpeg",
+            address=settings.address,
+        )
+        return
+    raise UnsafeBind(
+        f"refusing to serve {settings.address} without authentication. Enable it with "
+        "CORE_API_AUTH_ENABLE=true CORE_API_AUTH_USERNAME=... CORE_API_AUTH_PASSWORD=... "
+        "(or api.auth.enable in the config file), bind 127.0.0.1, or opt out explicitly with "
+        "CORE_API_AUTH_DISABLE_LOCALHOST_CHECK=true"
+    )
+
+
+def notify_systemd(message: str) -> None:
+    """``sd_notify`` without libsystemd: one datagram to ``$NOTIFY_SOCKET`` when running under systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError as exc:
+            log.warning("systemd notification failed", error=str(exc))
+
+
+async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None:
+    """Run the server until SIGINT or SIGTERM, then shut down gracefully."""
+    started_at = started_at or time.perf_counter()
+    check_bind_is_safe(loaded)
+    core = build_core(loaded)
+    async with trio_asyncio.open_loop(), trio.open_nursery() as root:
+        await root.start(core.registry.run)
+        http_stopped = trio.Event()
+        await root.start(_serve_http, core, http_stopped)
+        log.info(
+            "ready",
+            address=f"http://{loaded.settings.address}",
+            data_dir=str(loaded.settings.data_dir),
+            startup_seconds=round(time.perf_counter() - started_at, 3),
+        )
+        notify_systemd("READY=1")
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("shutting down", signal=signal.Signals(signum).name)
+                break
+        notify_systemd("STOPPING=1")
+        await shutdown(core, http_stopped)
+        root.cancel_scope.cancel()
+    log.info("stopped")
+
+
+async def shutdown(core: Core, http_stopped: trio.Event) -> None:
+    http_stopped.set()
+    with trio.CancelScope(shield=True):
+        await core.registry.shutdown()
+
+
+async def _serve_http(
+    core: Core, stop: trio.Event, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve the app until ``stop`` is set; reports the bound addresses through ``task_status``."""
+    config = HypercornConfig()
+    config.bind = [core.settings.address]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 2
+    app = create_app(core)
+    await hypercorn_serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)

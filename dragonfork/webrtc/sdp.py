@@ -1,0 +1,282 @@
+"""SDP rules for WHEP: the offers we accept, the codecs we negotiate, trickle fragments, advertised addresses.
+
+Offers are checked here before aiortc sees them, so a bad offer becomes a clear 400/406 for the client instead
+of an exception deep inside aiortc (or, worse, a session that negotiates and then plays nothing). The rules
+mirror what aiortc 1.16 can send on the pre-encoded path:
+
+- video must offer H.264 with ``packetization-mode=1`` in the constrained baseline (``42e01f``) or baseline
+  (``42001f``) profile, the only two H.264 profiles aiortc negotiates (an offer with only High profile fails);
+- audio, when the stream has audio and the offer has an audio m-line, must offer Opus/48000. An offer without
+  an audio m-line is accepted and the viewer gets video only;
+- every audio/video m-line must be ``recvonly`` or ``sendrecv`` (WHEP: the server sends) and carry what aiortc
+  needs to connect (ICE credentials, DTLS setup + fingerprint, rtcp-mux).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Sequence
+
+from aiortc import RTCIceCandidate, RTCRtpSender
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+from aiortc.sdp import (
+    H264Profile,
+    MediaDescription,
+    SessionDescription,
+    candidate_from_sdp,
+    candidate_to_sdp,
+    parse_h264_profile_level_id,
+)
+
+# The H.264 profiles aiortc's negotiation matches (its own codec table lists 42001f and 42e01f only).
+H264_PROFILES = {
+    H264Profile.PROFILE_CONSTRAINED_BASELINE: "constrained baseline (42e01f)",
+    H264Profile.PROFILE_BASELINE: "baseline (42001f)",
+}
+# aiortc parses this many kinds of exceptions out of a malformed SDP (asserts, int(), dict and list lookups).
+_PARSE_ERRORS = (AssertionError, ValueError, KeyError, IndexError, StopIteration, AttributeError, TypeError)
+
+
+class SdpRejected(Exception):
+    """An SDP body the server refuses; ``status`` is the HTTP status the WHEP layer answers with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class OfferRejected(SdpRejected):
+    """A WHEP offer that cannot be answered: 400 malformed or wrong direction, 406 codec mismatch."""
+
+
+class FragmentRejected(SdpRejected):
+    """A trickle-ICE PATCH body that cannot be applied: 400 malformed, 422 ICE restart (not supported)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Offer:
+    """A validated offer and the facts about it the viewer needs."""
+
+    sdp: str  # the offer as handed to aiortc: mDNS (.local) candidates removed, see ``validate_offer``
+    has_audio: bool  # the offer has an audio m-line
+    ice_ufrag: str
+    ice_pwd: str
+    bundle_mid: str | None  # the first mid of the BUNDLE group: the one transport every candidate belongs to
+
+
+def validate_offer(offer_sdp: str, *, stream_has_audio: bool) -> Offer:
+    """Check a WHEP offer against what this server can send; raise ``OfferRejected`` naming what is missing.
+
+    Remote candidates with an mDNS host name (``.local``) are removed from the returned SDP: aioice resolves
+    them by multicast with a 1 s timeout (which fails in containers) inside ``setRemoteDescription``, so they
+    would delay every answer. The browser's address is learnt from its connectivity checks instead.
+    """
+    lines = offer_sdp.strip().splitlines()
+    if not lines or lines[0].strip() != "v=0":
+        raise OfferRejected(400, "malformed SDP: the offer must start with the line v=0")
+    if not any(line.startswith("m=") for line in lines):
+        raise OfferRejected(400, "malformed SDP: the offer has no m= line")
+    lines = [line for line in lines if not _is_mdns_candidate_line(line)]
+    sdp = "\r\n".join(lines) + "\r\n"
+    try:
+        description = SessionDescription.parse(sdp)
+    except _PARSE_ERRORS as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        raise OfferRejected(400, f"malformed SDP: cannot parse the offer ({reason})") from exc
+
+    credentials: dict[int, tuple[str, str]] = {}  # ICE ufrag and pwd of each audio/video m-line, by index
+    for index, section in enumerate(description.media):
+        if section.kind in ("audio", "video"):
+            credentials[index] = _check_media_section(index, section)
+    video_index = next((i for i in credentials if description.media[i].kind == "video"), None)
+    audio = next((description.media[i] for i in credentials if description.media[i].kind == "audio"), None)
+    if video_index is None:
+        raise OfferRejected(406, "the offer has no video m-line; this stream sends H.264 video")
+    video = description.media[video_index]
+    if not any(_is_sendable_h264(codec) for codec in video.rtp.codecs):
+        raise OfferRejected(
+            406,
+            "the video m-line offers no H.264 with packetization-mode=1 in profile "
+            f"{' or '.join(H264_PROFILES.values())}; offered: {_describe_codecs(video)}",
+        )
+    if stream_has_audio and audio is not None and not any(_is_opus(codec) for codec in audio.rtp.codecs):
+        raise OfferRejected(406, f"the audio m-line offers no opus/48000; offered: {_describe_codecs(audio)}")
+
+    bundle = next((group for group in description.group if group.semantic == "BUNDLE"), None)
+    ice_ufrag, ice_pwd = credentials[video_index]
+    return Offer(
+        sdp=sdp,
+        has_audio=audio is not None,
+        ice_ufrag=ice_ufrag,
+        ice_pwd=ice_pwd,
+        bundle_mid=str(bundle.items[0]) if bundle and bundle.items else None,
+    )
+
+
+def _check_media_section(index: int, media: MediaDescription) -> tuple[str, str]:
+    """Raise ``OfferRejected`` unless aiortc can answer this audio/video m-line; return its ICE ufrag, pwd."""
+    where = f"m-line {index} ({media.kind})"
+    if media.direction is None:
+        raise OfferRejected(400, f"{where} has no direction attribute; a WHEP offer is recvonly or sendrecv")
+    if media.direction not in ("recvonly", "sendrecv"):
+        raise OfferRejected(400, f"{where} is {media.direction}; a WHEP offer is recvonly or sendrecv")
+    if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
+        raise OfferRejected(400, f"{where} has no ICE credentials (a=ice-ufrag and a=ice-pwd)")
+    if media.dtls is None or not media.dtls.fingerprints:
+        raise OfferRejected(400, f"{where} has no DTLS parameters (a=setup and a=fingerprint)")
+    if not media.rtcp_mux:
+        raise OfferRejected(400, f"{where} has no a=rtcp-mux")
+    return media.ice.usernameFragment, media.ice.password
+
+
+def _is_sendable_h264(codec: RTCRtpCodecParameters) -> bool:
+    if codec.mimeType.lower() != "video/h264" or codec.clockRate != 90_000:
+        return False
+    if str(codec.parameters.get("packetization-mode", "0")) != "1":
+        return False
+    # Like aiortc, read a missing profile-level-id as constrained baseline level 3.1.
+    try:
+        profile, _level = parse_h264_profile_level_id(str(codec.parameters.get("profile-level-id", "42e01f")))
+    except ValueError:
+        return False
+    return profile in H264_PROFILES
+
+
+def _is_opus(codec: RTCRtpCodecParameters) -> bool:
+    return codec.mimeType.lower() == "audio/opus" and codec.clockRate == 48_000
+
+
+def _describe_codecs(media: MediaDescription) -> str:
+    described = []
+    for codec in media.rtp.codecs:
+        if codec.mimeType.lower() in ("video/rtx", "video/red", "video/ulpfec", "audio/telephone-event"):
+            continue
+        text = f"{codec.mimeType.split('/', 1)[1]}/{codec.clockRate}"
+        if codec.mimeType.lower() == "video/h264":
+            text += (
+                f" (profile-level-id={codec.parameters.get('profile-level-id', 'none')}, "
+                f"packetization-mode={codec.parameters.get('packetization-mode', '0')})"
+            )
+        described.append(text)
+    return ", ".join(described) or "nothing"
+
+
+def _is_mdns_candidate_line(line: str) -> bool:
+    fields = line.split()
+    return line.startswith("a=candidate:") and len(fields) > 4 and fields[4].lower().endswith(".local")
+
+
+def preferred_codecs(kind: str) -> list[RTCRtpCodecCapability]:
+    """The codecs a viewer's sender may use, best first, for ``RTCRtpTransceiver.setCodecPreferences``.
+
+    Video: H.264 (packetization-mode 1) constrained baseline, then baseline, plus RTX for retransmissions.
+    Audio: Opus. Without these preferences aiortc would negotiate VP8 and label our H.264 bytes VP8.
+    """
+    codecs = RTCRtpSender.getCapabilities(kind).codecs
+    if kind == "audio":
+        return [codec for codec in codecs if codec.mimeType.lower() == "audio/opus"]
+    h264 = [codec for codec in codecs if codec.mimeType.lower() == "video/h264"]
+    h264.sort(key=lambda codec: codec.parameters.get("profile-level-id") != "42e01f")
+    return h264 + [codec for codec in codecs if codec.mimeType.lower() == "video/rtx"]
+
+
+# --- trickle ICE (RFC 8840) ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TrickleFragment:
+    """The content of an ``application/trickle-ice-sdpfrag`` PATCH body."""
+
+    ice_ufrag: str | None
+    ice_pwd: str | None
+    candidates: tuple[RTCIceCandidate, ...]  # usable ones only: UDP with an IP address
+    end_of_candidates: bool
+
+    def restarts_ice(self, ice_ufrag: str, ice_pwd: str) -> bool:
+        """True when the fragment carries ICE credentials other than the session's: an ICE restart."""
+        return (self.ice_ufrag is not None and self.ice_ufrag != ice_ufrag) or (
+            self.ice_pwd is not None and self.ice_pwd != ice_pwd
+        )
+
+
+def parse_trickle_fragment(body: str) -> TrickleFragment:
+    """Parse an RFC 8840 sdpfrag into credentials and candidates.
+
+    Candidates get the ``sdpMid`` of their media section (``a=mid``) and its index; candidate lines before any
+    m= line count as the first section's. Candidates aiortc cannot use (TCP, mDNS host names) are dropped
+    silently, as the WHEP draft asks.
+    """
+    ice_ufrag: str | None = None
+    ice_pwd: str | None = None
+    end_of_candidates = False
+    sections: list[tuple[str | None, list[RTCIceCandidate]]] = [(None, [])]
+    seen_m_line = False
+    for raw_line in body.strip().splitlines():
+        line = raw_line.strip()
+        if line.startswith("m="):
+            if seen_m_line:
+                sections.append((None, []))
+            seen_m_line = True
+        elif line.startswith("a=mid:"):
+            sections[-1] = (line.removeprefix("a=mid:"), sections[-1][1])
+        elif line.startswith("a=ice-ufrag:"):
+            ice_ufrag = line.removeprefix("a=ice-ufrag:")
+        elif line.startswith("a=ice-pwd:"):
+            ice_pwd = line.removeprefix("a=ice-pwd:")
+        elif line == "a=end-of-candidates":
+            end_of_candidates = True
+        elif line.startswith("a=candidate:"):
+            try:
+                candidate = candidate_from_sdp(line.removeprefix("a=candidate:"))
+            except (AssertionError, ValueError, IndexError) as exc:
+                raise FragmentRejected(400, f"malformed sdpfrag: cannot parse {line!r}") from exc
+            sections[-1][1].append(candidate)
+        elif line and not line.startswith(("a=", "v=", "o=", "s=", "t=", "c=")):
+            raise FragmentRejected(400, f"malformed sdpfrag: unexpected line {line!r}")
+    if ice_ufrag is None and ice_pwd is None and not end_of_candidates and not any(c for _, c in sections):
+        raise FragmentRejected(400, "malformed sdpfrag: no candidates, ICE credentials or end-of-candidates")
+    candidates = []
+    for index, (mid, section_candidates) in enumerate(sections):
+        for candidate in section_candidates:
+            if candidate.protocol.lower() == "udp" and not candidate.ip.lower().endswith(".local"):
+                candidates.append(dataclasses.replace(candidate, sdpMid=mid, sdpMLineIndex=index))
+    return TrickleFragment(ice_ufrag, ice_pwd, tuple(candidates), end_of_candidates)
+
+
+# --- advertised addresses --------------------------------------------------------------------------------
+
+
+def advertise_addresses(answer_sdp: str, public_ips: Sequence[str]) -> str:
+    """Add a copy of every host candidate for each advertised address (NAT, containers).
+
+    This is MediaMTX's "additional hosts" approach: the server cannot learn its public address without STUN,
+    so the operator names it and every UDP host candidate is repeated with that address and the same port,
+    with a lower priority (local preference lowered by one per advertised address) so direct addresses win
+    where they work. A copy is only made for addresses of the same IP version as the host candidate, since a
+    socket bound to an IPv6 address cannot receive IPv4 traffic.
+    """
+    if not public_ips:
+        return answer_sdp
+    addresses = [ipaddress.ip_address(ip) for ip in public_ips]
+    out: list[str] = []
+    for line in answer_sdp.splitlines():
+        out.append(line)
+        if not line.startswith("a=candidate:"):
+            continue
+        candidate = candidate_from_sdp(line.removeprefix("a=candidate:"))
+        if candidate.type != "host" or candidate.protocol.lower() != "udp":
+            continue
+        host = ipaddress.ip_address(candidate.ip)
+        for rank, address in enumerate(addresses, start=1):
+            if address.version != host.version or address == host:
+                continue
+            copy = dataclasses.replace(
+                candidate,
+                foundation=f"{candidate.foundation[:24]}adv{rank}",
+                ip=str(address),
+                priority=candidate.priority - 256 * rank,
+            )
+            out.append("a=candidate:" + candidate_to_sdp(copy))
+    return "\r\n".join(out) + "\r\n"

@@ -1,0 +1,74 @@
+"""The WHEP session table: resource id → running ``Viewer``, for PATCH/DELETE and the viewer cap."""
+
+from __future__ import annotations
+
+import collections
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from dragonfork.webrtc.viewer import Viewer
+
+if TYPE_CHECKING:
+    from dragonfork.stream.hub import MediaStream
+
+
+class ViewerCapReached(Exception):
+    """The process already has its maximum number of viewers (the WHEP layer answers 503 + Retry-After)."""
+
+
+class ViewerSessions:
+    """Every viewer that is answering or running, by its unguessable id.
+
+    A viewer enters the table when its task starts (so viewers still building their answer count against the
+    cap, and concurrent POSTs cannot overshoot it) and leaves it when its task ends, however it ends.
+    """
+
+    def __init__(self) -> None:
+        self._viewers: dict[str, Viewer] = {}
+        self._per_process: collections.Counter[str] = collections.Counter()
+
+    def get(self, viewer_id: str) -> Viewer | None:
+        return self._viewers.get(viewer_id)
+
+    def count(self, process_id: str) -> int:
+        return self._per_process[process_id]
+
+    def viewers(self, process_id: str) -> list[Viewer]:
+        return [viewer for viewer in self._viewers.values() if viewer.process_id == process_id]
+
+    def __len__(self) -> int:
+        return len(self._viewers)
+
+    def add(self, viewer: Viewer, *, max_viewers: int | None = None) -> None:
+        """Register a viewer; raise ``ViewerCapReached`` if its process already has ``max_viewers``."""
+        if max_viewers is not None and self.count(viewer.process_id) >= max_viewers:
+            raise ViewerCapReached(f"process {viewer.process_id!r} has {max_viewers} viewers already")
+        self._viewers[viewer.id] = viewer
+        self._per_process[viewer.process_id] += 1
+
+    def remove(self, viewer: Viewer) -> None:
+        """Forget a viewer (idempotent)."""
+        if self._viewers.pop(viewer.id, None) is not None:
+            self._per_process[viewer.process_id] -= 1
+            if not self._per_process[viewer.process_id]:
+                del self._per_process[viewer.process_id]
+
+    async def run_viewer(
+        self,
+        viewer: Viewer,
+        stream: MediaStream,
+        offer_sdp: str,
+        *,
+        max_viewers: int | None = None,
+        task_status: Any = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """``Viewer.run`` with the viewer in the table for its whole life; start it with ``nursery.start``.
+
+        Raises out of ``nursery.start`` what ``Viewer.run`` raises before its answer and ``ViewerCapReached``.
+        """
+        self.add(viewer, max_viewers=max_viewers)
+        try:
+            await viewer.run(stream, offer_sdp, task_status=task_status)
+        finally:
+            self.remove(viewer)

@@ -1,0 +1,292 @@
+"""One WHEP viewer: an aiortc peer connection that sends one process's stream, living in a Trio task.
+
+``Viewer.run`` is started with ``nursery.start`` in the process's nursery and reports the SDP answer through
+``task_status.started``; everything before that (offer checks, answer, candidate gathering) runs in the
+caller's task, so a bad offer or a slow answer raises out of ``nursery.start``. After the answer the viewer
+waits for ICE+DTLS, then forwards frames from the stream's subscriptions into its tracks until it is cancelled
+(the process stopped: its scope ends every viewer), closed (``close(reason)``: DELETE), or the peer went away.
+However it ends, the ``finally`` closes the peer connection, which sends DTLS close_notify so the browser sees
+the end at once, and ends aiortc's background tasks.
+
+aiortc reports no "disconnected" connection state (only failed, after ~30 s of failed consent checks), so
+a peer that vanishes without a close_notify is detected by its silence: the receiver reports (RTCP RR) that
+every WebRTC receiver sends about once a second stop arriving. ``disconnect_grace`` seconds of silence close
+it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import ipaddress
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import OperationError
+from trio_asyncio import aio_as_trio
+
+from dragonfork import metrics
+from dragonfork.webrtc.sdp import (
+    FragmentRejected,
+    Offer,
+    OfferRejected,
+    advertise_addresses,
+    parse_trickle_fragment,
+    preferred_codecs,
+    validate_offer,
+)
+from dragonfork.webrtc.track import FrameTrack
+
+if TYPE_CHECKING:
+    from dragonfork.stream.hub import MediaStream
+    from dragonfork.stream.source import RtpSource, Subscription
+
+log = structlog.get_logger(__name__)
+
+CLOSE_TIMEOUT = 5.0  # bound on pc.close(); it normally takes a few milliseconds
+LIVENESS_INTERVAL = 1.0  # how often the receiver reports are checked
+
+
+class ViewerState(enum.StrEnum):
+    NEW = "new"
+    ANSWERING = "answering"  # offer accepted, answer being built
+    CONNECTING = "connecting"  # answer sent, waiting for ICE+DTLS
+    CONNECTED = "connected"  # forwarding media
+    CLOSED = "closed"
+
+
+class CloseReason(enum.StrEnum):
+    """Why a viewer ended (label of ``VIEWERS_CLOSED``)."""
+
+    DELETE = "delete"  # the client's WHEP DELETE, or the server closed the session
+    HANDSHAKE_TIMEOUT = "handshake_timeout"  # not connected within handshake_timeout of the offer
+    ICE_FAILED = "ice_failed"  # aiortc reported connection state "failed"
+    ICE_DISCONNECTED = "ice_disconnected"  # no receiver report for longer than disconnect_grace
+    PEER_CLOSED = "peer_closed"  # the peer closed the connection (DTLS close_notify)
+    STREAM_ENDED = "stream_ended"  # the stream's source closed the subscription
+    PROCESS_STOPPED = "process_stopped"  # the process scope was cancelled (stop, restart, delete, crash)
+    ERROR = "error"  # an unexpected exception (logged)
+
+
+_PC_END_REASONS = {"failed": CloseReason.ICE_FAILED, "closed": CloseReason.PEER_CLOSED}
+
+
+class AnswerTimeout(Exception):
+    """The answer could not be built within ``handshake_timeout`` (the WHEP layer answers 504)."""
+
+
+class ViewerClosed(Exception):
+    """``close()`` was called while the answer was being built; there is no session to answer with."""
+
+
+@dataclasses.dataclass
+class ViewerSettings:
+    """WebRTC settings for every viewer (the ``webrtc`` block of the server configuration)."""
+
+    handshake_timeout: float = 10.0  # seconds from the offer to ICE+DTLS connected (the answer included)
+    disconnect_grace: float = 5.0  # seconds without receiver reports before a connected viewer is dropped
+    # STUN/TURN servers as {"urls", "username", "credential"}; none by default (no public STUN on closed nets)
+    ice_servers: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    public_ips: list[str] = dataclasses.field(default_factory=list)  # added as host candidates to answers
+
+    def __post_init__(self) -> None:
+        for ip in self.public_ips:
+            ipaddress.ip_address(ip)  # raises ValueError for anything but an IP address
+
+
+class Viewer:
+    """A WHEP session. Create it, start ``run`` with ``nursery.start``, then PATCH/DELETE through it."""
+
+    def __init__(self, process_id: str, settings: ViewerSettings | None = None) -> None:
+        self.id = secrets.token_urlsafe(24)
+        self.process_id = process_id
+        self.settings = settings or ViewerSettings()
+        self.created_at = time.time()
+        self.state = ViewerState.NEW
+        self.close_reason: CloseReason | None = None
+        self.setup_seconds: float | None = None  # offer → connected
+        self.time_to_first_frame_seconds: float | None = None  # offer → first video frame handed to aiortc
+        self._scope = trio.CancelScope()
+        self._offered_at = 0.0
+        self._offer: Offer | None = None
+        self._pc: RTCPeerConnection | None = None
+        self._pc_state_changed = trio.Event()
+
+    def close(self, reason: CloseReason = CloseReason.DELETE) -> None:
+        """End the session (idempotent; the first reason is kept)."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._scope.cancel()
+
+    async def run(
+        self, stream: MediaStream, offer_sdp: str, *, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Answer ``offer_sdp`` (``task_status.started(answer_sdp)``), then serve the viewer until it ends.
+
+        Raises before ``started``: ``OfferRejected`` (400/406), ``AnswerTimeout`` (504), ``ViewerClosed``.
+        """
+        self._offered_at = trio.current_time()
+        offer = self._offer = validate_offer(offer_sdp, stream_has_audio=stream.has_audio)
+        deadline = self._offered_at + self.settings.handshake_timeout
+        video = FrameTrack("video", on_first_frame=self._on_first_video_frame)
+        feeds = [(video, stream.video)]
+        if stream.audio is not None and offer.has_audio:
+            feeds.append((FrameTrack("audio"), stream.audio))
+        answered = False
+        pc = self._pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=[RTCIceServer(**server) for server in self.settings.ice_servers])
+        )
+        pc.on("connectionstatechange", self._notify_pc_state)
+        try:
+            with self._scope:
+                self.state = ViewerState.ANSWERING
+                try:
+                    with trio.fail_at(deadline):
+                        answer = await self._answer(pc, offer, [track for track, _ in feeds])
+                except trio.TooSlowError:
+                    raise AnswerTimeout(
+                        f"no answer within handshake_timeout ({self.settings.handshake_timeout} s)"
+                    ) from None
+                self.state = ViewerState.CONNECTING
+                answered = True
+                metrics.VIEWERS_ACTIVE.labels(self.process_id).inc()
+                task_status.started(answer)
+                if await self._connect(pc, deadline):
+                    await self._forward(pc, feeds, video)
+            if not answered:
+                raise ViewerClosed(f"viewer closed ({self.close_reason}) before its answer was ready")
+        except Exception:
+            if answered and self.close_reason is None:
+                self.close_reason = CloseReason.ERROR
+                log.exception("viewer_failed", viewer=self.id, process=self.process_id)
+            raise
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT) as close_scope:
+                await aio_as_trio(pc.close)()
+            if close_scope.cancelled_caught:
+                log.warning("viewer_close_timeout", viewer=self.id, process=self.process_id)
+            for track, _ in feeds:
+                track.stop()
+            self.state = ViewerState.CLOSED
+            if answered:
+                self._record_end()
+
+    async def add_remote_candidates(self, sdpfrag: str) -> None:
+        """Apply a trickle-ICE PATCH body (RFC 8840). ICE restarts are refused with 422."""
+        fragment = parse_trickle_fragment(sdpfrag)
+        offer, pc = self._offer, self._pc
+        if offer is None or pc is None or self.state is ViewerState.CLOSED:
+            return
+        if fragment.restarts_ice(offer.ice_ufrag, offer.ice_pwd):
+            raise FragmentRejected(422, "ICE restart is not supported; start a new WHEP session")
+        for candidate in fragment.candidates:
+            if offer.bundle_mid is not None:
+                # With BUNDLE every m-line shares the first one's transport; aiortc only looks there.
+                candidate = dataclasses.replace(candidate, sdpMid=offer.bundle_mid, sdpMLineIndex=None)
+            await aio_as_trio(pc.addIceCandidate)(candidate)
+        if fragment.end_of_candidates:
+            await aio_as_trio(pc.addIceCandidate)(None)
+
+    # --- the steps of run() ----------------------------------------------------------------------------
+
+    async def _answer(self, pc: RTCPeerConnection, offer: Offer, tracks: list[FrameTrack]) -> str:
+        for track in tracks:
+            transceiver = pc.addTransceiver(track, direction="sendonly")
+            # Before setRemoteDescription, or aiortc negotiates VP8 and sends our H.264 labelled VP8.
+            transceiver.setCodecPreferences(preferred_codecs(track.kind))
+        try:
+            await aio_as_trio(pc.setRemoteDescription)(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+        except OperationError as exc:  # no codec in common
+            raise OfferRejected(406, f"offer refused by the WebRTC stack: {exc}") from exc
+        except ValueError as exc:
+            raise OfferRejected(400, f"offer refused by the WebRTC stack: {exc}") from exc
+        await aio_as_trio(pc.setLocalDescription)()  # creates the answer and gathers every candidate
+        return advertise_addresses(pc.localDescription.sdp, self.settings.public_ips)
+
+    async def _connect(self, pc: RTCPeerConnection, deadline: float) -> bool:
+        """Wait for ICE+DTLS until the deadline; True when connected, else the viewer is closed."""
+        state = "timeout"
+        with trio.move_on_at(deadline):
+            state = await self._wait_for_pc_state(pc, {"connected", "failed", "closed"})
+        if state != "connected":
+            self.close(_PC_END_REASONS.get(state, CloseReason.HANDSHAKE_TIMEOUT))
+            return False
+        self.state = ViewerState.CONNECTED
+        self.setup_seconds = trio.current_time() - self._offered_at
+        metrics.VIEWER_SETUP_SECONDS.observe(self.setup_seconds)
+        return True
+
+    async def _forward(
+        self, pc: RTCPeerConnection, feeds: list[tuple[FrameTrack, RtpSource]], video: FrameTrack
+    ) -> None:
+        with contextlib.ExitStack() as subscriptions:
+            async with trio.open_nursery() as nursery:
+                for track, source in feeds:
+                    subscription = subscriptions.enter_context(source.subscribe())
+                    nursery.start_soon(self._pump, subscription, track)
+                nursery.start_soon(self._watch_pc_state, pc)
+                nursery.start_soon(self._watch_receiver_reports, pc, video)
+
+    async def _pump(self, subscription: Subscription, track: FrameTrack) -> None:
+        async for frame in subscription.frames:
+            await track.put(frame)
+        self.close(CloseReason.STREAM_ENDED)
+
+    async def _watch_pc_state(self, pc: RTCPeerConnection) -> None:
+        state = await self._wait_for_pc_state(pc, set(_PC_END_REASONS))
+        self.close(_PC_END_REASONS[state])
+
+    async def _watch_receiver_reports(self, pc: RTCPeerConnection, video: FrameTrack) -> None:
+        """Close the viewer when the peer stops reporting; silence counts once we have sent it something."""
+        last_report: tuple[object, ...] = ()
+        last_heard = trio.current_time()
+        while True:
+            await trio.sleep(LIVENESS_INTERVAL)
+            report = await aio_as_trio(_latest_receiver_reports)(pc)
+            if report != last_report or video.first_frame_at is None:
+                last_report, last_heard = report, trio.current_time()
+            elif trio.current_time() - last_heard > self.settings.disconnect_grace:
+                self.close(CloseReason.ICE_DISCONNECTED)
+                return
+
+    async def _wait_for_pc_state(self, pc: RTCPeerConnection, states: set[str]) -> str:
+        while pc.connectionState not in states:
+            self._pc_state_changed = trio.Event()
+            await self._pc_state_changed.wait()
+        return pc.connectionState
+
+    def _notify_pc_state(self) -> None:
+        self._pc_state_changed.set()
+
+    def _on_first_video_frame(self) -> None:
+        self.time_to_first_frame_seconds = trio.current_time() - self._offered_at
+        metrics.TIME_TO_FIRST_FRAME_SECONDS.observe(self.time_to_first_frame_seconds)
+
+    def _record_end(self) -> None:
+        if self.close_reason is None:  # nobody called close(): the scope around the viewer was cancelled
+            self.close_reason = CloseReason.PROCESS_STOPPED
+        metrics.VIEWERS_ACTIVE.labels(self.process_id).dec()
+        metrics.VIEWERS_CLOSED.labels(self.close_reason.value).inc()
+        log.info(
+            "viewer_closed",
+            viewer=self.id,
+            process=self.process_id,
+            reason=self.close_reason.value,
+            setup_seconds=self.setup_seconds,
+            time_to_first_frame_seconds=self.time_to_first_frame_seconds,
+        )
+
+
+async def _latest_receiver_reports(pc: RTCPeerConnection) -> tuple[object, ...]:
+    """The timestamps of the last receiver report per sender: they change whenever the peer reports."""
+    stamps = []
+    for sender in pc.getSenders():
+        if sender.track is not None:
+            stats = await sender.getStats()
+            stamps += [s.timestamp for s in stats.values() if s.type == "remote-inbound-rtp"]
+    return tuple(stamps)

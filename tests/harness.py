@@ -1,0 +1,186 @@
+"""Start the real server (``python -m dragonfork serve``) on an ephemeral port, as a user would.
+
+Tests talk to it over HTTP only, so every integration test runs the real HTTP → registry → FFmpeg path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+# 320x240 at 25 fps keeps two cores free enough for several processes and viewers at once.
+TEST_VIDEO = "testsrc2=size=320x240:rate=25"
+TEST_AUDIO = "sine=frequency=440:sample_rate=48000"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_udp_range(size: int = 40) -> tuple[int, int]:
+    """A UDP port range for one server; binding is the reservation, so an overlap only costs a retry."""
+    base = 30000 + 2 * random.randrange(0, 14000)
+    return base, base + size - 1
+
+
+def lavfi_process(
+    process_id: str,
+    *,
+    webrtc: bool = False,
+    audio: bool = True,
+    output: list[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A process config reading the small test pattern (and tone) in real time."""
+    inputs = [{"id": "video", "address": TEST_VIDEO, "options": ["-re", "-f", "lavfi"]}]
+    if audio:
+        inputs.append({"id": "audio", "address": TEST_AUDIO, "options": ["-re", "-f", "lavfi"]})
+    config: dict[str, Any] = {
+        "id": process_id,
+        "input": inputs,
+        "output": output
+        if output is not None
+        else [{"id": "null", "address": "-", "options": ["-map", "0:v", "-c:v", "rawvideo", "-f", "null"]}],
+        "autostart": True,
+    }
+    if webrtc:
+        config["webrtc"] = {"enabled": True, "video_map": "0:v:0", "audio_map": "1:a:0" if audio else "0:a:0"}
+        config["webrtc"]["force_transcode"] = True
+    config.update(extra)
+    return config
+
+
+class Server:
+    """One running dragonfork server process."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str], log_path: Path) -> None:
+        self.data_dir = data_dir
+        self.port = int(env["CORE_ADDRESS"].rsplit(":", 1)[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.token: str | None = None
+        self.started_seconds = 0.0
+
+    def start(self, timeout: float = 20) -> None:
+        log = self.log_path.open("ab")
+        began = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dragonfork", "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = began + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/ping", timeout=1).status_code == 200:
+                    self.started_seconds = time.monotonic() - began
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not answer /ping within {timeout} s:\n{self.log()}")
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise RuntimeError(f"server did not stop within {timeout} s:\n{self.log()}") from None
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-20000:]
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token or self.token}"} if (token or self.token) else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        with self.client() as client:
+            return client.request(method, path, **kwargs)
+
+    def login(self, username: str, password: str) -> str:
+        response = self.api("POST", "/api/login", json={"username": username, "password": password})
+        response.raise_for_status()
+        self.token = str(response.json()["access_token"])
+        return self.token
+
+    def db(self) -> dict[str, Any]:
+        return json.loads((self.data_dir / "db.json").read_text())
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.1)
+        raise AssertionError(
+            f"timed out after {timeout} s waiting for {what}\n--- server log ---\n{self.log()}"
+        )
+
+    def state(self, process_id: str) -> dict[str, Any]:
+        response = self.api("GET", f"/api/v3/process/{process_id}/state")
+        response.raise_for_status()
+        return dict(response.json())
+
+    def wait_state(self, process_id: str, exec_state: str, timeout: float = 15) -> dict[str, Any]:
+        last: dict[str, Any] = {}
+
+        def reached() -> bool:
+            nonlocal last
+            last = self.state(process_id)
+            return last["exec"] == exec_state
+
+        self.wait_for(reached, timeout, f"{process_id} to be {exec_state} (last: {last.get('exec')})")
+        return last
+
+
+def server_env(data_dir: Path, **overrides: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CORE_")}
+    first, last = free_udp_range()
+    env.update(
+        {
+            "CORE_ADDRESS": f"127.0.0.1:{free_port()}",
+            "CORE_DB_DIR": str(data_dir),
+            "CORE_DEMO": "false",
+            "CORE_LOG_LEVEL": "info",
+            "CORE_FFMPEG_STOP_TIMEOUT_SECONDS": "5",
+            "CORE_WEBRTC_PORT_FIRST": str(first),
+            "CORE_WEBRTC_PORT_LAST": str(last),
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+@contextmanager
+def running_server(tmp_path: Path, **overrides: str) -> Iterator[Server]:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(exist_ok=True)
+    server = Server(data_dir, server_env(data_dir, **overrides), tmp_path / "server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,583 @@
+"""WHEP viewers against real peers: FFmpeg → RTP → MediaStream → Viewer (aiortc) → a real aiortc receiver.
+
+The receiving peer is either a plain aiortc ``RTCPeerConnection`` on the same trio-asyncio loop (fast, and its
+connection state can be timed precisely) or ``dragonfork.webrtc.client`` in its own OS process talking HTTP to
+a minimal WHEP endpoint, so a peer can also vanish for real (SIGKILL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import av
+import hypercorn.config
+import hypercorn.trio
+import imageio_ffmpeg
+import pytest
+import trio
+import trio_asyncio
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from harness import TEST_AUDIO, TEST_VIDEO, free_port
+from quart import request
+from quart_trio import QuartTrio
+from trio_asyncio import aio_as_trio
+
+from dragonfork import metrics
+from dragonfork.stream.hub import MediaStream, StreamSettings
+from dragonfork.webrtc.sdp import FragmentRejected, OfferRejected
+from dragonfork.webrtc.sessions import ViewerCapReached, ViewerSessions
+from dragonfork.webrtc.viewer import (
+    AnswerTimeout,
+    CloseReason,
+    Viewer,
+    ViewerClosed,
+    ViewerSettings,
+    ViewerState,
+)
+
+PROCESS = "viewer-test"
+
+
+# --- the stream: real FFmpeg into a real MediaStream -------------------------------------------------------
+
+
+def ffmpeg_command(stream: MediaStream) -> list[str]:
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error"]
+    command += ["-re", "-f", "lavfi", "-i", TEST_VIDEO]
+    if stream.has_audio:
+        command += ["-re", "-f", "lavfi", "-i", TEST_AUDIO]
+    command += ["-map", "0:v", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency"]
+    command += ["-profile:v", "baseline", "-pix_fmt", "yuv420p", "-g", "25", "-bsf:v", "dump_extra"]
+    command += [
+        "-payload_type",
+        "96",
+        "-f",
+        "rtp",
+        "-pkt_size",
+        "1200",
+        f"rtp://127.0.0.1:{stream.video_port}",
+    ]
+    if stream.has_audio:
+        command += ["-map", "1:a", "-c:a", "libopus", "-b:a", "64k", "-ar", "48000"]
+        command += ["-payload_type", "111", "-f", "rtp", "-pkt_size", "1200"]
+        command += [f"rtp://127.0.0.1:{stream.audio_port}"]
+    return command
+
+
+@asynccontextmanager
+async def live_stream(*, has_audio: bool = True) -> AsyncIterator[MediaStream]:
+    """A MediaStream fed by FFmpeg (320x240@25, 1 s GOP, Opus tone), with media flowing when entered."""
+    settings = StreamSettings(port_first=41_000, port_last=41_999)  # bind_port_pair skips pairs in use
+    stream = await MediaStream.bind(PROCESS, settings, has_audio=has_audio)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stream.run)
+        await nursery.start(
+            lambda task_status: trio.run_process(
+                ffmpeg_command(stream), check=False, stdout=subprocess.DEVNULL, task_status=task_status
+            )
+        )
+        with trio.fail_after(10):
+            while not stream.has_media():
+                await trio.sleep(0.05)
+        yield stream
+        nursery.cancel_scope.cancel()
+
+
+# --- the remote peer: a plain aiortc receiver on the same loop ---------------------------------------------
+
+
+class Receiver:
+    """What a WHEP player does: recvonly transceivers, decode everything, note when the connection ends."""
+
+    def __init__(self, *, audio: bool = True) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc.addTransceiver("video", direction="recvonly")
+        if audio:
+            self.pc.addTransceiver("audio", direction="recvonly")
+        self.video_sizes: list[tuple[int, int]] = []
+        self.audio_frames = 0
+        self.first_video_at: float | None = None
+        self.ended_at: float | None = None
+        self._consumers: list[asyncio.Task[None]] = []
+        self.pc.on("track", lambda track: self._consumers.append(asyncio.ensure_future(self._consume(track))))
+        self.pc.on("connectionstatechange", self._on_state)
+
+    def _on_state(self) -> None:
+        if self.pc.connectionState in ("closed", "failed") and self.ended_at is None:
+            self.ended_at = trio.current_time()
+
+    async def _consume(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                if track.kind == "audio":
+                    self.audio_frames += 1
+                elif isinstance(frame, av.VideoFrame):
+                    self.video_sizes.append((frame.width, frame.height))
+                    if self.first_video_at is None:
+                        self.first_video_at = trio.current_time()
+        except MediaStreamError:
+            pass
+
+    async def offer(self) -> str:
+        await aio_as_trio(self.pc.setLocalDescription)()
+        return str(self.pc.localDescription.sdp)
+
+    async def accept(self, answer: str) -> None:
+        await aio_as_trio(self.pc.setRemoteDescription)(RTCSessionDescription(sdp=answer, type="answer"))
+
+    async def wait_for_media(self, *, video_frames: int, audio_frames: int = 0, timeout: float = 10) -> None:
+        with trio.fail_after(timeout):
+            while len(self.video_sizes) < video_frames or self.audio_frames < audio_frames:
+                await trio.sleep(0.02)
+
+    async def wait_ended(self, timeout: float) -> float:
+        with trio.fail_after(timeout):
+            while self.ended_at is None:
+                await trio.sleep(0.002)
+        return self.ended_at
+
+    async def close(self) -> None:
+        await aio_as_trio(self.pc.close)()
+        for consumer in self._consumers:
+            consumer.cancel()
+        await aio_as_trio(asyncio.gather)(*self._consumers, return_exceptions=True)
+
+
+# --- leak accounting --------------------------------------------------------------------------------------
+
+
+async def _other_asyncio_tasks() -> int:
+    return len(asyncio.all_tasks() - {asyncio.current_task()})
+
+
+async def resources() -> tuple[int, int]:
+    """(asyncio tasks on the trio-asyncio loop, open file descriptors of this process)."""
+    return await aio_as_trio(_other_asyncio_tasks)(), len(os.listdir("/proc/self/fd"))
+
+
+async def assert_back_to(baseline: tuple[int, int]) -> None:
+    """aiortc finishes a few callbacks after close; give it a moment, then demand the baseline exactly."""
+    with trio.move_on_after(2):
+        while await resources() != baseline:
+            await trio.sleep(0.05)
+    assert await resources() == baseline
+
+
+def sample(metric: Any, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(metric, labels) or 0.0
+
+
+# --- tests ------------------------------------------------------------------------------------------------
+
+
+async def test_viewer_sends_decodable_video_and_audio_and_ends_the_peer_when_its_scope_is_cancelled() -> None:
+    async with trio_asyncio.open_loop(), live_stream() as stream:
+        baseline = await resources()
+        closed_before = sample("dragonfork_webrtc_viewers_closed_total", reason="process_stopped")
+        packets_before = sample("dragonfork_webrtc_rtp_packets_forwarded_total", kind="video")
+        audio_bytes_before = sample("dragonfork_webrtc_rtp_bytes_forwarded_total", kind="audio")
+        setups_before = sample("dragonfork_webrtc_viewer_setup_seconds_count")
+        first_frames_before = sample("dragonfork_webrtc_time_to_first_frame_seconds_count")
+        receiver = Receiver()
+        viewer = Viewer(PROCESS, ViewerSettings())
+        async with trio.open_nursery() as process_scope:
+            answer = await process_scope.start(viewer.run, stream, await receiver.offer())
+            assert "a=sendonly" in answer and "H264/90000" in answer and "opus/48000" in answer
+            await receiver.accept(answer)
+            await receiver.wait_for_media(video_frames=25, audio_frames=25)
+            assert viewer.state is ViewerState.CONNECTED
+            assert sample("dragonfork_webrtc_viewers_active", process=PROCESS) == 1
+            cancelled_at = trio.current_time()
+            process_scope.cancel_scope.cancel()
+
+        ended_at = await receiver.wait_ended(timeout=1)
+        assert ended_at - cancelled_at < 1.0
+        assert set(receiver.video_sizes) == {(320, 240)}
+        assert viewer.state is ViewerState.CLOSED and viewer.close_reason is CloseReason.PROCESS_STOPPED
+        assert viewer.setup_seconds is not None and viewer.time_to_first_frame_seconds is not None
+        assert sample("dragonfork_webrtc_viewers_active", process=PROCESS) == 0
+        assert sample("dragonfork_webrtc_viewers_closed_total", reason="process_stopped") == closed_before + 1
+        assert sample("dragonfork_webrtc_rtp_packets_forwarded_total", kind="video") > packets_before + 25
+        assert sample("dragonfork_webrtc_rtp_bytes_forwarded_total", kind="audio") > audio_bytes_before + 2000
+        assert sample("dragonfork_webrtc_viewer_setup_seconds_count") == setups_before + 1
+        assert sample("dragonfork_webrtc_time_to_first_frame_seconds_count") == first_frames_before + 1
+        print(
+            f"\nthe peer saw the end {(ended_at - cancelled_at) * 1000:.1f} ms after the scope was cancelled"
+        )
+        await receiver.close()
+        await assert_back_to(baseline)
+
+
+async def test_answer_time_and_time_to_first_frame_over_ten_sessions_leave_nothing_behind() -> None:
+    """The POST-equivalent figures (offer in → answer out; offer → first frame) and no leak per session."""
+    answer_seconds, server_ttff, decoded_ttff = [], [], []
+    async with trio_asyncio.open_loop(), live_stream() as stream:
+        baseline = await resources()
+        async with trio.open_nursery() as process_scope:
+            for _ in range(10):
+                receiver = Receiver()
+                offer = await receiver.offer()
+                viewer = Viewer(PROCESS, ViewerSettings())
+                offered_at = trio.current_time()
+                answer = await process_scope.start(viewer.run, stream, offer)
+                answer_seconds.append(trio.current_time() - offered_at)
+                await receiver.accept(answer)
+                await receiver.wait_for_media(video_frames=1)
+                assert receiver.first_video_at is not None and viewer.time_to_first_frame_seconds is not None
+                decoded_ttff.append(receiver.first_video_at - offered_at)
+                server_ttff.append(viewer.time_to_first_frame_seconds)
+                viewer.close()
+                await receiver.wait_ended(timeout=1)
+                await receiver.close()
+                assert viewer.close_reason is CloseReason.DELETE
+        await assert_back_to(baseline)
+    print(
+        f"\nanswer (offer in → answer out): median {statistics.median(answer_seconds) * 1000:.1f} ms, "
+        f"max {max(answer_seconds) * 1000:.1f} ms; time to first frame: handed to aiortc median "
+        f"{statistics.median(server_ttff) * 1000:.0f} ms, decoded by the peer median "
+        f"{statistics.median(decoded_ttff) * 1000:.0f} ms (max {max(decoded_ttff) * 1000:.0f} ms)"
+    )
+    assert max(answer_seconds) < ViewerSettings().handshake_timeout
+
+
+@pytest.mark.parametrize(
+    ("mangle", "status", "message"),
+    [
+        (lambda sdp: sdp.replace("v=0", "v=1", 1), 400, "must start with the line v=0"),
+        (lambda sdp: sdp.replace("a=recvonly", "a=sendonly"), 400, "is sendonly; a WHEP offer is recvonly"),
+        (lambda sdp: sdp.replace("a=recvonly", "a=inactive"), 400, "is inactive; a WHEP offer is recvonly"),
+        (lambda sdp: sdp.replace("profile-level-id=42", "profile-level-id=64"), 406, "no H.264"),
+        (lambda sdp: sdp.replace("opus/48000", "foo/48000"), 406, "the audio m-line offers no opus/48000"),
+    ],
+)
+async def test_bad_offers_are_rejected_before_the_answer_and_other_viewers_keep_playing(
+    mangle: Any, status: int, message: str
+) -> None:
+    async with trio_asyncio.open_loop(), live_stream() as stream:
+        baseline = await resources()
+        sessions = ViewerSessions()
+        watching = Receiver()
+        async with trio.open_nursery() as process_scope:
+            answer = await process_scope.start(
+                sessions.run_viewer, Viewer(PROCESS), stream, await watching.offer()
+            )
+            await watching.accept(answer)
+            await watching.wait_for_media(video_frames=5)
+
+            offering = Receiver()
+            bad_offer = mangle(await offering.offer())
+            with pytest.raises(OfferRejected) as rejected:
+                await process_scope.start(sessions.run_viewer, Viewer(PROCESS), stream, bad_offer)
+            await offering.close()
+
+            assert rejected.value.status == status
+            assert message in rejected.value.message
+            assert len(sessions) == 1
+            frames_before = len(watching.video_sizes)
+            await watching.wait_for_media(video_frames=frames_before + 10)
+            process_scope.cancel_scope.cancel()
+        await watching.close()
+        await assert_back_to(baseline)
+
+
+async def test_an_offer_without_audio_gets_video_only() -> None:
+    async with trio_asyncio.open_loop(), live_stream() as stream:
+        receiver = Receiver(audio=False)
+        viewer = Viewer(PROCESS)
+        async with trio.open_nursery() as process_scope:
+            answer = await process_scope.start(viewer.run, stream, await receiver.offer())
+            assert "m=audio" not in answer
+            await receiver.accept(answer)
+            await receiver.wait_for_media(video_frames=10)
+            process_scope.cancel_scope.cancel()
+        await receiver.close()
+
+
+async def test_a_stream_without_audio_serves_an_offer_with_audio_video_only() -> None:
+    async with trio_asyncio.open_loop(), live_stream(has_audio=False) as stream:
+        receiver = Receiver()
+        viewer = Viewer(PROCESS)
+        async with trio.open_nursery() as process_scope:
+            answer = await process_scope.start(viewer.run, stream, await receiver.offer())
+            assert "a=inactive" in answer  # the audio m-line is answered, but nothing is sent on it
+            await receiver.accept(answer)
+            await receiver.wait_for_media(video_frames=10)
+            assert receiver.audio_frames == 0
+            process_scope.cancel_scope.cancel()
+        await receiver.close()
+
+
+async def test_a_peer_that_never_connects_is_closed_after_the_handshake_timeout() -> None:
+    async with trio_asyncio.open_loop(), live_stream() as stream:
+        baseline = await resources()
+        silent = Receiver()  # makes an offer but never applies the answer: no ICE checks from its side
+        viewer = Viewer(PROCESS, ViewerSettings(handshake_timeout=1.5))
+        async with trio.open_nursery() as process_scope:
+            offered_at = trio.current_time()
+            await process_scope.start(viewer.run, stream, await silent.offer())
+            assert viewer.state is ViewerState.CONNECTING
+        assert viewer.close_reason is CloseReason.HANDSHAKE_TIMEOUT
+        assert 1.5 <= trio.current_time() - offered_at < 2.5
+        await silent.close()
+        await assert_back_to(baseline)
+
+
+async def test_viewers_that_cannot_answer_raise_before_started_and_leave_nothing_behind() -> None:
+    async with trio_asyncio.open_loop(), live_stream() as stream:
+        baseline = await resources()
+        receiver = Receiver()
+        offer = await receiver.offer()
+        too_slow = Viewer(PROCESS, ViewerSettings(handshake_timeout=0.0))
+        closed_early = Viewer(PROCESS)
+        closed_early.close()
+        async with trio.open_nursery() as process_scope:
+            with pytest.raises(AnswerTimeout):
+                await process_scope.start(too_slow.run, stream, offer)
+            with pytest.raises(ViewerClosed):
+                await process_scope.start(closed_early.run, stream, offer)
+        assert too_slow.state is ViewerState.CLOSED and closed_early.state is ViewerState.CLOSED
+        await receiver.close()
+        await assert_back_to(baseline)
+
+
+async def test_advertised_addresses_are_offered_and_the_peer_still_connects() -> None:
+    async with trio_asyncio.open_loop(), live_stream() as stream:
+        receiver = Receiver()
+        viewer = Viewer(PROCESS, ViewerSettings(public_ips=["203.0.113.5"]))
+        async with trio.open_nursery() as process_scope:
+            answer = await process_scope.start(viewer.run, stream, await receiver.offer())
+            assert " 203.0.113.5 " in answer
+            await receiver.accept(answer)
+            await receiver.wait_for_media(video_frames=5)
+            process_scope.cancel_scope.cancel()
+        await receiver.close()
+
+
+async def test_the_peer_closing_ends_the_viewer() -> None:
+    async with trio_asyncio.open_loop(), live_stream() as stream:
+        receiver = Receiver()
+        viewer = Viewer(PROCESS)
+        async with trio.open_nursery() as process_scope:
+            await receiver.accept(await process_scope.start(viewer.run, stream, await receiver.offer()))
+            await receiver.wait_for_media(video_frames=5)
+            closed_at = trio.current_time()
+            await receiver.close()
+        assert viewer.close_reason is CloseReason.PEER_CLOSED
+        assert trio.current_time() - closed_at < 1.0
+
+
+def without_candidates(sdp: str) -> str:
+    return "".join(f"{line}\r\n" for line in sdp.splitlines() if not line.startswith(_CANDIDATE_LINES))
+
+
+_CANDIDATE_LINES = ("a=candidate:", "a=end-of-candidates")
+
+
+async def test_trickled_candidates_are_what_connects_and_ice_restart_is_refused() -> None:
+    """Neither SDP carries candidates: only the PATCH body lets the viewer reach the peer."""
+    async with trio_asyncio.open_loop(), live_stream() as stream:
+        receiver = Receiver()
+        offer = await receiver.offer()
+        viewer = Viewer(PROCESS)
+        async with trio.open_nursery() as process_scope:
+            answer = await process_scope.start(viewer.run, stream, without_candidates(offer))
+            await receiver.accept(without_candidates(answer))
+            with pytest.raises(FragmentRejected) as restart:
+                await viewer.add_remote_candidates(
+                    "a=ice-ufrag:new1\r\na=ice-pwd:aNewPasswordOf22Chars00\r\n"
+                )
+            assert restart.value.status == 422
+            await trio.sleep(0.5)
+            assert viewer.state is ViewerState.CONNECTING
+
+            candidates = [line for line in offer.splitlines() if line.startswith("a=candidate:")]
+            await viewer.add_remote_candidates(
+                "\r\n".join(["m=video 9 UDP/TLS/RTP/SAVPF 0", "a=mid:0", *candidates, "a=end-of-candidates"])
+            )
+            await receiver.wait_for_media(video_frames=5, timeout=5)
+            process_scope.cancel_scope.cancel()
+        await receiver.close()
+
+
+async def test_session_table_caps_viewers_per_process_and_forgets_them_when_they_end() -> None:
+    async with trio_asyncio.open_loop(), live_stream() as stream:
+        sessions = ViewerSessions()
+        first, second = Receiver(), Receiver()
+        async with trio.open_nursery() as process_scope:
+            viewer = Viewer(PROCESS)
+            answer = await process_scope.start(
+                partial(sessions.run_viewer, max_viewers=1), viewer, stream, await first.offer()
+            )
+            await first.accept(answer)
+            assert (sessions.get(viewer.id), sessions.count(PROCESS), sessions.count("other")) == (
+                viewer,
+                1,
+                0,
+            )
+
+            with pytest.raises(ViewerCapReached):
+                await process_scope.start(
+                    partial(sessions.run_viewer, max_viewers=1), Viewer(PROCESS), stream, await second.offer()
+                )
+            assert sessions.count(PROCESS) == 1
+            await first.wait_for_media(video_frames=5)
+
+            viewer.close()
+            viewer.close()  # idempotent
+            with trio.fail_after(2):
+                while sessions.get(viewer.id) is not None:
+                    await trio.sleep(0.01)
+            assert sessions.count(PROCESS) == 0 and viewer.close_reason is CloseReason.DELETE
+            await second.close()
+            second = Receiver()
+            await second.accept(
+                await process_scope.start(
+                    partial(sessions.run_viewer, max_viewers=1), Viewer(PROCESS), stream, await second.offer()
+                )
+            )
+            await second.wait_for_media(video_frames=5)
+            process_scope.cancel_scope.cancel()
+        assert len(sessions) == 0
+        await first.close()
+        await second.close()
+
+
+# --- the WHEP client in its own process -------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def whep_endpoint(
+    stream: MediaStream, sessions: ViewerSessions, settings: ViewerSettings
+) -> AsyncIterator[str]:
+    """The smallest WHEP server for ``stream``: POST answers with a viewer, DELETE closes it."""
+    app = QuartTrio(__name__)
+    async with trio.open_nursery() as nursery:
+
+        @app.post("/whep")
+        async def post() -> Any:
+            viewer = Viewer(PROCESS, settings)
+            offer = await request.get_data(as_text=True)
+            try:
+                answer = await nursery.start(sessions.run_viewer, viewer, stream, offer)
+            except OfferRejected as rejected:
+                return rejected.message, rejected.status
+            return answer, 201, {"Content-Type": "application/sdp", "Location": f"/whep/{viewer.id}"}
+
+        @app.delete("/whep/<viewer_id>")
+        async def delete(viewer_id: str) -> Any:
+            if (viewer := sessions.get(viewer_id)) is not None:
+                viewer.close(CloseReason.DELETE)
+            return "", 204
+
+        config = hypercorn.config.Config()
+        config.bind = [f"127.0.0.1:{free_port()}"]
+        config.accesslog = config.errorlog = None
+        await nursery.start(lambda task_status: hypercorn.trio.serve(app, config, task_status=task_status))
+        yield f"http://{config.bind[0]}/whep"
+        nursery.cancel_scope.cancel()
+
+
+def client_command(url: str, *options: str) -> list[str]:
+    return [sys.executable, "-m", "dragonfork.webrtc.client", url, "--json", *options]
+
+
+async def test_whep_client_process_plays_and_deletes_its_session() -> None:
+    async with trio_asyncio.open_loop(), live_stream() as stream:
+        sessions = ViewerSessions()
+        deleted_before = sample("dragonfork_webrtc_viewers_closed_total", reason="delete")
+        async with whep_endpoint(stream, sessions, ViewerSettings()) as url:
+            with trio.fail_after(30):
+                done = await trio.run_process(client_command(url, "--duration", "2"), capture_stdout=True)
+                no_decode = await trio.run_process(
+                    client_command(url, "--duration", "2", "--no-decode"), capture_stdout=True
+                )
+            with trio.fail_after(2):
+                while len(sessions):
+                    await trio.sleep(0.02)
+        report = json.loads(done.stdout)
+        assert report["status"] == 201 and report["error"] is None and not report["server_closed"]
+        assert report["video_frames_decoded"] >= 25 and report["audio_frames"] >= 50
+        assert report["video_packets"] >= report["video_frames_decoded"] and report["audio_packets"] > 0
+        assert (
+            0
+            < report["post_to_201_seconds"]
+            < report["connected_seconds"]
+            < report["time_to_first_frame_seconds"]
+        )
+        counted = json.loads(no_decode.stdout)
+        assert (
+            counted["video_frames_decoded"] == 0
+            and counted["video_packets"] >= 50
+            and counted["audio_packets"]
+        )
+        assert sample("dragonfork_webrtc_viewers_closed_total", reason="delete") == deleted_before + 2
+        print(f"\nclient report: {report}")
+
+
+async def test_whep_client_reports_when_the_server_ends_the_session() -> None:
+    async with trio_asyncio.open_loop(), live_stream() as stream:
+        sessions = ViewerSessions()
+        async with whep_endpoint(stream, sessions, ViewerSettings()) as url, trio.open_nursery() as nursery:
+            client = await nursery.start(
+                lambda task_status: trio.run_process(
+                    client_command(url, "--duration", "20"),
+                    stdout=subprocess.PIPE,
+                    task_status=task_status,
+                )
+            )
+            with trio.fail_after(10):
+                while not any(v.state is ViewerState.CONNECTED for v in sessions.viewers(PROCESS)):
+                    await trio.sleep(0.02)
+            await trio.sleep(1)
+            closed_at = trio.current_time()
+            for viewer in sessions.viewers(PROCESS):
+                viewer.close(CloseReason.PROCESS_STOPPED)
+            output = b""
+            with trio.fail_after(5):
+                while chunk := await client.stdout.receive_some():
+                    output += chunk
+            reported_after = trio.current_time() - closed_at
+        report = json.loads(output)
+        assert report["server_closed"] is True and report["error"] is None
+        assert report["server_closed_after_seconds"] > report["connected_seconds"] + 1
+        assert reported_after < 2  # the client saw the end, sent its DELETE, closed and printed its report
+
+
+async def test_a_vanished_peer_is_dropped_after_the_disconnect_grace() -> None:
+    async with trio_asyncio.open_loop(), live_stream() as stream:
+        sessions = ViewerSessions()
+        async with (
+            whep_endpoint(stream, sessions, ViewerSettings(disconnect_grace=2.5)) as url,
+            trio.open_nursery() as nursery,
+        ):
+            client = await nursery.start(
+                lambda task_status: trio.run_process(
+                    client_command(url, "--duration", "20"), check=False, task_status=task_status
+                )
+            )
+            with trio.fail_after(10):
+                while not any(v.time_to_first_frame_seconds for v in sessions.viewers(PROCESS)):
+                    await trio.sleep(0.02)
+            (viewer,) = sessions.viewers(PROCESS)
+            await trio.sleep(1)
+            client.send_signal(signal.SIGKILL)
+            killed_at = trio.current_time()
+            with trio.fail_after(8):
+                while len(sessions):
+                    await trio.sleep(0.05)
+        assert viewer.close_reason is CloseReason.ICE_DISCONNECTED
+        # Silence counts from the last receiver report, which came up to 1.5 s before the kill (aiortc reports
+        # every 0.5-1.5 s); the check runs every second.
+        assert 2.5 - 1.5 <= trio.current_time() - killed_at < 2.5 + 1 + 2
