@@ -68,12 +68,28 @@ def notify_systemd(message: str) -> None:
             log.warning("systemd notification failed", error=str(exc))
 
 
+def log_asyncio_error(loop: object, context: dict[str, object]) -> None:
+    """Log an unhandled asyncio error and carry on, as plain asyncio does.
+
+    trio-asyncio's default handler raises it into the loop instead, which would end the whole server: one
+    aiortc peer's unretrieved exception must not stop every process and viewer.
+    """
+    error = context.get("exception")
+    log.error(
+        "unhandled asyncio error",
+        message=context.get("message"),
+        error=repr(error) if error is not None else None,
+        exc_info=error if isinstance(error, BaseException) else None,
+    )
+
+
 async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None:
     """Run the server until SIGINT or SIGTERM, then shut down gracefully."""
     started_at = started_at or time.perf_counter()
     check_bind_is_safe(loaded)
     core = build_core(loaded)
-    async with trio_asyncio.open_loop(), trio.open_nursery() as root:
+    async with trio_asyncio.open_loop() as loop, trio.open_nursery() as root:
+        loop.set_exception_handler(log_asyncio_error)
         await root.start(core.registry.run)
         http_stopped = trio.Event()
         await root.start(_serve_http, core, http_stopped)

@@ -177,7 +177,7 @@ def server_env(data_dir: Path, **overrides: str) -> dict[str, str]:
 @contextmanager
 def running_server(tmp_path: Path, **overrides: str) -> Iterator[Server]:
     data_dir = tmp_path / "data"
-    data_dir.mkdir(exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
     server = Server(data_dir, server_env(data_dir, **overrides), tmp_path / "server.log")
     server.start()
     try:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 import structlog
-from quart import Response, g, request
+from quart import g, request
 from quart_trio import QuartTrio
+from quart_trio.wrappers import TrioResponse as Response
 from werkzeug.exceptions import HTTPException
 
 from dragonfork import metrics

@@ -1,5 +1,8 @@
 """JSON errors ``{"code", "message", "details"}`` and the request-body rules every route shares.
 
+Every response is quart-trio's ``TrioResponse`` (imported as ``Response``): Quart's own class iterates an
+empty body through asyncio's executor, which under trio-asyncio can fail outside the request.
+
 Bad input never becomes a 500: a wrong content type is 415, an oversized body 413, unparsable JSON or a
 schema violation 400 with the field path in the message. Unexpected exceptions are logged with their
 traceback and answered with a generic 500 that carries no traceback.
@@ -11,7 +14,8 @@ import json
 from typing import Any
 
 from pydantic import ValidationError
-from quart import Response, current_app, request
+from quart import current_app, request
+from quart_trio.wrappers import TrioResponse as Response
 
 
 class ApiError(Exception):

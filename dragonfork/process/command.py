@@ -21,7 +21,7 @@ from dragonfork.process.progress import IOInfo, StreamInfo
 from dragonfork.process.schema import ProcessConfig, WebRTCProcessConfig
 from dragonfork.stream.source import DEFAULT_PAYLOAD_TYPES
 
-PROGRESS_ARGS = ["-hide_banner", "-nostdin", "-nostats", "-progress", "pipe:1", "-stats_period", "1"]
+PROGRESS_ARGS = ["-hide_banner", "-nostdin", "-nostats", "-progress", "pipe:1", "-stats_period", "0.5"]
 
 RTP_PACKET_SIZE = 1200  # leaves room for SRTP and header extensions under a 1280-byte path MTU
 

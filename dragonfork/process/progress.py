@@ -1,6 +1,6 @@
 """Parse what a running FFmpeg prints: the prelude and log on stderr, the ``-progress`` blocks on stdout.
 
-The supervisor runs ``ffmpeg -hide_banner -nostdin -nostats -progress pipe:1 -stats_period 1 ...``, so
+The supervisor runs ``ffmpeg -hide_banner -nostdin -nostats -progress pipe:1 -stats_period 0.5 ...``, so
 
 - stderr carries the prelude (``Input #N``/``Output #N`` headers, their ``Stream #x:y`` lines, ``Stream
   mapping:``, encoder start-up lines) followed by log lines;

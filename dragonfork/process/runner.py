@@ -190,7 +190,7 @@ class ManagedProcess:
     # -- supervision ------------------------------------------------------------------------------
 
     async def supervise(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run FFmpeg; again after ``reconnect_delay_seconds`` while the order is start and reconnect is on."""
+        """Run FFmpeg, and again after ``reconnect_delay_seconds`` while ordered to start with reconnect."""
         with trio.CancelScope() as scope:
             self._supervisor = scope
             task_status.started()

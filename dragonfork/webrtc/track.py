@@ -40,7 +40,6 @@ class FrameTrack(MediaStreamTrack):
         super().__init__()
         self.kind = kind
         self.first_frame_at: float | None = None  # trio.current_time() when aiortc took the first frame
-        self.frames_sent = 0
         self._capacity = capacity
         self._on_first_frame = on_first_frame
         self._frames: collections.deque[MediaFrame] = collections.deque()
@@ -81,7 +80,6 @@ class FrameTrack(MediaStreamTrack):
         packet = av.Packet(frame.data)
         packet.pts = frame.timestamp
         packet.time_base = Fraction(1, frame.clock_rate)
-        self.frames_sent += 1
         self._packets_forwarded.inc(frame.packet_count)
         self._bytes_forwarded.inc(frame.size)
         if self.first_frame_at is None:

@@ -59,15 +59,8 @@ def ffmpeg_command(stream: MediaStream) -> list[str]:
         command += ["-re", "-f", "lavfi", "-i", TEST_AUDIO]
     command += ["-map", "0:v", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency"]
     command += ["-profile:v", "baseline", "-pix_fmt", "yuv420p", "-g", "25", "-bsf:v", "dump_extra"]
-    command += [
-        "-payload_type",
-        "96",
-        "-f",
-        "rtp",
-        "-pkt_size",
-        "1200",
-        f"rtp://127.0.0.1:{stream.video_port}",
-    ]
+    command += ["-payload_type", "96", "-f", "rtp", "-pkt_size", "1200"]
+    command += [f"rtp://127.0.0.1:{stream.video_port}"]
     if stream.has_audio:
         command += ["-map", "1:a", "-c:a", "libopus", "-b:a", "64k", "-ar", "48000"]
         command += ["-payload_type", "111", "-f", "rtp", "-pkt_size", "1200"]

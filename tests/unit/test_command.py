@@ -47,7 +47,7 @@ def config(**extra: Any) -> ProcessConfig:
 
 # --- argv order ---------------------------------------------------------------------------------------------
 
-PROGRESS = ["-hide_banner", "-nostdin", "-nostats", "-progress", "pipe:1", "-stats_period", "1"]
+PROGRESS = ["-hide_banner", "-nostdin", "-nostats", "-progress", "pipe:1", "-stats_period", "0.5"]
 GLOBAL = ["-loglevel", "level+info", "-err_detect", "ignore_err"]
 INPUTS = ["-re", "-f", "lavfi", "-i", TEST_VIDEO, "-f", "lavfi", "-i", TEST_AUDIO]
 OUTPUTS = ["-c:v", "libx264", "-f", "flv", "rtmp://127.0.0.1/live/a", "-f", "null", "-"]

@@ -6,7 +6,8 @@ import time
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from quart import Blueprint, Response, jsonify
+from quart import Blueprint, jsonify
+from quart_trio.wrappers import TrioResponse as Response
 
 from dragonfork import __version__, metrics
 from dragonfork.config import leaf_paths, redacted, settings_value

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import swagger_ui_bundle
-from quart import Blueprint, Response, jsonify, send_from_directory
+from quart import Blueprint, jsonify, send_from_directory
+from quart_trio.wrappers import TrioResponse as Response
 
 from dragonfork import __version__
 from dragonfork.process.schema import ProcessConfig

@@ -11,7 +11,8 @@ import functools
 import hashlib
 import time
 
-from quart import Blueprint, Response, g, request
+from quart import Blueprint, g, request
+from quart_trio.wrappers import TrioResponse as Response
 
 from dragonfork import metrics
 from dragonfork.core import Core
