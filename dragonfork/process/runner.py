@@ -106,10 +106,22 @@ class ProcessRun:
         """Start ``run_viewer(stream, offer_sdp, task_status=...)`` inside this run's nursery.
 
         The viewer then ends with the run (stop, restart, delete, crash). Returns the SDP answer the viewer
-        passes to ``task_status.started``; what it raises before that propagates to the caller.
+        passes to ``task_status.started``; what it raises before that propagates to the caller, and
+        ``RunEnded`` when the run ends before the viewer could start.
         """
-        answer: str = await self.nursery.start(run_viewer, self.stream, offer_sdp)
+        if self.nursery.cancel_scope.cancel_called:
+            raise RunEnded
+        try:
+            answer: str = await self.nursery.start(run_viewer, self.stream, offer_sdp)
+        except RuntimeError:
+            if self.nursery.cancel_scope.cancel_called:  # the run ended while the viewer was starting
+                raise RunEnded from None
+            raise
         return answer
+
+
+class RunEnded(Exception):
+    """The FFmpeg run ended (or is ending): nothing more can start in it."""
 
 
 class StartRefused(Exception):

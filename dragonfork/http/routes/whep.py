@@ -18,9 +18,10 @@ from dragonfork import metrics
 from dragonfork.core import Core
 from dragonfork.http.errors import ApiError, read_body
 from dragonfork.process.registry import ProcessNotFound
+from dragonfork.process.runner import RunEnded
 from dragonfork.webrtc.sdp import SdpRejected
 from dragonfork.webrtc.sessions import ViewerCapReached
-from dragonfork.webrtc.viewer import AnswerTimeout, CloseReason, Viewer
+from dragonfork.webrtc.viewer import AnswerTimeout, CloseReason, Viewer, ViewerClosed
 
 RETRY_AFTER_NOT_READY = "2"
 RETRY_AFTER_FULL = "5"
@@ -108,6 +109,12 @@ def whep_blueprint(core: Core) -> Blueprint:
             raise ApiError(exc.status, exc.message, {"field": "offer"}) from None
         except AnswerTimeout as exc:
             raise ApiError(504, str(exc)) from None
+        except (RunEnded, ViewerClosed):
+            raise ApiError(
+                409,
+                f"the session on {process_id!r} ended while it was being set up; retry shortly",
+                headers={"Retry-After": RETRY_AFTER_NOT_READY},
+            ) from None
         headers = {
             "Location": f"{PREFIX}/{process_id}/{viewer.id}",
             # A strong tag that changes with the answer (and so with the ICE credentials).
