@@ -1,20 +1,24 @@
-"""``nox`` runs the whole suite (tests, lint, typecheck); ``nox -s tests`` just the tests."""
+"""``nox`` runs the whole suite (tests, lint, typecheck, e2e); ``nox -s tests`` just the tests."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "e2e"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
+CHROMIUM = "/usr/bin/chromium"
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Unit and integration tests with real FFmpeg and real aiortc peers."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-ra", "--durations=15", *session.posargs)
+    session.run("pytest", "-ra", "--durations=15", "-m", "not e2e", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -28,3 +32,20 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".", "mypy")
     session.run("mypy", "dragonfork")
+
+
+@nox.session(python=PYTHON)
+def e2e(session: nox.Session) -> None:
+    """The admin UI and the WHEP player in headless Debian Chromium, driven by Playwright for Python.
+
+    Chromium comes from Debian (installed here when /usr/bin/chromium is missing), never from Playwright's
+    own download; ``UPDATE_DOC_SCREENSHOTS=1 nox -s e2e`` also refreshes the README's screenshots.
+    """
+    if not Path(CHROMIUM).exists():
+        if os.geteuid() != 0:
+            session.error(f"{CHROMIUM} is missing: run `sudo apt-get install chromium chromium-driver`")
+        apt_env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", external=True, env=apt_env)
+        session.run("apt-get", "install", "-y", "chromium", "chromium-driver", external=True, env=apt_env)
+    session.install("-e", ".[test]", "playwright")
+    session.run("pytest", "-ra", "--durations=10", "-m", "e2e", "tests/e2e", *session.posargs)

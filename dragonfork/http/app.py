@@ -17,6 +17,7 @@ from dragonfork.http.errors import ApiError, error_response
 from dragonfork.http.routes.about import about_blueprint
 from dragonfork.http.routes.docs import docs_blueprint
 from dragonfork.http.routes.process import process_blueprint
+from dragonfork.http.routes.ui import ui_blueprint
 from dragonfork.http.routes.whep import whep_blueprint
 
 log = structlog.get_logger("dragonfork.http")
@@ -67,4 +68,5 @@ def create_app(core: Core) -> QuartTrio:
     app.register_blueprint(process_blueprint(core))
     app.register_blueprint(whep_blueprint(core))
     app.register_blueprint(docs_blueprint())
+    app.register_blueprint(ui_blueprint())
     return app

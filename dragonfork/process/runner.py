@@ -12,6 +12,7 @@ after it, ``finishing`` after our SIGINT, then ``finished`` (exit 0, or 255 / SI
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -312,12 +313,11 @@ class ManagedProcess:
         else:
             state = "failed"
             self.run_end_reason = "reconnect"
+            self.last_error = _explanation(run.log) or f"ffmpeg exited with code {code}"
         if code is not None:
             self._note(
                 run, f"ffmpeg exited with code {code}" + (f" ({run.kill_reason})" if run.kill_reason else "")
             )
-        if state == "failed":
-            self.last_error = run.log.last_line() or f"exit code {code}"
         self.history.push(
             RunHistoryEntry(
                 created_at=run.started_at,
@@ -435,3 +435,14 @@ class ManagedProcess:
 
     def uptime_seconds(self) -> float:
         return time.time() - self.state_since if self.state == "running" else 0.0
+
+
+_STATS_LINE = re.compile(r"^\s*(frame|size)=")
+
+
+def _explanation(log: LogRing) -> str:
+    """The line that most likely says why FFmpeg failed: its last one that is not a statistics line."""
+    for _, line in reversed(log.lines()):
+        if not _STATS_LINE.match(line):
+            return line
+    return ""

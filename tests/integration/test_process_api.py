@@ -47,6 +47,7 @@ def test_bad_arguments_fail_and_reconnect_restarts(server: Server) -> None:
     config = lavfi_process("broken", options=["-no_such_option", "1"])
     assert server.api("POST", "/api/v3/process", json=config).status_code == 201
     state = server.wait_state("broken", "failed")
+    assert state["last_error"] == "Error splitting the argument list: Option not found"  # FFmpeg's words
     assert "no_such_option" in json.dumps(server.api("GET", "/api/v3/process/broken/report").json())
 
     config = lavfi_process(

@@ -1,0 +1,360 @@
+// The admin UI: log in, list processes with live figures, create/edit/start/stop/delete them, read their
+// logs, toggle WebRTC and watch a stream in the embedded WHEP player.
+
+import { Api, ApiError } from "./api.js";
+import { copyText } from "./clipboard.js";
+import { ProcessEditor } from "./process-editor.js";
+import { PlayerView } from "./whep-player.js";
+
+const POLL_MS = 1500;
+const api = new Api();
+const $ = (selector) => document.querySelector(selector);
+
+// --- formatting -----------------------------------------------------------------------------------------
+
+function duration(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  const [d, h, m] = [Math.floor(s / 86400), Math.floor((s % 86400) / 3600), Math.floor((s % 3600) / 60)];
+  if (d) return `${d}d ${h}h`;
+  if (h) return `${h}h ${String(m).padStart(2, "0")}m`;
+  if (m) return `${m}m ${String(s % 60).padStart(2, "0")}s`;
+  return `${s % 60}s`;
+}
+
+function bitrate(kbit) {
+  return kbit >= 1000 ? `${(kbit / 1000).toFixed(2)} Mbit/s` : `${Math.round(kbit)} kbit/s`;
+}
+
+function time(unixSeconds) {
+  return unixSeconds ? new Date(unixSeconds * 1000).toLocaleTimeString() : "";
+}
+
+/** Build an element: el("button", {class: "link", onclick}, "text", child…). */
+function el(tag, attributes = {}, ...children) {
+  const element = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (key.startsWith("on")) element.addEventListener(key.slice(2), value);
+    else if (value === true) element.setAttribute(key, "");
+    else if (value !== false && value != null) element.setAttribute(key, value);
+  }
+  element.append(...present(...children));
+  return element;
+}
+
+/** The given children without the empty ones (false, "", null), for conditional parts. */
+function present(...children) {
+  return children.filter((child) => child || child === 0);
+}
+
+function whepUrl(id) {
+  return `${location.origin}/api/v3/whep/${encodeURIComponent(id)}`;
+}
+
+// --- messages -------------------------------------------------------------------------------------------
+
+let toastTimer = null;
+
+function toast(message, kind = "info") {
+  const box = $("#toast");
+  box.textContent = message;
+  box.dataset.kind = kind;
+  box.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => (box.hidden = true), kind === "error" ? 8000 : 3000);
+}
+
+/** Run an API action; report failure as a toast, success as `done` (if given). */
+async function act(action, done) {
+  try {
+    const result = await action();
+    if (done) toast(done);
+    await refresh();
+    return result;
+  } catch (error) {
+    toast(error instanceof ApiError ? `${error.status}: ${error.message}` : String(error), "error");
+    return undefined;
+  }
+}
+
+// --- the process list -----------------------------------------------------------------------------------
+
+const processes = new Map(); // id -> the latest {id, reference, config, state}
+const rows = new Map(); // id -> {tr, cells, buttons}
+let pollTimer = null;
+
+function command(id, name) {
+  return act(
+    () => api.request("PUT", `/api/v3/process/${encodeURIComponent(id)}/command`, { command: name }),
+    `${name}: ${id}`,
+  );
+}
+
+function buildRow(id) {
+  const cells = {};
+  const td = (key, label) => (cells[key] = el("td", { "data-label": label, "data-cell": key }));
+  const buttons = {
+    toggleOrder: el("button", {
+      type: "button",
+      onclick: () => command(id, processes.get(id).state.order === "start" ? "stop" : "start"),
+    }),
+    restart: el("button", { type: "button", onclick: () => command(id, "restart") }, "Restart"),
+    edit: el("button", { type: "button", onclick: () => editor.open(processes.get(id).config) }, "Edit"),
+    log: el("button", { type: "button", onclick: () => showReport(id) }, "Log"),
+    watch: el("button", { type: "button", onclick: () => watch(id) }, "Watch"),
+    copy: el(
+      "button",
+      { type: "button", onclick: (event) => copyText(whepUrl(id), event.currentTarget) },
+      "Copy WHEP URL",
+    ),
+    remove: el("button", { type: "button", class: "danger", onclick: () => confirmDelete(id) }, "Delete"),
+  };
+  const webrtc = el("input", {
+    type: "checkbox",
+    role: "switch",
+    "aria-label": `WebRTC for ${id}`,
+    onchange: () => toggleWebrtc(id, webrtc),
+  });
+  const tr = el(
+    "tr",
+    { "data-id": id },
+    td("process", "Process"),
+    td("state", "State"),
+    td("uptime", "Uptime"),
+    td("fps", "FPS"),
+    td("bitrate", "Bitrate"),
+    td("cpu", "CPU"),
+    td("memory", "Memory"),
+    td("viewers", "Viewers"),
+    td("webrtc", "WebRTC"),
+    td("actions", "Actions"),
+  );
+  cells.webrtc.append(el("label", { class: "switch" }, webrtc, el("span", { "aria-hidden": "true" })));
+  cells.actions.append(el("div", { class: "actions" }, ...Object.values(buttons)));
+  return { tr, cells, buttons, webrtc };
+}
+
+function renderRow(row, process) {
+  const { config, state } = process;
+  const live = state.exec === "running" || state.exec === "starting";
+  const progress = state.progress || {};
+  row.cells.process.replaceChildren(
+    ...present(
+      el("strong", {}, process.id),
+      process.reference && el("small", { class: "muted" }, process.reference),
+    ),
+  );
+  row.cells.state.replaceChildren(
+    ...present(
+      el("span", { class: `badge state-${state.exec}`, title: `order: ${state.order}` }, state.exec),
+      state.restarts > 0 && el("small", { class: "muted" }, `${state.restarts} restarts`),
+      state.last_error && el("small", { class: "error-text", title: state.last_error }, state.last_error),
+    ),
+  );
+  row.cells.uptime.textContent = live ? duration(state.runtime_seconds) : "—";
+  row.cells.fps.textContent = live ? (progress.fps || 0).toFixed(1) : "—";
+  row.cells.bitrate.textContent = live ? bitrate(progress.bitrate_kbit || 0) : "—";
+  row.cells.cpu.textContent = live ? `${(state.cpu_usage || 0).toFixed(1)} %` : "—";
+  row.cells.memory.textContent = live ? `${Math.round((state.memory_bytes || 0) / 1048576)} MiB` : "—";
+  row.cells.viewers.textContent = config.webrtc?.enabled ? String(state.webrtc?.viewers ?? 0) : "—";
+  if (!row.webrtc.busy) row.webrtc.checked = Boolean(config.webrtc?.enabled);
+  row.buttons.toggleOrder.textContent = state.order === "start" ? "Stop" : "Start";
+  row.buttons.watch.disabled = !config.webrtc?.enabled;
+  row.buttons.copy.disabled = !config.webrtc?.enabled;
+}
+
+function render() {
+  const body = $("#process-rows");
+  const ids = [...processes.keys()].sort();
+  for (const [id, row] of rows) {
+    if (!processes.has(id)) {
+      row.tr.remove();
+      rows.delete(id);
+    }
+  }
+  for (const id of ids) {
+    if (!rows.has(id)) rows.set(id, buildRow(id));
+    const row = rows.get(id);
+    renderRow(row, processes.get(id));
+    body.append(row.tr); // append moves it: keeps the rows sorted without rebuilding them
+  }
+  $("#empty").hidden = ids.length > 0;
+}
+
+async function refresh() {
+  const list = await api.request("GET", "/api/v3/process?filter=config,state");
+  processes.clear();
+  for (const process of list) processes.set(process.id, process);
+  render();
+  $("#updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  $("#banner").hidden = true;
+}
+
+async function poll() {
+  clearTimeout(pollTimer);
+  try {
+    await refresh();
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) return; // the login form takes over
+    showBanner(`Cannot load the processes: ${error.message}. Retrying…`);
+  }
+  pollTimer = setTimeout(poll, POLL_MS);
+}
+
+function showBanner(message) {
+  $("#banner").textContent = message;
+  $("#banner").hidden = false;
+}
+
+// --- actions --------------------------------------------------------------------------------------------
+
+/** Flip webrtc.enabled: PUT the stored config with the flag changed (the server restarts a running process). */
+async function toggleWebrtc(id, checkbox) {
+  const config = structuredClone(processes.get(id).config);
+  config.webrtc = { ...config.webrtc, enabled: checkbox.checked };
+  checkbox.busy = true;
+  checkbox.disabled = true;
+  await act(
+    () => api.request("PUT", `/api/v3/process/${encodeURIComponent(id)}`, config),
+    `WebRTC ${checkbox.checked ? "enabled" : "disabled"} for ${id}`,
+  );
+  checkbox.busy = false;
+  checkbox.disabled = false;
+  render();
+}
+
+async function confirmDelete(id) {
+  const dialog = $("#confirm");
+  dialog.querySelector(".confirm-text").textContent =
+    `Delete process “${id}”? It is stopped and its config removed.`;
+  dialog.returnValue = "";
+  dialog.showModal();
+  await new Promise((resolve) => dialog.addEventListener("close", resolve, { once: true }));
+  if (dialog.returnValue === "ok") {
+    await act(() => api.request("DELETE", `/api/v3/process/${encodeURIComponent(id)}`), `Deleted ${id}`);
+  }
+}
+
+const editor = new ProcessEditor($("#editor"), async (config, originalId) => {
+  if (originalId) await api.request("PUT", `/api/v3/process/${encodeURIComponent(originalId)}`, config);
+  else await api.request("POST", "/api/v3/process", config);
+  toast(`Saved ${config.id || "the new process"}`);
+  await refresh();
+});
+
+function logBlock(title, lines) {
+  return [el("h3", {}, title), el("pre", { class: "log" }, lines.length ? lines.join("\n") : "(empty)")];
+}
+
+async function showReport(id) {
+  const dialog = $("#report");
+  dialog.querySelector(".report-title").textContent = `Log of ${id}`;
+  const body = dialog.querySelector(".report-body");
+  const load = async () => {
+    const report = await api.request("GET", `/api/v3/process/${encodeURIComponent(id)}/report`);
+    const commandLine = processes.get(id)?.state.command || [];
+    const history = report.history.map((run) =>
+      el(
+        "details",
+        {},
+        el(
+          "summary",
+          {},
+          `${time(run.created_at)} – ${time(run.exited_at)}: ${run.exit_state} (exit code ${run.exit_code ?? "none"})`,
+        ),
+        ...logBlock("Prelude", run.prelude),
+        ...logBlock(
+          "Log",
+          run.log.map(([at, line]) => `${time(Number(at))}  ${line}`),
+        ),
+      ),
+    );
+    body.replaceChildren(
+      ...(commandLine.length ? logBlock("Command", [commandLine.join(" ")]) : []),
+      ...logBlock("Prelude", report.prelude),
+      ...logBlock(
+        "Log",
+        report.log.map(([at, line]) => `${time(Number(at))}  ${line}`),
+      ),
+      el(
+        "h3",
+        {},
+        `History (${report.history.length} earlier ${report.history.length === 1 ? "run" : "runs"})`,
+      ),
+      ...history,
+    );
+  };
+  dialog.querySelector("[data-action=refresh]").onclick = () => act(load);
+  body.replaceChildren(el("p", { class: "muted" }, "Loading…"));
+  dialog.showModal();
+  await act(load);
+}
+
+let watchView = null;
+
+function watch(id) {
+  const dialog = $("#watch");
+  watchView ||= new PlayerView(dialog.querySelector(".watch-player"));
+  const url = whepUrl(id);
+  dialog.querySelector(".watch-title").textContent = `Watching ${id}`;
+  dialog.querySelector(".watch-open").href = `/whep-player.html?url=${encodeURIComponent(url)}`;
+  dialog.querySelector("[data-action=copy]").onclick = (event) => copyText(url, event.currentTarget);
+  dialog.showModal();
+  watchView.play(url, () => api.accessToken); // a function: the token is refreshed while watching
+}
+
+// --- login and start ------------------------------------------------------------------------------------
+
+function showLogin(message = "") {
+  clearTimeout(pollTimer);
+  for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
+  $("#processes").hidden = true;
+  $("#user").hidden = true;
+  const form = $("#login");
+  form.hidden = false;
+  form.querySelector(".login-error").textContent = message;
+  form.username.focus();
+}
+
+function showApp() {
+  $("#login").hidden = true;
+  $("#processes").hidden = false;
+  $("#user").hidden = !api.loggedIn;
+  $("#user-name").textContent = api.username;
+  poll();
+}
+
+$("#login").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = event.currentTarget;
+  try {
+    await api.login(form.username.value, form.password.value);
+    form.password.value = "";
+    showApp();
+  } catch (error) {
+    form.querySelector(".login-error").textContent = error.message;
+  }
+});
+$("#logout").addEventListener("click", () => {
+  api.logout();
+  showLogin("Logged out.");
+});
+$("#new-process").addEventListener("click", () => editor.open());
+for (const dialog of [$("#report"), $("#watch")]) {
+  dialog.querySelector("[data-action=close]").addEventListener("click", () => dialog.close());
+}
+$("#watch").addEventListener("close", () => watchView?.stop());
+api.addEventListener("loginrequired", (event) => showLogin(event.detail));
+
+async function start() {
+  try {
+    const about = await api.loadAbout();
+    $("#server-name").textContent = `${about.name} ${about.version?.number ?? ""}`;
+  } catch (error) {
+    showBanner(`Cannot reach the server: ${error.message}. Reload to try again.`);
+    return;
+  }
+  if (api.authRequired && !api.loggedIn) showLogin();
+  else showApp();
+}
+
+start();
