@@ -50,7 +50,7 @@ class TokenIssuer:
         except jwt.InvalidTokenError:
             raise ApiError(401, "invalid token", {"field": "Authorization"}) from None
         if claims.get("usefor") != kind:
-            raise ApiError(401, f"not an {kind} token", {"field": "Authorization"})
+            raise ApiError(401, f"wrong token: a {kind} token is required", {"field": "Authorization"})
         return str(claims["sub"])
 
     def credentials_match(self, username: str, password: str) -> bool:
@@ -70,7 +70,11 @@ def login_blueprint(issuer: TokenIssuer) -> Blueprint:
     @bp.post("/api/login")
     async def login():  # type: ignore[no-untyped-def]
         if not issuer.auth.enable:
-            raise ApiError(400, "authentication is disabled on this server (api.auth.enable is false)")
+            raise ApiError(
+                400,
+                "authentication is disabled on this server (api.auth.enable is false)",
+                {"field": "api.auth.enable"},
+            )
         body = await read_json()
         if (
             not isinstance(body, dict)

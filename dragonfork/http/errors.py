@@ -3,19 +3,27 @@
 Every response is quart-trio's ``TrioResponse`` (imported as ``Response``): Quart's own class iterates an
 empty body through asyncio's executor, which under trio-asyncio can fail outside the request.
 
-Bad input never becomes a 500: a wrong content type is 415, an oversized body 413, unparsable JSON or a
-schema violation 400 with the field path in the message. Unexpected exceptions are logged with their
+Bad input never becomes a 500: a wrong content type is 415, an oversized body 413, unparsable JSON, JSON
+the server cannot keep (``NaN``, deep nesting, U+0000, lone surrogates) or a schema violation 400 with the
+field path in the message. Unexpected exceptions are logged with their
 traceback and answered with a generic 500 that carries no traceback.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from pydantic import ValidationError
 from quart import current_app, request
 from quart_trio.wrappers import TrioResponse as Response
+
+MAX_JSON_DEPTH = 64
+# The only way U+0000 or a lone surrogate gets into parsed JSON: raw, both are invalid (a control character,
+# not UTF-8). Bodies without these escapes (nearly all) skip the string checks.
+_SUSPECT_ESCAPE = re.compile(rb"\\u(0000|d[89a-f])", re.IGNORECASE)
 
 
 class ApiError(Exception):
@@ -66,8 +74,69 @@ async def read_body(content_type: str) -> bytes:
 
 
 async def read_json() -> Any:
+    """The body parsed as JSON; a 400 naming the field unless it is fit to keep (:func:`check_json`)."""
     body = await read_body("application/json")
     try:
-        return json.loads(body)
+        value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ApiError(400, f"body: nests deeper than {MAX_JSON_DEPTH} levels", {"field": "body"}) from None
     except ValueError as exc:
         raise ApiError(400, f"body is not valid JSON: {exc}", {"field": "body"}) from None
+    check_json(value, check_text=_SUSPECT_ESCAPE.search(body) is not None)
+    return value
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def check_json(value: Any, *, check_text: bool) -> None:
+    """Refuse what ``json.loads`` accepts but the server must not keep, with a 400 naming the field.
+
+    That is nesting deeper than ``MAX_JSON_DEPTH`` (stored values go back out through recursive encoders),
+    and strings or keys with U+0000 (it ends a C string: an FFmpeg argument, a file name) or with a lone
+    UTF-16 surrogate (``"\\ud800"``: no UTF-8 encoder can write one). Non-finite numbers (``NaN``,
+    ``1e999``) are refused while parsing: JSON has no such values.
+    """
+    found = _json_problem(value, 1, check_text) if isinstance(value, str | dict | list) else None
+    if found is not None:
+        path, problem = found
+        field = ".".join(reversed(path)) or "body"
+        raise ApiError(400, f"{field}: {problem}", {"field": field})
+
+
+def _json_problem(value: Any, depth: int, check_text: bool) -> tuple[list[str], str] | None:
+    """The reversed path to the first problem and what it is; recursion stops at ``MAX_JSON_DEPTH``."""
+    if isinstance(value, str):
+        return _text_problem(value) if check_text else None
+    if depth > MAX_JSON_DEPTH:
+        return [], f"nests deeper than {MAX_JSON_DEPTH} levels"
+    if isinstance(value, dict):
+        if check_text and any(_text_problem(key) for key in value):
+            return [], "a key contains U+0000 or a lone UTF-16 surrogate"
+        entries: Any = value.items()
+    else:
+        entries = enumerate(value)
+    worth_a_look = (str, dict, list) if check_text else (dict, list)
+    for key, child in entries:
+        if isinstance(child, worth_a_look) and (found := _json_problem(child, depth + 1, check_text)):
+            found[0].append(str(key))
+            return found
+    return None
+
+
+def _text_problem(text: str) -> tuple[list[str], str] | None:
+    if "\x00" in text:
+        return [], "contains U+0000"
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return [], "contains a lone UTF-16 surrogate"
+    return None
