@@ -56,7 +56,8 @@ def create_app(core: Core) -> QuartTrio:
             405: f"method {request.method} not allowed on {request.path}",
             413: f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes",
         }.get(code, exc.description or exc.name)
-        return error_response(code, message)
+        allow = {name: value for name, value in exc.get_headers() if name.lower() == "allow"}  # 405 needs it
+        return error_response(code, message, headers=allow)
 
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:

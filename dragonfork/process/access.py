@@ -6,6 +6,11 @@ local file (a plain path or ``file:``, read or written) must lie inside the data
 cannot be used to read ``/etc/shadow`` into a stream or overwrite files elsewhere. FFmpeg protocols that wrap
 local files (``cache:``, ``concat:``, ``subfile:``, ...) and lavfi ``movie=`` sources are refused outright:
 their paths hide inside their own syntax.
+
+Options are checked too, or they would be a way around all of the above: the value of every option that names
+a file (``-attach``, ``-filter_complex_script``, ``-hls_segment_filename``, FFmpeg's ``-/option FILE`` form,
+...) obeys the same local-file rule, filter graphs may not open files, and ``-i`` inside options is refused:
+inputs belong in ``input[]``, where they are checked and probed.
 """
 
 from __future__ import annotations
@@ -21,7 +26,19 @@ from dragonfork.process.schema import ProcessConfig
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _FILE_WRAPPING_PROTOCOL = re.compile(r"^(async|cache|concat|concatf|crypto|subfile|hls\+file|data)[,:]", re.I)
 _MOVIE_SOURCE = re.compile(r"(^|[;,\[\]\s])a?movie=", re.I)
-_FILTER_OPTIONS = ("-filter_complex", "-lavfi", "-vf", "-af", "-filter", "-filter:v", "-filter:a")
+_FILTER_OPTIONS = frozenset({"-filter_complex", "-lavfi", "-vf", "-af", "-filter"})
+_FILE_OPTIONS = frozenset(
+    {
+        "-attach", "-sdp_file", "-vstats_file", "-passlogfile", "-progress",
+        "-filter_script", "-filter_complex_script", "-fpre", "-vpre", "-apre", "-spre",
+        "-stats_enc_pre", "-stats_enc_post", "-stats_mux_pre",
+        "-hls_segment_filename", "-hls_key_info_file", "-hls_fmp4_init_filename",
+    }
+)  # fmt: skip
+_REFUSED_OPTIONS = {
+    "-i": "declare inputs in input[], where they are checked and probed",
+    "-dump_attachment": "it writes files named by the input's metadata",
+}
 
 
 class AddressDenied(Exception):
@@ -48,13 +65,13 @@ class AccessPolicy:
                 self._check_graph(field, io.address)
             else:
                 self._check_local_file(field, io.address)
-            self._check_filter_options(f"input.{index}.options", io.options)
+            self._check_options(f"input.{index}.options", io.options)
         for index, io in enumerate(config.output):
             field = f"output.{index}.address"
             self._check_rules(field, io.address, self.output, "output")
             self._check_local_file(field, io.address)
-            self._check_filter_options(f"output.{index}.options", io.options)
-        self._check_filter_options("options", config.options)
+            self._check_options(f"output.{index}.options", io.options)
+        self._check_options("options", config.options)
 
     @staticmethod
     def _check_rules(field: str, address: str, rules: AccessRules, kind: str) -> None:
@@ -88,10 +105,18 @@ class AccessPolicy:
                 field, graph, "lavfi movie/amovie sources read files; use the path as an input"
             )
 
-    def _check_filter_options(self, field: str, options: list[str]) -> None:
-        for flag, value in zip(options, options[1:], strict=False):
-            if flag in _FILTER_OPTIONS:
-                self._check_graph(field, value)
+    def _check_options(self, field: str, options: list[str]) -> None:
+        """Options that add inputs, name files or open files from a filter graph obey the address rules."""
+        for index, option in enumerate(options):
+            name = option.split(":", 1)[0]  # -filter:v, -attach:t …: the stream specifier does not matter
+            value = options[index + 1] if index + 1 < len(options) else ""
+            if name in _REFUSED_OPTIONS:
+                reason = f"{name} is not allowed in options: {_REFUSED_OPTIONS[name]}"
+                raise AddressDenied(f"{field}.{index}", option, reason)
+            if name in _FILE_OPTIONS or name.startswith("-/"):  # -/vf FILE reads the option's value from FILE
+                self._check_local_file(f"{field}.{index + 1}", value)
+            elif name in _FILTER_OPTIONS:
+                self._check_graph(f"{field}.{index + 1}", value)
 
 
 def _is_generator(options: list[str]) -> bool:

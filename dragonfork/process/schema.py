@@ -31,11 +31,20 @@ class CleanupRule(_Model):
     purge_on_delete: bool = False
 
 
+def _no_nul(value: str | list[str]) -> str | list[str]:
+    """U+0000 would end the string as FFmpeg (C) reads it: what it runs would not be what was checked."""
+    if any("\x00" in text for text in ([value] if isinstance(value, str) else value)):
+        raise ValueError("must not contain U+0000")
+    return value
+
+
 class IOConfig(_Model):
     id: str
     address: str = Field(min_length=1)
     options: list[str] = []
     cleanup: list[CleanupRule] = []
+
+    _no_nul = field_validator("address", "options")(_no_nul)
 
     @field_validator("id")
     @classmethod
@@ -80,6 +89,8 @@ class ProcessConfig(_Model):
     stale_timeout_seconds: int = Field(0, ge=0)
     limits: Limits = Limits()
     webrtc: WebRTCProcessConfig = WebRTCProcessConfig()
+
+    _no_nul = field_validator("options", "reference")(_no_nul)
 
     @field_validator("id")
     @classmethod

@@ -128,6 +128,8 @@ def test_errors_are_json_and_name_the_field(server: Server) -> None:
         headers={"Content-Type": "application/json"},
     )  # fmt: skip
     assert response.status_code == 413
+    response = server.api("PATCH", "/api/v3/process")
+    assert response.status_code == 405 and {"GET", "POST"} <= set(response.headers["Allow"].split(", "))
     assert server.api("GET", "/api/v3/process/nope").status_code == 404
     assert server.api("GET", "/api/v3/process/nope").json()["message"] == "process 'nope' not found"
     response = server.api("PUT", "/api/v3/process/nope/command", json={"command": "start"})

@@ -322,3 +322,48 @@ def test_realpath_of_missing_data_directory(tmp_path: Path) -> None:
     missing = tmp_path / "not-created"
     policy(missing).check(single_input(os.fspath(missing / "clip.mp4")))
     denied(policy(missing), single_input(os.fspath(tmp_path / "clip.mp4")))
+
+
+# --- options: the way around the address rules ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "options", "field"),
+    [
+        ("input", ["-i", "tcp://127.0.0.1:9000"], "input.0.options.0"),
+        ("global", ["-i", "/etc/passwd"], "options.0"),
+        ("output", ["-attach", "/etc/passwd"], "output.0.options.1"),
+        ("output", ["-/vf", "/etc/passwd"], "output.0.options.1"),
+        ("global", ["-filter_complex_script", "/etc/filter.txt"], "options.1"),
+        ("output", ["-f", "hls", "-hls_segment_filename", "/tmp/elsewhere/%03d.ts"], "output.0.options.3"),
+        ("global", ["-filter_complex", "movie=/etc/passwd[v]"], "options.1"),
+        ("output", ["-dump_attachment:t", ""], "output.0.options.0"),
+    ],
+)
+def test_options_cannot_bypass_the_address_rules(
+    data_dir: Path, where: str, options: list[str], field: str
+) -> None:
+    inputs = [{"id": "in", "address": "testsrc2", "options": ["-f", "lavfi"]}]
+    outputs = [{"id": "out", "address": "-", "options": ["-f", "null"]}]
+    extra: dict[str, Any] = {}
+    if where == "input":
+        inputs[0]["options"] = [*options, "-f", "lavfi"]
+    elif where == "output":
+        outputs[0]["options"] = options
+    else:
+        extra["options"] = options
+    error = denied(policy(data_dir), process(inputs=inputs, outputs=outputs, **extra))
+    assert error.field == field
+
+
+def test_file_options_inside_the_data_directory_are_fine(data_dir: Path) -> None:
+    outputs = [
+        {
+            "id": "hls",
+            "address": str(data_dir / "live.m3u8"),
+            "options": ["-f", "hls", "-hls_segment_filename", str(data_dir / "live_%03d.ts")],
+        }
+    ]
+    policy(data_dir).check(
+        process(inputs=[{"id": "in", "address": "testsrc2", "options": ["-f", "lavfi"]}], outputs=outputs)
+    )

@@ -196,3 +196,19 @@ def test_webrtc_block_values() -> None:
 def test_io_ids_may_hold_placeholders() -> None:
     raw = minimal(output=[{"id": "{processid}_hls", "address": "{diskfs}/{processid}.m3u8"}])
     assert ProcessConfig.model_validate(raw).output[0].id == "{processid}_hls"
+
+
+def test_nul_characters_are_refused_in_what_ffmpeg_runs() -> None:
+    """Configs from db.json or a file never pass the HTTP layer's JSON checks: the model refuses U+0000."""
+    for field, config in (
+        (("input", 0, "address"), {"input": [{"id": "a", "address": "in\x00put"}], "output": []}),
+        (
+            ("input", 0, "options"),
+            {"input": [{"id": "a", "address": "x", "options": ["-f\x00"]}], "output": []},
+        ),
+        (("options",), {"input": [{"id": "a", "address": "x"}], "output": [], "options": ["-y\x00"]}),
+    ):
+        with pytest.raises(ValidationError) as caught:
+            ProcessConfig.model_validate({**config, "webrtc": {"enabled": True}})
+        assert caught.value.errors()[0]["loc"] == field
+        assert "U+0000" in caught.value.errors()[0]["msg"]
