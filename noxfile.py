@@ -49,3 +49,13 @@ def e2e(session: nox.Session) -> None:
         session.run("apt-get", "install", "-y", "chromium", "chromium-driver", external=True, env=apt_env)
     session.install("-e", ".[test]", "playwright")
     session.run("pytest", "-ra", "--durations=10", "-m", "e2e", "tests/e2e", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks against Janus on this machine (~10 min; not in the default run): writes docs/benchmarks/.
+
+    Needs root for the packet capture (server-hop latency) and, when Janus is missing, for apt-get.
+    """
+    session.install("-e", ".[test]", "matplotlib", "py-spy")
+    session.run("python", "-m", "dragonfork", "bench", "--out", "docs/benchmarks", *session.posargs)

@@ -210,6 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
             "--config", "-c", help=f"config file (JSON or TOML); default ${'CORE_CONFIGFILE'}"
         )
         command.set_defaults(handler=handler)
+    from dragonfork.bench import cli as bench_cli
+    from dragonfork.loadtest import cli as loadtest_cli
+
+    for name, tool in (("loadtest", loadtest_cli), ("bench", bench_cli)):
+        command = sub.add_parser(
+            name,
+            help=tool.HELP,
+            description=tool.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        tool.add_arguments(command)
+        command.set_defaults(handler=tool.main)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""The benchmark suite (``nox -s bench``, ``dragonfork bench``): dragonfork and Janus, same viewers."""

@@ -1,0 +1,230 @@
+"""Server-hop latency, measured by the kernel: RTP into the source socket → the same frame out to each viewer.
+
+Both ends of the hop are on this machine's loopback device (FFmpeg sends RTP to 127.0.0.1; viewers' ICE
+pairs use this machine's interface address, which Linux routes over ``lo`` too), so one packet socket on
+``lo`` sees both, stamped by the kernel (``SO_TIMESTAMPNS``) with one clock, independent of how busy the
+server or the viewers are in user space:
+
+- in: the source leg, FFmpeg → the server's video RTP port (plain RTP);
+- out: every RTP packet the server process sends to a viewer (SRTP: the RTP header stays in the clear).
+
+A viewer's packets carry other sequence numbers and timestamps than the source's (the sender's random
+offsets), but within one viewer's stream the RTP timestamp is the source's plus a constant. Keyframes are
+many times the size of other frames in packets, so pairing the viewer's keyframes with the latest source
+keyframe before them gives that constant (valid while the hop stays under a GOP, 2 s); then every frame of
+the viewer pairs with its source frame. Per frame the hop is reported twice: last packet in → last packet out
+(the frame fully forwarded) and first packet in → first packet out. A server that forwards whole frames
+(dragonfork) cannot send the first packet before the last one arrived; a packet forwarder (Janus) can.
+
+Needs root (a raw packet socket) and runs as its own process so its CPU never lands on the server's:
+
+    python -m dragonfork.bench.hop_latency --input-port V --server-pid PID --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import socket
+import statistics
+import struct
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import psutil
+
+from dragonfork.loadtest.report import percentiles
+
+ETH_P_ALL = 0x0003
+SO_TIMESTAMPNS = 35
+SO_RCVBUFFORCE = 33
+SO_ATTACH_FILTER = 26
+SOL_PACKET = 263
+PACKET_STATISTICS = 6
+SNAP_LENGTH = 96  # IP + UDP + RTP header (+ extension length word) is all we read
+
+_ACCEPT, _DROP = 18, 19
+
+
+def _filter(input_port: int, sample_mask: int) -> list[tuple[int, int, int, int]]:
+    """Classic BPF on the network header: UDP over IPv4 or IPv6 (ICE may pair either), not the PACKET_OUTGOING
+    copy (loopback shows every packet twice); everything to ``input_port``, and of the rest only packets whose
+    source port has no bit of ``sample_mask`` set: a sample of the viewer streams, so that at many viewers the
+    capture adds little kernel work to the server's sends."""
+    return [
+        (0x20, 0, 0, 0xFFFFF004),  # 0: A = SKF_AD_PKTTYPE
+        (0x15, _DROP - 2, 0, 4),  # 1: outgoing copy → drop
+        (0x30, 0, 0, 0),  # 2: A = byte 0
+        (0x54, 0, 0, 0xF0),  # 3: A &= 0xf0 (IP version)
+        (0x15, 0, 9 - 5, 0x40),  # 4: IPv4 → 5, else → 9
+        (0x30, 0, 0, 9),  # 5: A = IPv4 protocol
+        (0x15, 0, _DROP - 7, 17),  # 6: UDP → 7, else drop
+        (0xB1, 0, 0, 0),  # 7: X = IPv4 header length
+        (0x05, 0, 0, 13 - 9),  # 8: → 13
+        (0x15, 0, _DROP - 10, 0x60),  # 9: IPv6 → 10, else drop
+        (0x30, 0, 0, 6),  # 10: A = IPv6 next header
+        (0x15, 0, _DROP - 12, 17),  # 11: UDP → 12, else drop
+        (0x01, 0, 0, 40),  # 12: X = 40 (IPv6 header)
+        (0x48, 0, 0, 2),  # 13: A = UDP destination port
+        (0x15, _ACCEPT - 15, 0, input_port),  # 14: the source leg → accept
+        (0x48, 0, 0, 0),  # 15: A = UDP source port
+        (0x54, 0, 0, sample_mask),  # 16: A &= sample_mask
+        (0x15, _ACCEPT - 18, _DROP - 18, 0),  # 17: sampled → accept, else drop
+        (0x06, 0, 0, SNAP_LENGTH),  # 18: accept the first SNAP_LENGTH bytes
+        (0x06, 0, 0, 0),  # 19: drop
+    ]
+
+
+_RTP = struct.Struct("!BBHII")
+_TIMESPEC = struct.Struct("qq")
+
+
+@dataclass(slots=True)
+class Frame:
+    first: int  # ns, first packet of the frame
+    last: int  # ns, last packet
+    packets: int
+
+
+@dataclass
+class Capture:
+    source: dict[int, Frame] = field(default_factory=dict)  # RTP timestamp → frame (the server's input)
+    viewers: dict[tuple[int, int], dict[int, Frame]] = field(default_factory=lambda: defaultdict(dict))
+    packets_in: int = 0
+    packets_out: int = 0
+    kernel_drops: int = 0
+
+
+def _attach_filter(sock: socket.socket, instructions: list[tuple[int, int, int, int]]) -> None:
+    program = b"".join(struct.pack("HBBI", *instruction) for instruction in instructions)
+    buffer = ctypes.create_string_buffer(program)
+    fprog = struct.pack("HL", len(instructions), ctypes.addressof(buffer))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def _add(frames: dict[int, Frame], timestamp: int, at: int) -> None:
+    frame = frames.get(timestamp)
+    if frame is None:
+        frames[timestamp] = Frame(at, at, 1)
+    else:
+        frame.last = at
+        frame.packets += 1
+
+
+def capture(input_port: int, server_pid: int, seconds: float, sample_mask: int = 0) -> Capture:
+    """Record the source leg's video frames and the (sampled) viewer streams' frames for ``seconds``."""
+    server_ports = {conn.laddr.port for conn in psutil.Process(server_pid).net_connections(kind="udp")} - {
+        input_port,
+        input_port + 1,
+    }
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+    result = Capture()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 * 1024 * 1024)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        _attach_filter(sock, _filter(input_port, sample_mask))
+        sock.bind(("lo", ETH_P_ALL))
+        sock.settimeout(0.2)
+        ancillary = socket.CMSG_SPACE(_TIMESPEC.size)
+        deadline = time.monotonic() + seconds
+        source, viewers = result.source, result.viewers
+        while time.monotonic() < deadline:
+            try:
+                data, ancdata, _, _ = sock.recvmsg(SNAP_LENGTH, ancillary)
+            except TimeoutError:
+                continue
+            header = (data[0] & 0x0F) * 4 if data[0] >> 4 == 4 else 40  # IPv6: no extension headers here
+            if len(data) < header + 8 + 12 or not ancdata:
+                continue
+            src_port, dst_port = struct.unpack_from("!HH", data, header)
+            first, second, _, timestamp, ssrc = _RTP.unpack_from(data, header + 8)
+            if first >> 6 != 2 or 192 <= second <= 223:
+                continue  # not RTP (STUN, DTLS, RTCP)
+            seconds_part, nanoseconds = _TIMESPEC.unpack(ancdata[0][2][: _TIMESPEC.size])
+            at = seconds_part * 1_000_000_000 + nanoseconds
+            if dst_port == input_port:
+                result.packets_in += 1
+                _add(source, timestamp, at)
+            elif src_port in server_ports:
+                result.packets_out += 1
+                _add(viewers[(dst_port, ssrc)], timestamp, at)
+        _, result.kernel_drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+    finally:
+        sock.close()
+    return result
+
+
+def _keyframes(frames: dict[int, Frame]) -> list[int]:
+    """RTP timestamps of the frames with at least three times the median packet count."""
+    if not frames:
+        return []
+    median = statistics.median(frame.packets for frame in frames.values())
+    return [ts for ts, frame in frames.items() if frame.packets >= max(3 * median, median + 5)]
+
+
+def _offset(source: dict[int, Frame], viewer: dict[int, Frame]) -> int | None:
+    """The viewer's RTP timestamp minus the source's, from keyframe pairs (the most common one)."""
+    source_keyframes = sorted(_keyframes(source), key=lambda ts: source[ts].first)
+    votes: Counter[int] = Counter()
+    for ts_out in _keyframes(viewer):
+        sent = viewer[ts_out].last
+        earlier = [ts for ts in source_keyframes if source[ts].first <= sent]
+        if earlier:
+            votes[(ts_out - earlier[-1]) & 0xFFFFFFFF] += 1
+    return votes.most_common(1)[0][0] if votes else None
+
+
+def analyse(result: Capture) -> dict[str, object]:
+    """Per-frame hops of every viewer video stream (audio streams, one packet per timestamp, are skipped)."""
+    last_hops: list[float] = []
+    first_hops: list[float] = []
+    streams = unmatched = 0
+    for frames in result.viewers.values():
+        if len(frames) < 10 or sum(f.packets for f in frames.values()) < 1.5 * len(frames):
+            continue  # audio, or too short to judge
+        streams += 1
+        offset = _offset(result.source, frames)
+        if offset is None:
+            unmatched += 1
+            continue
+        pairs = [(result.source.get((ts - offset) & 0xFFFFFFFF), frame) for ts, frame in frames.items()]
+        matched = [(source, frame) for source, frame in pairs if source is not None]
+        agree = sum(
+            abs(source.packets - frame.packets) <= max(2, source.packets // 6) for source, frame in matched
+        )
+        if len(matched) < 0.8 * len(pairs) or agree < 0.8 * len(matched):
+            unmatched += 1
+            continue
+        for source, frame in matched:
+            last_hops.append((frame.last - source.last) / 1e6)
+            first_hops.append((frame.first - source.first) / 1e6)
+    return {
+        "viewer_streams": streams,
+        "streams_not_aligned": unmatched,
+        "frames": len(last_hops),
+        "packets_in": result.packets_in,
+        "packets_out": result.packets_out,
+        "kernel_drops": result.kernel_drops,
+        "last_packet_ms": percentiles(last_hops),
+        "first_packet_ms": percentiles(first_hops),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dragonfork.bench.hop_latency")
+    parser.add_argument("--input-port", type=int, required=True, help="the server's video RTP port")
+    parser.add_argument("--server-pid", type=int, required=True)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--sample-mask", type=int, default=0, help="keep viewer streams whose server port & MASK == 0"
+    )
+    args = parser.parse_args(argv)
+    print(json.dumps(analyse(capture(args.input_port, args.server_pid, args.seconds, args.sample_mask))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
