@@ -125,7 +125,12 @@ class WebRTCSettings(_Section):
     keyframe_cache_enable: bool = True
     keyframe_cache_max_packets: int = Field(512, ge=1)
     keyframe_cache_max_bytes: int = Field(2 * 1024 * 1024, ge=1024)
-    subscriber_buffer_frames: int = Field(256, ge=8, description="Frames queued per viewer before it drops")
+    subscriber_buffer_frames: int = Field(
+        256, ge=8, description="Frames a viewer's channel holds (a keyframe-cache burst must fit)"
+    )
+    max_viewer_delay_seconds: float = Field(
+        1.0, gt=0, description="A viewer whose sender falls this far behind skips to the next keyframe"
+    )
 
     @model_validator(mode="after")
     def _port_range(self) -> WebRTCSettings:

@@ -73,5 +73,6 @@ def build_core(loaded: LoadedSettings) -> Core:
         disconnect_grace=webrtc.disconnect_grace_seconds,
         ice_servers=ice_servers,
         public_ips=list(webrtc.public_ips),
+        max_delay=webrtc.max_viewer_delay_seconds,
     )
     return Core(loaded=loaded, registry=registry, sessions=ViewerSessions(), viewer_settings=viewer_settings)

@@ -4,10 +4,11 @@ aiortc's ``RTCRtpSender`` calls ``recv()`` in its own asyncio task and, when it 
 of a decoded frame, only packetizes it (H.264 Annex B is split into NAL units, Opus passes through): no
 decode, no encode per viewer. The Trio side (one task per subscription, see ``Viewer``) calls ``put()``.
 
-Both sides run on the same thread (trio-asyncio), so the buffer is a plain deque; the only waiting is the
-reader waiting for a frame (an asyncio future) and, rarely, the writer waiting for room (a Trio event) when
-aiortc falls ``capacity`` frames behind. Waiting instead of dropping keeps one slow-viewer policy in one
-place: the stream's subscription, which knows how to resume on a keyframe.
+Both sides run on the same thread (trio-asyncio), so the buffer is a plain deque and ``put`` never waits.
+What bounds it is time, not a frame count: when the sender has let a frame wait longer than ``max_delay``
+(the server's CPU cannot keep up with every viewer), the stale frames are dropped and counted, and video
+resumes at the next keyframe. A viewer may lose frames under overload; it never drifts seconds behind live.
+A keyframe-cache burst is queued at once, so a new viewer's first picture does not wait for pacing.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from dragonfork import metrics
 from dragonfork.stream.frames import MediaFrame, MediaKind
 
-DEFAULT_CAPACITY = 32  # frames; a keyframe-cache burst longer than this is paced by the sender, not dropped
+DEFAULT_MAX_DELAY = 1.0  # seconds a frame may wait for the sender before the queue is dropped
 
 
 class FrameTrack(MediaStreamTrack):
@@ -34,33 +35,50 @@ class FrameTrack(MediaStreamTrack):
         self,
         kind: MediaKind,
         *,
-        capacity: int = DEFAULT_CAPACITY,
+        max_delay: float = DEFAULT_MAX_DELAY,
         on_first_frame: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self.kind = kind
         self.first_frame_at: float | None = None  # trio.current_time() when aiortc took the first frame
-        self._capacity = capacity
+        self._max_delay = max_delay
         self._on_first_frame = on_first_frame
-        self._frames: collections.deque[MediaFrame] = collections.deque()
+        self._frames: collections.deque[tuple[MediaFrame, float]] = collections.deque()  # (frame, queued at)
         self._reader: asyncio.Future[None] | None = None
-        self._room: trio.Event | None = None
         self._packets_forwarded = metrics.RTP_PACKETS_FORWARDED.labels(kind)
         self._bytes_forwarded = metrics.RTP_BYTES_FORWARDED.labels(kind)
+        self._dropped_behind = metrics.PACKETS_DROPPED.labels(kind, "viewer_behind")
 
-    async def put(self, frame: MediaFrame) -> None:
-        """Queue a frame for the sender (Trio side). Returns at once unless the buffer is full.
+    def put(self, frame: MediaFrame) -> bool:
+        """Queue a frame for the sender (Trio side); never waits.
 
-        Frames put after the track stopped are discarded: the viewer is ending.
+        When the oldest queued frame has waited longer than ``max_delay``, the queue is dropped first. The
+        frame is then taken if it can be decoded on its own (audio, a keyframe); a video delta frame is
+        refused (False) and the caller skips to the next keyframe. Frames put after the track stopped are
+        discarded: the viewer is ending.
         """
-        while len(self._frames) >= self._capacity and self.readyState == "live":
-            self._room = trio.Event()
-            await self._room.wait()
         if self.readyState != "live":
-            return
-        self._frames.append(frame)
+            return True
+        now = trio.current_time()
+        if self._frames and now - self._frames[0][1] > self._max_delay:
+            self._dropped_behind.inc(sum(queued.packet_count for queued, _ in self._frames))
+            self._frames.clear()
+            if not frame.keyframe:
+                self._dropped_behind.inc(frame.packet_count)
+                return False
+        self._frames.append((frame, now))
         if self._reader is not None and not self._reader.done():
             self._reader.set_result(None)
+        return True
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting for the sender."""
+        return len(self._frames)
+
+    def skip(self, frame: MediaFrame) -> None:
+        """Count a frame the caller dropped while waiting for a keyframe after ``put`` refused one."""
+        self._dropped_behind.inc(frame.packet_count)
 
     async def recv(self) -> av.Packet:
         """The next frame as an ``av.Packet`` (asyncio side, called by aiortc's sender)."""
@@ -74,9 +92,7 @@ class FrameTrack(MediaStreamTrack):
                 await self._reader
             finally:
                 self._reader = None
-        frame = self._frames.popleft()
-        if self._room is not None:
-            self._room.set()
+        frame, _ = self._frames.popleft()
         packet = av.Packet(frame.data)
         packet.pts = frame.timestamp
         packet.time_base = Fraction(1, frame.clock_rate)
@@ -89,10 +105,8 @@ class FrameTrack(MediaStreamTrack):
         return packet
 
     def stop(self) -> None:
-        """End the track: ``recv`` raises ``MediaStreamError`` and a waiting ``put`` returns."""
+        """End the track: ``recv`` raises ``MediaStreamError``."""
         super().stop()
         self._frames.clear()
         if self._reader is not None and not self._reader.done():
             self._reader.set_result(None)
-        if self._room is not None:
-            self._room.set()

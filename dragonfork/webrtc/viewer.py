@@ -93,6 +93,7 @@ class ViewerSettings:
     # STUN/TURN servers as {"urls", "username", "credential"}; none by default (no public STUN on closed nets)
     ice_servers: list[dict[str, str]] = dataclasses.field(default_factory=list)
     public_ips: list[str] = dataclasses.field(default_factory=list)  # added as host candidates to answers
+    max_delay: float = 1.0  # seconds a frame may wait for the sender before the viewer skips ahead
 
     def __post_init__(self) -> None:
         for ip in self.public_ips:
@@ -133,10 +134,11 @@ class Viewer:
         self._offered_at = trio.current_time()
         offer = self._offer = validate_offer(offer_sdp, stream_has_audio=stream.has_audio)
         deadline = self._offered_at + self.settings.handshake_timeout
-        video = FrameTrack("video", on_first_frame=self._on_first_video_frame)
+        max_delay = self.settings.max_delay
+        video = FrameTrack("video", max_delay=max_delay, on_first_frame=self._on_first_video_frame)
         feeds = [(video, stream.video)]
         if stream.audio is not None and offer.has_audio:
-            feeds.append((FrameTrack("audio"), stream.audio))
+            feeds.append((FrameTrack("audio", max_delay=max_delay), stream.audio))
         answered = False
         pc = self._pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[RTCIceServer(**server) for server in self.settings.ice_servers])
@@ -233,8 +235,12 @@ class Viewer:
                 nursery.start_soon(self._watch_receiver_reports, pc, video)
 
     async def _pump(self, subscription: Subscription, track: FrameTrack) -> None:
+        awaiting_keyframe = False  # the track dropped frames: a delta frame now would not decode
         async for frame in subscription.frames:
-            await track.put(frame)
+            if awaiting_keyframe and not frame.keyframe:
+                track.skip(frame)
+                continue
+            awaiting_keyframe = not track.put(frame)
         self.close(CloseReason.STREAM_ENDED)
 
     async def _watch_pc_state(self, pc: RTCPeerConnection) -> None:
