@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -184,3 +185,25 @@ def running_server(tmp_path: Path, **overrides: str) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+# --- WHEP and metrics helpers ------------------------------------------------------------------------------
+
+
+def metric(server: Server, name: str, **labels: str) -> float:
+    """One sample from /metrics (0 when the series does not exist)."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$")
+    for line in server.api("GET", "/metrics").text.splitlines():
+        match = pattern.match(line)
+        if match and ",".join(sorted((match.group(1) or "").split(","))) == wanted:
+            return float(match.group(2))
+    return 0.0
+
+
+def whep_url(server: Server, process_id: str) -> str:
+    return f"{server.url}/api/v3/whep/{process_id}"
+
+
+def wait_live(server: Server, process_id: str) -> None:
+    server.wait_for(lambda: server.state(process_id)["webrtc"]["ready"], 20, f"{process_id} to have media")

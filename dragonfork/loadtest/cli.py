@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import psutil
 import trio
 
 from dragonfork.loadtest import report as reports
@@ -32,6 +33,7 @@ HELP = "load a WHEP stream with N real WebRTC viewers and report (local targets 
 MAX_PEERS = 1000
 MAX_DURATION = 3600.0
 MAX_RAMP = 600.0
+MAX_TIMEOUT = 60.0
 PROGRESS_INTERVAL = 0.5
 SAMPLE_INTERVAL = 1.0
 
@@ -95,6 +97,10 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
         return f"--duration must be in (0, {MAX_DURATION:g}] seconds"
     if args.ramp is not None and not 0 <= args.ramp <= MAX_RAMP:
         return f"--ramp must be in [0, {MAX_RAMP:g}] seconds"
+    if args.workers is not None and not 1 <= args.workers <= args.peers:
+        return f"--workers must be 1-{args.peers} (at most one per viewer)"
+    if not 0 < args.timeout <= MAX_TIMEOUT:
+        return f"--timeout must be in (0, {MAX_TIMEOUT:g}] seconds"
     return None
 
 
@@ -133,12 +139,16 @@ async def run_loadtest(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _sample(meter: ProcessMeter, samples: list[dict[str, Any]]) -> None:
-    first = previous = meter.read()
-    while True:
-        await trio.sleep(SAMPLE_INTERVAL)
-        usage = meter.read()
-        samples.append(_sample_row(first, previous, usage))
-        previous = usage
+    """Sample the server until cancelled, or until it exits (the load test and its report go on)."""
+    try:
+        first = previous = meter.read()
+        while True:
+            await trio.sleep(SAMPLE_INTERVAL)
+            usage = meter.read()
+            samples.append(_sample_row(first, previous, usage))
+            previous = usage
+    except psutil.NoSuchProcess:
+        print("\nthe server process exited; its samples end here", file=sys.stderr)
 
 
 def _sample_row(first: Usage, before: Usage, after: Usage) -> dict[str, Any]:

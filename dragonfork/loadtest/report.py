@@ -3,7 +3,6 @@ the server's CPU and memory over time; as a JSON document and as Markdown."""
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -17,7 +16,8 @@ def percentiles(values: Iterable[float], points: Sequence[int] = PERCENTILES) ->
     ordered = sorted(values)
     if not ordered:
         return None
-    result = {f"p{point}": ordered[max(0, math.ceil(point / 100 * len(ordered)) - 1)] for point in points}
+    count = len(ordered)
+    result = {f"p{point}": ordered[max(0, -(-point * count // 100) - 1)] for point in points}
     result["max"] = ordered[-1]
     return {key: round(value, 4) for key, value in result.items()}
 
@@ -77,12 +77,9 @@ def session_figures(setups: list[dict[str, Any]], ends: list[dict[str, Any]]) ->
 
 
 def _error_kind(error: str | None) -> str:
-    """An error message without its variable tail, so equal failures count together."""
-    return (
-        (error or "unknown").split(":")[0]
-        if error and error.startswith("HTTP")
-        else (error or "unknown")[:80]
-    )
+    """An error message without its variable tail, so equal failures count together ("HTTP 503")."""
+    message = (error or "unknown").removeprefix("SignallingError: ")
+    return message.split(":")[0] if message.startswith("HTTP") else message[:80]
 
 
 def _fmt(value: Any, scale: float = 1.0, digits: int = 1) -> str:

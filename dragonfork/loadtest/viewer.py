@@ -134,7 +134,9 @@ class KeyframeAssembler:
             self._types.clear()
         types, _ = nal_types(payload)
         self._types.update(types)
-        self._packets[sequence] = payload if self.keep_payloads or not self._packets else b""
+        # Without verification only the NAL headers matter (the frame's first packet is checked below), and
+        # packets may arrive out of order: keep every payload's first two bytes.
+        self._packets[sequence] = payload if self.keep_payloads else payload[:2]
         if not marker:
             return False
         expected_start = self._next_frame_starts_at
@@ -497,9 +499,10 @@ class Viewer:
             if report.ended == "left" or self.options.first_frame_only or attempt >= self.max_reconnects:
                 return
             attempt += 1
-            self.reconnects += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.leave.wait(), self.reconnect_delay)
+            if not self.leave.is_set():
+                self.reconnects += 1
 
     async def _session(self, http: httpx.AsyncClient, report: SessionReport) -> None:
         options = self.options

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from harness import Server, lavfi_process, running_server
+from harness import Server, lavfi_process, metric, running_server, wait_live, whep_url
 from whep_peers import aiortc_offer, play, start_client
 
 SDP = {"Content-Type": "application/sdp"}
@@ -21,25 +21,6 @@ WEBRTC_ENV = {
     "CORE_WEBRTC_MAX_PEERS_PER_STREAM": "8",
     "CORE_WEBRTC_ALLOWED_ORIGINS": "http://player.example",
 }
-
-
-def metric(server: Server, name: str, **labels: str) -> float:
-    """One sample from /metrics (0 when the series does not exist)."""
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    pattern = re.compile(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$")
-    for line in server.api("GET", "/metrics").text.splitlines():
-        match = pattern.match(line)
-        if match and ",".join(sorted((match.group(1) or "").split(","))) == wanted:
-            return float(match.group(2))
-    return 0.0
-
-
-def whep_url(server: Server, process_id: str) -> str:
-    return f"{server.url}/api/v3/whep/{process_id}"
-
-
-def wait_live(server: Server, process_id: str) -> None:
-    server.wait_for(lambda: server.state(process_id)["webrtc"]["ready"], 20, f"{process_id} to have media")
 
 
 @pytest.fixture(scope="module")
