@@ -151,19 +151,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         return f"{settings.address} is free"
 
     def rtp_ports() -> str:
+        from dragonfork.stream.ports import pair_is_free
+
         first, last = settings.webrtc.port_first, settings.webrtc.port_last
-        free = 0
-        for port in range(first - first % 2, last, 2):
-            with (
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a,
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b,
-            ):
-                try:
-                    a.bind(("127.0.0.1", port))
-                    b.bind(("127.0.0.1", port + 1))
-                    free += 1
-                except OSError:
-                    continue
+        free = sum(pair_is_free(port) for port in range(first + first % 2, last, 2))
         if not free:
             raise RuntimeError(f"no free UDP port pair in {first}-{last}")
         return f"{free} free UDP port pairs in {first}-{last} (one per WebRTC process)"

@@ -31,6 +31,7 @@ import trio
 
 from dragonfork.bench.media import ffmpeg_binary, with_rtp_ports
 from dragonfork.loadtest.viewer import Target
+from dragonfork.stream.ports import pair_is_free
 
 READY_TIMEOUT = 30.0
 STOP_GRACE = 10.0
@@ -196,15 +197,7 @@ def _free_udp_pair() -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind(("127.0.0.1", 0))
             port: int = probe.getsockname()[1] & ~1
-        with (
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a,
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b,
-        ):
-            try:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
+        if pair_is_free(port):
             return port
     raise ServerFailed("no free UDP port pair on loopback")
 

@@ -73,6 +73,15 @@ async def bind_port_pair(first: int, last: int) -> PortPair:
     raise PortRangeExhausted(first, last)
 
 
+def pair_is_free(video_port: int) -> bool:
+    """Whether the pair (video_port, video_port + 1) could be bound now (``dragonfork check``, benchmarks)."""
+    pair = _try_bind_pair(video_port)
+    if pair is None:
+        return False
+    pair.close()
+    return True
+
+
 def _try_bind_pair(video_port: int) -> PortPair | None:
     video_socket = _try_bind(video_port)
     if video_socket is None:

@@ -98,9 +98,10 @@ def whep_blueprint(core: Core) -> Blueprint:
         try:
             answer = await run.start_viewer(run_viewer, offer_sdp)
         except ViewerCapReached:
+            cap = webrtc.max_peers_per_stream
             raise ApiError(
                 503,
-                f"stream {process_id!r} is full ({webrtc.max_peers_per_stream} viewers); retry in "
+                f"stream {process_id!r} is full ({cap} viewer{'' if cap == 1 else 's'}); retry in "
                 f"{RETRY_AFTER_FULL} s",
                 {"field": "webrtc.max_peers_per_stream"},
                 headers={"Retry-After": RETRY_AFTER_FULL},
