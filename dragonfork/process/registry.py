@@ -223,21 +223,15 @@ class Registry:
         if command == "stop":
             await self._set_order(process, "stop")
             await process.stop()
-        elif command == "start":
-            self._check_slot(process)
-            await self._set_order(process, "start")
-            await process.start(self._supervisor_nursery)
-        else:  # restart, reload: a fresh run with the stored config; reload re-resolves placeholders first
+            return
+        if command in ("restart", "reload"):  # a fresh run; reload re-resolves placeholders first
             if command == "reload":
                 process.resolved = self.resolve(process.config)
             await process.halt()
-            self._check_slot(process)
-            await self._set_order(process, "start")
-            await process.start(self._supervisor_nursery)
-
-    def _check_slot(self, process: ManagedProcess) -> None:
-        if process.run is None and self.slots.limit and self.slots.running >= self.slots.limit:
-            raise StartRefused(f"ffmpeg.max_processes ({self.slots.limit}) running processes reached")
+        if process.run is None and self.slots.full:
+            raise StartRefused(self.slots.refusal)
+        await self._set_order(process, "start")
+        await process.start(self._supervisor_nursery)
 
     async def _set_order(self, process: ManagedProcess, order: str) -> None:
         async with self._lock:

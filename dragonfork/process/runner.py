@@ -57,8 +57,16 @@ class ProcessSlots:
         self.limit = limit
         self.running = 0
 
+    @property
+    def full(self) -> bool:
+        return bool(self.limit) and self.running >= self.limit
+
+    @property
+    def refusal(self) -> str:
+        return f"ffmpeg.max_processes ({self.limit}) running processes reached"
+
     def try_acquire(self) -> bool:
-        if self.limit and self.running >= self.limit:
+        if self.full:
             return False
         self.running += 1
         metrics.PROCESSES_RUNNING.set(self.running)
@@ -225,7 +233,7 @@ class ManagedProcess:
 
     async def _run_once(self) -> None:
         if not self.slots.try_acquire():
-            self._fail(f"ffmpeg.max_processes ({self.slots.limit}) running processes reached")
+            self._fail(self.slots.refusal)
             return
         parser = ProgressParser()
         ring = LogRing(self.runtime.log_max_lines)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 from collections.abc import Callable
 from fractions import Fraction
 
@@ -95,7 +96,7 @@ class FrameTrack(MediaStreamTrack):
         frame, _ = self._frames.popleft()
         packet = av.Packet(frame.data)
         packet.pts = frame.timestamp
-        packet.time_base = Fraction(1, frame.clock_rate)
+        packet.time_base = _time_base(frame.clock_rate)
         self._packets_forwarded.inc(frame.packet_count)
         self._bytes_forwarded.inc(frame.size)
         if self.first_frame_at is None:
@@ -110,3 +111,9 @@ class FrameTrack(MediaStreamTrack):
         self._frames.clear()
         if self._reader is not None and not self._reader.done():
             self._reader.set_result(None)
+
+
+@functools.cache
+def _time_base(clock_rate: int) -> Fraction:
+    """One ``Fraction`` per clock rate, not one per frame per viewer (this is the per-viewer hot path)."""
+    return Fraction(1, clock_rate)
