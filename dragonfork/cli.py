@@ -151,7 +151,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return f"{settings.address} is free"
 
     def rtp_ports() -> str:
-        from dragonfork.stream.ports import pair_is_free
+        from dragonfork.stream.ingest.ports import pair_is_free
 
         first, last = settings.webrtc.port_first, settings.webrtc.port_last
         free = sum(pair_is_free(port) for port in range(first + first % 2, last, 2))

@@ -131,6 +131,12 @@ class WebRTCSettings(_Section):
     max_viewer_delay_seconds: float = Field(
         1.0, gt=0, description="A viewer whose sender falls this far behind skips to the next keyframe"
     )
+    publisher_wait_seconds: float = Field(
+        3.0,
+        ge=0,
+        le=30,
+        description="How long a WHEP offer for a started process waits for its stream to go live (then 409)",
+    )
 
     @model_validator(mode="after")
     def _port_range(self) -> WebRTCSettings:

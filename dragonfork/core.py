@@ -1,6 +1,7 @@
 """The core services of one server, composed once by ``server.py`` and handed to the HTTP layer.
 
-The HTTP layer calls into these; nothing here imports ``dragonfork.http``.
+The HTTP layer calls into these; nothing here imports ``dragonfork.http``. The core owns the stream directory
+(the hub's name → live stream table): the registry's process runs publish in it, the WHEP service reads it.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from dataclasses import dataclass, field
 
 from dragonfork.config import LoadedSettings, Settings
 from dragonfork.process.access import AccessPolicy
+from dragonfork.process.child import ChildLedger
 from dragonfork.process.registry import Registry
-from dragonfork.process.runner import RuntimeSettings
+from dragonfork.process.runner import ProcessRuntime
 from dragonfork.process.store import Store
-from dragonfork.stream.hub import StreamSettings
-from dragonfork.webrtc.sessions import ViewerSessions
+from dragonfork.servers.whep import PublisherStatus, WhepServer, WhepSettings
+from dragonfork.stream.directory import StreamDirectory
+from dragonfork.stream.ingest.rtp_udp import RtpIngestSettings
+from dragonfork.stream.stream import StreamSettings
 from dragonfork.webrtc.viewer import ViewerSettings
 
 
@@ -22,8 +26,8 @@ from dragonfork.webrtc.viewer import ViewerSettings
 class Core:
     loaded: LoadedSettings
     registry: Registry
-    sessions: ViewerSessions
-    viewer_settings: ViewerSettings
+    directory: StreamDirectory
+    whep: WhepServer
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -34,7 +38,8 @@ class Core:
 def build_core(loaded: LoadedSettings) -> Core:
     settings = loaded.settings
     webrtc = settings.webrtc
-    runtime = RuntimeSettings(
+    directory = StreamDirectory()
+    runtime = ProcessRuntime(
         ffmpeg_binary=settings.ffmpeg_binary,
         stop_timeout=settings.ffmpeg.stop_timeout_seconds,
         probe_timeout=settings.ffmpeg.probe_timeout_seconds,
@@ -43,13 +48,14 @@ def build_core(loaded: LoadedSettings) -> Core:
         max_processes=settings.ffmpeg.max_processes,
         webrtc_enabled=webrtc.enable,
         stream=StreamSettings(
-            port_first=webrtc.port_first,
-            port_last=webrtc.port_last,
             subscriber_buffer_frames=webrtc.subscriber_buffer_frames,
             keyframe_cache_enabled=webrtc.keyframe_cache_enable,
             keyframe_cache_max_packets=webrtc.keyframe_cache_max_packets,
             keyframe_cache_max_bytes=webrtc.keyframe_cache_max_bytes,
         ),
+        rtp=RtpIngestSettings(port_first=webrtc.port_first, port_last=webrtc.port_last),
+        directory=directory,
+        ledger=ChildLedger(settings.data_dir),
     )
     access = AccessPolicy(
         input=settings.ffmpeg.access.input,
@@ -75,4 +81,24 @@ def build_core(loaded: LoadedSettings) -> Core:
         public_ips=list(webrtc.public_ips),
         max_delay=webrtc.max_viewer_delay_seconds,
     )
-    return Core(loaded=loaded, registry=registry, sessions=ViewerSessions(), viewer_settings=viewer_settings)
+
+    def publisher_status(name: str) -> PublisherStatus | None:
+        process = registry.processes.get(name)
+        if process is None:
+            return None
+        return PublisherStatus(
+            serves_webrtc=process.config.webrtc.enabled and webrtc.enable,
+            started=process.order == "start",
+            state=process.state,
+        )
+
+    whep = WhepServer(
+        directory,
+        WhepSettings(
+            max_viewers_per_stream=webrtc.max_peers_per_stream,
+            publisher_wait=webrtc.publisher_wait_seconds,
+            viewer=viewer_settings,
+        ),
+        publisher_status,
+    )
+    return Core(loaded=loaded, registry=registry, directory=directory, whep=whep)

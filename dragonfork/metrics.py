@@ -51,6 +51,12 @@ PROCESS_CPU = Gauge(
 PROCESS_MEMORY = Gauge(
     "dragonfork_process_memory_bytes", "Resident memory of the FFmpeg child", ["process"], registry=REGISTRY
 )
+FAILURES = Counter(
+    "dragonfork_failures_total",
+    "Failures that ended one component and nothing else (process run, viewer, viewer sender), by cause",
+    ["component", "cause"],
+    registry=REGISTRY,
+)
 PROCESSES_RUNNING = Gauge("dragonfork_processes_running", "FFmpeg children running now", registry=REGISTRY)
 
 # --- HTTP ------------------------------------------------------------------------------------------------

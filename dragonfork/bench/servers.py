@@ -31,7 +31,7 @@ import trio
 
 from dragonfork.bench.media import ffmpeg_binary, with_rtp_ports
 from dragonfork.loadtest.viewer import Target
-from dragonfork.stream.ports import pair_is_free
+from dragonfork.stream.ingest.ports import pair_is_free
 
 READY_TIMEOUT = 30.0
 STOP_GRACE = 10.0

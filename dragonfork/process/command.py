@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from dragonfork.process.probe import is_webrtc_compatible_h264
 from dragonfork.process.progress import IOInfo, StreamInfo
 from dragonfork.process.schema import ProcessConfig, WebRTCProcessConfig
-from dragonfork.stream.source import DEFAULT_PAYLOAD_TYPES
+from dragonfork.stream.ingest.rtp_udp import DEFAULT_PAYLOAD_TYPES, RTP_PACKET_SIZE, RtpLeg
 
 PROGRESS_ARGS = ["-hide_banner", "-nostdin", "-nostats", "-progress", "pipe:1", "-stats_period", "0.5"]
-
-RTP_PACKET_SIZE = 1200  # leaves room for SRTP and header extensions under a 1280-byte path MTU
 
 _STREAM_SPECIFIER = re.compile(r"^(\d+):([va]):(\d+)\??$")
 
@@ -69,17 +67,19 @@ def plan_webrtc(webrtc: WebRTCProcessConfig, inputs: list[IOInfo]) -> WebRTCPlan
     return WebRTCPlan(copy_video=copy_video, copy_audio=copy_audio, with_audio=audio is not None)
 
 
-def _rtp_output(payload_type: int, port: int) -> list[str]:
+def _rtp_output(payload_type: int, leg: RtpLeg) -> list[str]:
     return [
         "-f", "rtp",
         "-payload_type", str(payload_type),
         "-pkt_size", str(RTP_PACKET_SIZE),
         "-rtpflags", "skip_rtcp",  # RTCP would go to port+1: the audio leg's (or a neighbour's) port
-        f"rtp://127.0.0.1:{port}",
+        leg.url,  # sent from the leg's source port, the only sender its receiving socket hears
     ]  # fmt: skip
 
 
-def webrtc_legs(webrtc: WebRTCProcessConfig, plan: WebRTCPlan, video_port: int, audio_port: int) -> list[str]:
+def webrtc_legs(
+    webrtc: WebRTCProcessConfig, plan: WebRTCPlan, video_leg: RtpLeg, audio_leg: RtpLeg
+) -> list[str]:
     """The output arguments of the two RTP legs."""
     video = ["-map", webrtc.video_map]
     if plan.copy_video:
@@ -102,7 +102,7 @@ def webrtc_legs(webrtc: WebRTCProcessConfig, plan: WebRTCPlan, video_port: int, 
             rate = webrtc.video_bitrate_kbit
             video += ["-b:v", f"{rate}k", "-maxrate", f"{rate}k", "-bufsize", f"{rate}k"]
     video += ["-an", "-sn", "-dn"]
-    video += _rtp_output(DEFAULT_PAYLOAD_TYPES["video"], video_port)
+    video += _rtp_output(DEFAULT_PAYLOAD_TYPES["video"], video_leg)
     if not plan.with_audio:
         return video
     audio = ["-map", webrtc.audio_map]
@@ -111,7 +111,7 @@ def webrtc_legs(webrtc: WebRTCProcessConfig, plan: WebRTCPlan, video_port: int, 
     else:
         audio += ["-c:a", "libopus", "-ar", "48000", "-ac", "2", "-b:a", "96k", "-application", "lowdelay"]
     audio += ["-vn", "-sn", "-dn"]
-    audio += _rtp_output(DEFAULT_PAYLOAD_TYPES["audio"], audio_port)
+    audio += _rtp_output(DEFAULT_PAYLOAD_TYPES["audio"], audio_leg)
     return video + audio
 
 

@@ -9,10 +9,9 @@ the timeout.
 
 from __future__ import annotations
 
-import subprocess
-
 import trio
 
+from dragonfork.process.child import spawn
 from dragonfork.process.progress import IOInfo, ProgressParser, StreamInfo, iter_lines
 
 _NO_OUTPUT_LINE = "At least one output file must be specified"
@@ -41,9 +40,7 @@ async def probe_inputs(
         argv += [*options, "-i", address]
 
     try:
-        process = await trio.lowlevel.open_process(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        process = await spawn(argv, stdout=False, stderr=True)
     except OSError as exc:
         raise ProbeError(f"cannot run FFmpeg {ffmpeg_binary!r}: {exc}") from exc
 

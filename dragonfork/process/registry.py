@@ -1,8 +1,12 @@
 """The registry owns every process, runs their supervisors in its nursery and persists ``db.json``.
 
 Mutations (create, replace, delete, orders, metadata) take one lock and write the database before they
-return, so concurrent API clients can never lose or duplicate an entry. Stopping FFmpeg happens outside the
-lock: a slow child never blocks the rest of the API.
+return, so concurrent API clients can never lose or duplicate an entry. Stopping FFmpeg happens outside that
+lock, so a slow child never blocks the rest of the API; what serializes the operations on one process is its
+own ``operation`` lock: a command, replace or delete takes it, then checks the process is still the one
+registered under its id (a DELETE that got there first wins: the command answers 404, and no FFmpeg is
+started for a process that is no longer in the registry). ``replace`` reserves the new id before it halts
+the old process, so a create racing it cannot take the id in between.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pydantic import ValidationError
 
 from dragonfork.process.access import AccessPolicy
 from dragonfork.process.placeholders import expand_config
-from dragonfork.process.runner import ManagedProcess, ProcessSlots, RuntimeSettings, StartRefused
+from dragonfork.process.runner import ManagedProcess, ProcessRuntime, ProcessSlots, StartRefused
 from dragonfork.process.schema import Command, ProcessConfig
 from dragonfork.process.store import Store
 
@@ -54,7 +58,7 @@ class Registry:
     def __init__(
         self,
         store: Store,
-        runtime: RuntimeSettings,
+        runtime: ProcessRuntime,
         access: AccessPolicy,
         *,
         diskfs: str,
@@ -69,6 +73,7 @@ class Registry:
         self.processes: dict[str, ManagedProcess] = {}
         self.metadata: dict[str, Any] = {}
         self._lock = trio.Lock()
+        self._reserved_ids: set[str] = set()  # new ids of replaces in progress
         self._nursery: trio.Nursery | None = None
 
     # -- lifetime ---------------------------------------------------------------------------------
@@ -77,6 +82,10 @@ class Registry:
         """Own the supervisors' nursery; restore the database (or seed the demo) before reporting started."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.runtime.ledger is not None:
+                killed = await trio.to_thread.run_sync(self.runtime.ledger.reap)
+                if killed:
+                    log.warning("reaped FFmpeg children of a previous server", pids=killed)
             await self._restore()
             task_status.started(self)
             await trio.sleep_forever()
@@ -173,7 +182,7 @@ class Registry:
 
     async def create(self, config: ProcessConfig) -> ManagedProcess:
         async with self._lock:
-            if config.id in self.processes:
+            if config.id in self.processes or config.id in self._reserved_ids:
                 raise ProcessExists(config.id)
             process = self._new_process(config)
             self.processes[config.id] = process
@@ -181,38 +190,52 @@ class Registry:
                 process.order = "start"
             await self._persist()
         if config.autostart:
-            await process.start(self._supervisor_nursery)
+            async with process.operation:
+                if self._is_registered(process):
+                    await process.start(self._supervisor_nursery)
         log.info("process created", process=config.id)
         return process
 
     async def replace(self, process_id: str, config: ProcessConfig) -> ManagedProcess:
         """PUT: swap the config (the id may change); a process that was ordered to start restarts with it."""
         process = self.get(process_id)
-        was_started = process.order == "start"
-        async with self._lock:
-            if config.id != process_id and config.id in self.processes:
-                raise ProcessExists(config.id)
-        await process.halt()
-        async with self._lock:
-            if self.processes.get(process_id) is not process:
-                raise ProcessNotFound(process_id)
-            process.forget_metrics()
-            del self.processes[process_id]
-            replacement = self._new_process(config, metadata=process.metadata, created_at=process.created_at)
-            replacement.history = process.history
-            self.processes[config.id] = replacement
-            if was_started:
-                replacement.order = "start"
-            await self._persist()
+        async with process.operation:
+            async with self._lock:
+                if not self._is_registered(process):
+                    raise ProcessNotFound(process_id)
+                new_id = config.id
+                if new_id != process_id and (new_id in self.processes or new_id in self._reserved_ids):
+                    raise ProcessExists(new_id)
+                self._reserved_ids.add(new_id)
+            try:
+                was_started = process.order == "start"
+                await process.halt()
+                async with self._lock:
+                    process.forget_metrics()
+                    del self.processes[process_id]
+                    replacement = self._new_process(
+                        config, metadata=process.metadata, created_at=process.created_at
+                    )
+                    replacement.history = process.history
+                    self.processes[new_id] = replacement
+                    if was_started:
+                        replacement.order = "start"
+                    await self._persist()
+            finally:
+                self._reserved_ids.discard(new_id)
         if was_started:
-            await replacement.start(self._supervisor_nursery)
+            async with replacement.operation:
+                if self._is_registered(replacement):
+                    await replacement.start(self._supervisor_nursery)
         return replacement
 
     async def delete(self, process_id: str) -> None:
         process = self.get(process_id)
-        await process.stop()
-        async with self._lock:
-            if self.processes.get(process_id) is process:
+        async with process.operation:
+            if not self._is_registered(process):
+                raise ProcessNotFound(process_id)
+            await process.stop()
+            async with self._lock:
                 del self.processes[process_id]
                 process.forget_metrics()
                 await self._persist()
@@ -220,18 +243,24 @@ class Registry:
 
     async def command(self, process_id: str, command: Command) -> None:
         process = self.get(process_id)
-        if command == "stop":
-            await self._set_order(process, "stop")
-            await process.stop()
-            return
-        if command in ("restart", "reload"):  # a fresh run; reload re-resolves placeholders first
-            if command == "reload":
-                process.resolved = self.resolve(process.config)
-            await process.halt()
-        if process.run is None and self.slots.full:
-            raise StartRefused(self.slots.refusal)
-        await self._set_order(process, "start")
-        await process.start(self._supervisor_nursery)
+        async with process.operation:
+            if not self._is_registered(process):
+                raise ProcessNotFound(process_id)
+            if command == "stop":
+                await self._set_order(process, "stop")
+                await process.stop()
+                return
+            if command in ("restart", "reload"):  # a fresh run; reload re-resolves placeholders first
+                if command == "reload":
+                    process.resolved = self.resolve(process.config)
+                await process.halt()
+            if process.run is None and self.slots.full:
+                raise StartRefused(self.slots.refusal)
+            await self._set_order(process, "start")
+            await process.start(self._supervisor_nursery)
+
+    def _is_registered(self, process: ManagedProcess) -> bool:
+        return self.processes.get(process.id) is process
 
     async def _set_order(self, process: ManagedProcess, order: str) -> None:
         async with self._lock:

@@ -2,8 +2,14 @@
 
 While a process's order is ``start`` it has one supervisor task (``ManagedProcess.supervise``). Each FFmpeg
 run happens in a nursery of its own that holds everything belonging to that run: the FFmpeg child, its output
-readers, the stale and resource watchdogs, the media stream (RTP sources) and the WHEP viewers. When the child
-exits, the run's nursery is cancelled, so the sources and every viewer end with it, in one place.
+readers, the stale and resource watchdogs, and with WebRTC the run's ``Stream`` (listed in the stream
+directory under the process id), its RTP publisher and, in the stream's nursery, its readers (WHEP viewers).
+When the child exits, the run's nursery is cancelled, so the publisher and every reader end with it.
+
+A run is a failure boundary: whatever goes wrong in it (no free UDP pair, a probe that fails or hangs, a
+missing binary, a bug) ends that run as ``failed`` with a message naming the cause, is logged with the process
+id and counted in ``dragonfork_failures_total{component="process"}``, and the supervisor carries on as for any
+other failed run. Nothing in a run reaches the registry or the server.
 
 States (datarhei Core's ``exec``): ``starting`` from spawn until FFmpeg's first progress report, ``running``
 after it, ``finishing`` after our SIGINT, then ``finished`` (exit 0, or 255 / SIGINT after our stop),
@@ -14,9 +20,7 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,11 +29,23 @@ import structlog
 import trio
 
 from dragonfork import metrics
+from dragonfork.process.child import ChildLedger, ChildProcess, spawn
 from dragonfork.process.command import WebRTCPlanError, build_command, plan_webrtc, webrtc_legs
 from dragonfork.process.probe import ProbeError, probe_inputs
-from dragonfork.process.progress import LogHistory, LogRing, ProgressParser, RunHistoryEntry, iter_lines
+from dragonfork.process.progress import (
+    IOInfo,
+    LogHistory,
+    LogRing,
+    Progress,
+    ProgressParser,
+    RunHistoryEntry,
+    iter_lines,
+)
 from dragonfork.process.schema import ExecState, Order, ProcessConfig
-from dragonfork.stream.hub import MediaStream, StreamSettings
+from dragonfork.stream.directory import StreamDirectory
+from dragonfork.stream.ingest.ports import PortRangeExhausted
+from dragonfork.stream.ingest.rtp_udp import RtpIngestSettings, RtpUdpPublisher
+from dragonfork.stream.stream import Stream, StreamSettings
 
 log = structlog.get_logger("dragonfork.process")
 
@@ -37,8 +53,9 @@ EXEC_STATES: tuple[ExecState, ...] = ("finished", "starting", "running", "finish
 
 
 @dataclass
-class RuntimeSettings:
-    """What every process of one server shares: binaries, limits and the stream settings."""
+class ProcessRuntime:
+    """What every process of one server shares: binaries, limits, stream settings, the stream directory
+    its runs publish in and the ledger of FFmpeg children (``None``: not recorded, e.g. in unit tests)."""
 
     ffmpeg_binary: str
     stop_timeout: float
@@ -48,6 +65,9 @@ class RuntimeSettings:
     max_processes: int
     webrtc_enabled: bool
     stream: StreamSettings
+    rtp: RtpIngestSettings
+    directory: StreamDirectory = field(default_factory=StreamDirectory)
+    ledger: ChildLedger | None = None
 
 
 class ProcessSlots:
@@ -77,6 +97,30 @@ class ProcessSlots:
         metrics.PROCESSES_RUNNING.set(self.running)
 
 
+@dataclass(frozen=True)
+class ProcessView:
+    """The read model of one process at one moment: what the API and the UI show, never a run's internals."""
+
+    order: Order
+    exec_state: ExecState
+    state_since: float
+    uptime_seconds: float
+    restarts: int
+    last_logline: str
+    last_error: str
+    progress: Progress | None
+    inputs: list[IOInfo]
+    outputs: list[IOInfo]
+    cpu_percent: float
+    memory_bytes: int
+    command: list[str]
+    run_started_at: float | None
+    prelude: list[str]
+    log: list[tuple[float, str]]
+    history: list[RunHistoryEntry]
+    stream_live: bool
+
+
 @dataclass
 class ResourceUsage:
     cpu_percent: float = 0.0
@@ -93,14 +137,16 @@ class ProcessRun:
     started_at: float = field(default_factory=time.time)
     pid: int | None = None
     command: list[str] = field(default_factory=list)
-    stream: MediaStream | None = None
+    stream: Stream | None = None
     usage: ResourceUsage = field(default_factory=ResourceUsage)
     last_progress_change: float = field(default_factory=trio.current_time)
     kill_reason: str | None = None
+    failure: str | None = None
+    """Why the run ended before FFmpeg could start (our own message), or None."""
     stopping: bool = False
     exit_code: int | None = None
     exited: trio.Event = field(default_factory=trio.Event)
-    process: trio.Process | None = None
+    process: ChildProcess | None = None
 
     def signal(self, signum: int) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -110,27 +156,6 @@ class ProcessRun:
         """Kill the child now; the run ends as ``killed`` with this reason."""
         self.kill_reason = self.kill_reason or reason
         self.signal(signal.SIGKILL)
-
-    async def start_viewer(self, run_viewer: Callable[..., Awaitable[None]], offer_sdp: str) -> str:
-        """Start ``run_viewer(stream, offer_sdp, task_status=...)`` inside this run's nursery.
-
-        The viewer then ends with the run (stop, restart, delete, crash). Returns the SDP answer the viewer
-        passes to ``task_status.started``; what it raises before that propagates to the caller, and
-        ``RunEnded`` when the run ends before the viewer could start.
-        """
-        if self.nursery.cancel_scope.cancel_called:
-            raise RunEnded
-        try:
-            answer: str = await self.nursery.start(run_viewer, self.stream, offer_sdp)
-        except RuntimeError:
-            if self.nursery.cancel_scope.cancel_called:  # the run ended while the viewer was starting
-                raise RunEnded from None
-            raise
-        return answer
-
-
-class RunEnded(Exception):
-    """The FFmpeg run ended (or is ending): nothing more can start in it."""
 
 
 class StartRefused(Exception):
@@ -144,7 +169,7 @@ class ManagedProcess:
         self,
         config: ProcessConfig,
         resolved: ProcessConfig,
-        runtime: RuntimeSettings,
+        runtime: ProcessRuntime,
         slots: ProcessSlots,
         *,
         order: Order = "stop",
@@ -168,6 +193,8 @@ class ManagedProcess:
         self.restarts = 0
         self.last_error = ""
         self.run_end_reason = "reconnect"  # why the last run ended, the label of the restart that follows
+        self.operation = trio.Lock()
+        """Held by the registry for a whole command, replace or delete of this process (see registry.py)."""
         self._supervisor: trio.CancelScope | None = None
         self._supervisor_done = trio.Event()
         self._supervisor_done.set()
@@ -217,7 +244,13 @@ class ManagedProcess:
             task_status.started()
             try:
                 while self.order == "start":
-                    await self._run_once()
+                    try:
+                        await self._run_once()
+                    except* Exception as failure:  # the run's failure boundary: this process fails, alone
+                        self.log.error("process_run_crashed", exc_info=failure)
+                        self._fail(
+                            f"internal error in this run: {failure.exceptions[0]!r}", cause="exception"
+                        )
                     if self.order != "start" or not self.config.reconnect:
                         break
                     reason = self.run_end_reason
@@ -233,7 +266,7 @@ class ManagedProcess:
 
     async def _run_once(self) -> None:
         if not self.slots.try_acquire():
-            self._fail(self.slots.refusal)
+            self._fail(self.slots.refusal, cause="max_processes")
             return
         parser = ProgressParser()
         ring = LogRing(self.runtime.log_max_lines)
@@ -259,22 +292,24 @@ class ManagedProcess:
             try:
                 webrtc_args = await self._prepare_stream(run)
             except (ProbeError, WebRTCPlanError) as exc:
-                self._note(run, f"cannot serve WebRTC: {exc}")
-                run.exited.set()
+                self._run_failed(run, f"cannot serve WebRTC: {exc}", cause="probe")
+                return
+            except PortRangeExhausted as exc:
+                self._run_failed(
+                    run,
+                    f"cannot serve WebRTC: {exc}; widen CORE_WEBRTC_PORT_FIRST/CORE_WEBRTC_PORT_LAST "
+                    "(webrtc.port_first/port_last): each WebRTC process needs one pair",
+                    cause="port_range_exhausted",
+                )
                 return
         run.command = build_command(self.runtime.ffmpeg_binary, self.resolved, webrtc_args=webrtc_args)
         self.log.info("starting ffmpeg", argv=run.command)
         try:
-            process = await trio.lowlevel.open_process(
-                run.command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,  # a Ctrl-C on the server's terminal must not reach FFmpeg directly
-            )
+            process = await spawn(run.command, stdout=True, stderr=True, ledger=self.runtime.ledger)
         except OSError as exc:
-            self._note(run, f"cannot start {self.runtime.ffmpeg_binary}: {exc}")
-            run.exited.set()
+            self._run_failed(
+                run, f"cannot start {self.runtime.ffmpeg_binary} (CORE_FFMPEG_BINARY): {exc}", cause="spawn"
+            )
             return
         run.process, run.pid = process, process.pid
         run.last_progress_change = trio.current_time()
@@ -298,17 +333,23 @@ class ManagedProcess:
             run.exited.set()
 
     async def _prepare_stream(self, run: ProcessRun) -> list[str]:
-        """Probe the inputs, bind the RTP port pair and start the sources; return the RTP output legs."""
+        """Probe the inputs, bind the RTP legs and publish the run's stream; return the RTP output legs."""
         probed = await probe_inputs(
             self.runtime.ffmpeg_binary,
             [(io.options, io.address) for io in self.resolved.input],
             timeout=self.runtime.probe_timeout,
         )
         plan = plan_webrtc(self.config.webrtc, probed)
-        stream = await MediaStream.bind(self.id, self.runtime.stream, has_audio=plan.with_audio)
-        await run.nursery.start(stream.run)
+        publisher = await RtpUdpPublisher.bind(self.runtime.rtp)
+        stream = Stream(self.id, self.runtime.stream, has_audio=plan.with_audio)
+        try:
+            await run.nursery.start(self.runtime.directory.run, stream)
+        except BaseException:
+            publisher.close()
+            raise
+        await run.nursery.start(publisher.run, stream)
         run.stream = stream
-        return webrtc_legs(self.config.webrtc, plan, stream.video_port, stream.audio_port)
+        return webrtc_legs(self.config.webrtc, plan, publisher.video_leg, publisher.audio_leg)
 
     def _finish(self, run: ProcessRun) -> None:
         code = run.exit_code
@@ -321,7 +362,7 @@ class ManagedProcess:
         else:
             state = "failed"
             self.run_end_reason = "reconnect"
-            self.last_error = _explanation(run.log) or f"ffmpeg exited with code {code}"
+            self.last_error = run.failure or _explanation(run.log) or f"ffmpeg exited with code {code}"
         if code is not None:
             self._note(
                 run, f"ffmpeg exited with code {code}" + (f" ({run.kill_reason})" if run.kill_reason else "")
@@ -341,11 +382,21 @@ class ManagedProcess:
         for gauge in (metrics.PROCESS_FPS, metrics.PROCESS_BITRATE, metrics.PROCESS_SPEED):
             gauge.labels(self.id).set(0)
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, *, cause: str) -> None:
+        """Fail without a run (or after its end): the state says why, the failure is logged and counted."""
         self.last_error = message
         self.last_log.append(message)
-        self.log.warning(message)
+        self.log.warning("process_failed", cause=cause, message=message)
+        metrics.FAILURES.labels("process", cause).inc()
         self._set_state("failed")
+
+    def _run_failed(self, run: ProcessRun, message: str, *, cause: str) -> None:
+        """The run cannot start FFmpeg: it ends ``failed`` with ``message`` as its error (see ``_finish``)."""
+        self._note(run, message)
+        self.log.warning("process_failed", cause=cause, message=message)
+        metrics.FAILURES.labels("process", cause).inc()
+        run.failure = message
+        run.exited.set()
 
     def _note(self, run: ProcessRun, message: str) -> None:
         """A line of our own in the process's log (it shows up in its report beside FFmpeg's)."""
@@ -437,6 +488,30 @@ class ManagedProcess:
     def _publish_state(self) -> None:
         for candidate in EXEC_STATES:
             metrics.PROCESS_STATE.labels(self.id, candidate).set(1 if candidate == self.state else 0)
+
+    def view(self) -> ProcessView:
+        run = self.run
+        parser = run.parser if run is not None else self.last_parser
+        return ProcessView(
+            order=self.order,
+            exec_state=self.state,
+            state_since=self.state_since,
+            uptime_seconds=self.uptime_seconds(),
+            restarts=self.restarts,
+            last_logline=self.last_log.last_line(),
+            last_error=self.last_error,
+            progress=parser.progress if parser else None,
+            inputs=list(parser.inputs) if parser else [],
+            outputs=list(parser.outputs) if parser else [],
+            cpu_percent=run.usage.cpu_percent if run else 0.0,
+            memory_bytes=run.usage.memory_bytes if run else 0,
+            command=list(run.command) if run else [],
+            run_started_at=run.started_at if run else None,
+            prelude=list(parser.prelude) if parser else [],
+            log=self.last_log.lines(),
+            history=self.history.entries(),
+            stream_live=bool(run and run.stream and run.stream.has_media()),
+        )
 
     def forget_metrics(self) -> None:
         metrics.forget_process(self.id)

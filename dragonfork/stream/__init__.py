@@ -1,6 +1,8 @@
-"""The media hub: RTP in from FFmpeg on loopback, whole frames out to every subscriber.
+"""The media hub: publishers write whole frames into a ``Stream``'s tracks, readers subscribe to them.
 
-Flow inside one process run: ``ports`` reserves an adjacent UDP pair, one ``RtpSource`` per kind reads its
-socket, validates and depacketizes RTP into ``MediaFrame`` objects, and fans them out over bounded Trio memory
-channels. The video source keeps a ``KeyframeCache`` so a new subscriber starts on the latest IDR at once.
+``stream.py`` (Stream: tracks + the readers' nursery), ``track.py`` (fan-out over bounded channels, keyframe
+cache, resync at a keyframe), ``directory.py`` (StreamDirectory: name → live Stream, wait-for-publisher) are
+protocol-neutral. ``ingest/`` holds the publishers: ``rtp_udp.py`` reads FFmpeg's RTP legs on loopback
+(ports, RTP parsing and the H.264 depacketizer beside it). Nothing here imports a layer above (process,
+servers, webrtc, http). See docs/hub.md.
 """

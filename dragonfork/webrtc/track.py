@@ -38,12 +38,14 @@ class FrameTrack(MediaStreamTrack):
         *,
         max_delay: float = DEFAULT_MAX_DELAY,
         on_first_frame: Callable[[], None] | None = None,
+        on_stopped: Callable[[FrameTrack], None] | None = None,
     ) -> None:
         super().__init__()
         self.kind = kind
         self.first_frame_at: float | None = None  # trio.current_time() when aiortc took the first frame
         self._max_delay = max_delay
         self._on_first_frame = on_first_frame
+        self._on_stopped = on_stopped
         self._frames: collections.deque[tuple[MediaFrame, float]] = collections.deque()  # (frame, queued at)
         self._reader: asyncio.Future[None] | None = None
         self._packets_forwarded = metrics.RTP_PACKETS_FORWARDED.labels(kind)
@@ -106,11 +108,16 @@ class FrameTrack(MediaStreamTrack):
         return packet
 
     def stop(self) -> None:
-        """End the track: ``recv`` raises ``MediaStreamError``."""
+        """End the track: ``recv`` raises ``MediaStreamError``. aiortc calls this when its sender task ends
+        (however it ends), so ``on_stopped`` tells the viewer its sender is gone."""
+        if self.readyState != "live":
+            return
         super().stop()
         self._frames.clear()
         if self._reader is not None and not self._reader.done():
             self._reader.set_result(None)
+        if self._on_stopped is not None:
+            self._on_stopped(self)
 
 
 @functools.cache

@@ -1,12 +1,20 @@
-"""One WHEP viewer: an aiortc peer connection that sends one process's stream, living in a Trio task.
+"""One WHEP viewer: an aiortc peer connection that sends one stream, living in a Trio task.
 
-``Viewer.run`` is started with ``nursery.start`` in the process's nursery and reports the SDP answer through
+``Viewer.run`` is started as a reader of the stream (``Stream.start_reader``: in the stream's nursery, inside
+its publisher's scope) and reports the SDP answer through
 ``task_status.started``; everything before that (offer checks, answer, candidate gathering) runs in the
 caller's task, so a bad offer or a slow answer raises out of ``nursery.start``. After the answer the viewer
 waits for ICE+DTLS, then forwards frames from the stream's subscriptions into its tracks until it is cancelled
 (the process stopped: its scope ends every viewer), closed (``close(reason)``: DELETE), or the peer went away.
 However it ends, the ``finally`` closes the peer connection, which sends DTLS close_notify so the browser sees
 the end at once, and ends aiortc's background tasks.
+
+A viewer is a failure boundary: after its answer, an exception in it is logged with its id, counted
+(``dragonfork_failures_total{component="viewer"}``) and ends that viewer only (reason ``error``). aiortc's
+sender task per track swallows its own exceptions and stops the track; a viewer whose sender ended while the
+connection is still up closes itself (reason ``sender_failed``) instead of staying connected with a dead
+track. The close reason is the first cause: a stream that ends (process stop) is ``process_stopped`` even
+when the client's DELETE arrives while the connection is closing.
 
 aiortc reports no "disconnected" connection state (only failed, after ~30 s of failed consent checks), so
 a peer that vanishes without a close_notify is detected by its silence: the receiver reports (RTCP RR) that
@@ -43,8 +51,8 @@ from dragonfork.webrtc.sdp import (
 from dragonfork.webrtc.track import FrameTrack
 
 if TYPE_CHECKING:
-    from dragonfork.stream.hub import MediaStream
-    from dragonfork.stream.source import RtpSource, Subscription
+    from dragonfork.stream.stream import Stream
+    from dragonfork.stream.track import Subscription, Track
 
 log = structlog.get_logger(__name__)
 
@@ -69,7 +77,8 @@ class CloseReason(enum.StrEnum):
     ICE_DISCONNECTED = "ice_disconnected"  # no receiver report for longer than disconnect_grace
     PEER_CLOSED = "peer_closed"  # the peer closed the connection (DTLS close_notify)
     STREAM_ENDED = "stream_ended"  # the stream's source closed the subscription
-    PROCESS_STOPPED = "process_stopped"  # the process scope was cancelled (stop, restart, delete, crash)
+    PROCESS_STOPPED = "process_stopped"  # the stream's scope was cancelled (stop, restart, delete, crash)
+    SENDER_FAILED = "sender_failed"  # aiortc's sender of a track ended while the connection was up
     ERROR = "error"  # an unexpected exception (logged)
 
 
@@ -125,7 +134,7 @@ class Viewer:
         self._scope.cancel()
 
     async def run(
-        self, stream: MediaStream, offer_sdp: str, *, task_status: Any = trio.TASK_STATUS_IGNORED
+        self, stream: Stream, offer_sdp: str, *, task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Answer ``offer_sdp`` (``task_status.started(answer_sdp)``), then serve the viewer until it ends.
 
@@ -135,10 +144,16 @@ class Viewer:
         offer = self._offer = validate_offer(offer_sdp, stream_has_audio=stream.has_audio)
         deadline = self._offered_at + self.settings.handshake_timeout
         max_delay = self.settings.max_delay
-        video = FrameTrack("video", max_delay=max_delay, on_first_frame=self._on_first_video_frame)
+        video = FrameTrack(
+            "video",
+            max_delay=max_delay,
+            on_first_frame=self._on_first_video_frame,
+            on_stopped=self._on_track_stopped,
+        )
         feeds = [(video, stream.video)]
         if stream.audio is not None and offer.has_audio:
-            feeds.append((FrameTrack("audio", max_delay=max_delay), stream.audio))
+            audio = FrameTrack("audio", max_delay=max_delay, on_stopped=self._on_track_stopped)
+            feeds.append((audio, stream.audio))
         answered = False
         pc = self._pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[RTCIceServer(**server) for server in self.settings.ice_servers])
@@ -162,12 +177,16 @@ class Viewer:
                     await self._forward(pc, feeds, video)
             if not answered:
                 raise ViewerClosed(f"viewer closed ({self.close_reason}) before its answer was ready")
-        except Exception:
-            if answered and self.close_reason is None:
+        except Exception as exc:
+            if not answered:
+                raise  # the caller answers the offer with it (4xx/504)
+            if self.close_reason is None:
                 self.close_reason = CloseReason.ERROR
-                log.exception("viewer_failed", viewer=self.id, process=self.process_id)
-            raise
+            log.exception("viewer_failed", viewer=self.id, process=self.process_id)
+            metrics.FAILURES.labels("viewer", type(exc).__name__).inc()
         finally:
+            if answered and self.close_reason is None:  # nobody called close(): the stream's scope ended
+                self.close_reason = CloseReason.PROCESS_STOPPED
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT) as close_scope:
                 await aio_as_trio(pc.close)()
             if close_scope.cancelled_caught:
@@ -224,7 +243,7 @@ class Viewer:
         return True
 
     async def _forward(
-        self, pc: RTCPeerConnection, feeds: list[tuple[FrameTrack, RtpSource]], video: FrameTrack
+        self, pc: RTCPeerConnection, feeds: list[tuple[FrameTrack, Track]], video: FrameTrack
     ) -> None:
         with contextlib.ExitStack() as subscriptions:
             async with trio.open_nursery() as nursery:
@@ -269,20 +288,30 @@ class Viewer:
     def _notify_pc_state(self) -> None:
         self._pc_state_changed.set()
 
+    def _on_track_stopped(self, track: FrameTrack) -> None:
+        """aiortc stopped one of our tracks: its sender task ended. Unless we are closing, that is a failure."""
+        pc = self._pc
+        if self.state is not ViewerState.CONNECTED or self._scope.cancel_called or pc is None:
+            return
+        if pc.connectionState != "connected":
+            return  # the connection ended first; its watcher names the reason
+        log.warning("viewer_sender_ended", viewer=self.id, process=self.process_id, kind=track.kind)
+        metrics.FAILURES.labels("viewer_sender", track.kind).inc()
+        self.close(CloseReason.SENDER_FAILED)
+
     def _on_first_video_frame(self) -> None:
         self.time_to_first_frame_seconds = trio.current_time() - self._offered_at
         metrics.TIME_TO_FIRST_FRAME_SECONDS.observe(self.time_to_first_frame_seconds)
 
     def _record_end(self) -> None:
-        if self.close_reason is None:  # nobody called close(): the scope around the viewer was cancelled
-            self.close_reason = CloseReason.PROCESS_STOPPED
+        reason = self.close_reason or CloseReason.PROCESS_STOPPED
         metrics.VIEWERS_ACTIVE.labels(self.process_id).dec()
-        metrics.VIEWERS_CLOSED.labels(self.close_reason.value).inc()
+        metrics.VIEWERS_CLOSED.labels(reason.value).inc()
         log.info(
             "viewer_closed",
             viewer=self.id,
             process=self.process_id,
-            reason=self.close_reason.value,
+            reason=reason.value,
             setup_seconds=self.setup_seconds,
             time_to_first_frame_seconds=self.time_to_first_frame_seconds,
         )

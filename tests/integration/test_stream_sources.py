@@ -21,9 +21,9 @@ import trio
 
 from dragonfork import metrics
 from dragonfork.stream.frames import AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE, MediaFrame
-from dragonfork.stream.h264 import NAL_IDR, NAL_PPS, NAL_SPS, START_CODE
+from dragonfork.stream.ingest.h264 import NAL_IDR, NAL_PPS, NAL_SPS, START_CODE
 from dragonfork.stream.hub import MediaStream, StreamSettings
-from dragonfork.stream.ports import VIDEO_RECEIVE_BUFFER, PortRangeExhausted, bind_port_pair
+from dragonfork.stream.ingest.ports import VIDEO_RECEIVE_BUFFER, PortRangeExhausted, bind_port_pair
 from dragonfork.stream.source import Subscription
 
 FPS = 25

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dragonfork.stream.h264 import START_CODE, H264Depacketizer
+from dragonfork.stream.ingest.h264 import START_CODE, H264Depacketizer
 
 SPS = b"\x67\x42\xc0\x1e\xda\x02\x80\xbf\xe5\x84"
 PPS = b"\x68\xce\x3c\x80"

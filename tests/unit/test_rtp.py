@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from dragonfork import metrics
 from dragonfork.stream.frames import AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE, MediaKind
-from dragonfork.stream.h264 import START_CODE
+from dragonfork.stream.ingest.h264 import START_CODE
 from dragonfork.stream.keyframe_cache import KeyframeCache
-from dragonfork.stream.rtp import Unwrapper, is_rtcp, parse_rtp, sequence_delta
+from dragonfork.stream.ingest.rtp import Unwrapper, is_rtcp, parse_rtp, sequence_delta
 from dragonfork.stream.source import RtpSource
 
 

@@ -43,39 +43,30 @@ def progress_json(progress: Progress | None, inputs: list[IOInfo], outputs: list
 
 
 def state_json(core: Core, process: ManagedProcess) -> dict[str, Any]:
-    run = process.run
-    parser = run.parser if run else process.last_parser
-    progress = progress_json(
-        parser.progress if parser else None,
-        parser.inputs if parser else [],
-        parser.outputs if parser else [],
-    )
+    view = process.view()
     return {
-        "order": process.order,
-        "exec": process.state,
-        "runtime_seconds": int(process.uptime_seconds()),
-        "state_since": int(process.state_since),
-        "restarts": process.restarts,
-        "last_logline": process.last_log.last_line(),
-        "last_error": process.last_error,
-        "progress": progress,
-        "cpu_usage": round(run.usage.cpu_percent, 2) if run else 0.0,
-        "memory_bytes": run.usage.memory_bytes if run else 0,
-        "command": run.command if run else [],
-        "webrtc": {
-            "ready": bool(run and run.stream and run.stream.has_media()),
-            "viewers": core.sessions.count(process.id),
-        },
+        "order": view.order,
+        "exec": view.exec_state,
+        "runtime_seconds": int(view.uptime_seconds),
+        "state_since": int(view.state_since),
+        "restarts": view.restarts,
+        "last_logline": view.last_logline,
+        "last_error": view.last_error,
+        "progress": progress_json(view.progress, view.inputs, view.outputs),
+        "cpu_usage": round(view.cpu_percent, 2),
+        "memory_bytes": view.memory_bytes,
+        "command": view.command,
+        "webrtc": {"ready": view.stream_live, "viewers": core.whep.viewer_count(process.id)},
     }
 
 
 def report_json(process: ManagedProcess) -> dict[str, Any]:
-    parser = process.run.parser if process.run else process.last_parser
+    view = process.view()
     return {
-        "created_at": process.run.started_at if process.run else None,
-        "prelude": list(parser.prelude) if parser else [],
-        "log": log_json(process.last_log.lines()),
-        "history": [entry.to_json() for entry in process.history.entries()],
+        "created_at": view.run_started_at,
+        "prelude": view.prelude,
+        "log": log_json(view.log),
+        "history": [entry.to_json() for entry in view.history],
     }
 
 

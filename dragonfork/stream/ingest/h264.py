@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dragonfork.stream.rtp import sequence_delta
+from dragonfork.stream.ingest.rtp import sequence_delta
 
 NAL_IDR = 5
 NAL_SPS = 7

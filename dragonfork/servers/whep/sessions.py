@@ -10,7 +10,7 @@ import trio
 from dragonfork.webrtc.viewer import Viewer
 
 if TYPE_CHECKING:
-    from dragonfork.stream.hub import MediaStream
+    from dragonfork.stream.stream import Stream
 
 
 class ViewerCapReached(Exception):
@@ -57,15 +57,15 @@ class ViewerSessions:
     async def run_viewer(
         self,
         viewer: Viewer,
-        stream: MediaStream,
+        stream: Stream,
         offer_sdp: str,
         *,
         max_viewers: int | None = None,
         task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """``Viewer.run`` with the viewer in the table for its whole life; start it with ``nursery.start``.
+        """``Viewer.run`` with the viewer in the table for its whole life; a reader for ``Stream.start_reader``.
 
-        Raises out of ``nursery.start`` what ``Viewer.run`` raises before its answer and ``ViewerCapReached``.
+        Raises out of ``start_reader`` what ``Viewer.run`` raises before its answer and ``ViewerCapReached``.
         """
         self.add(viewer, max_viewers=max_viewers)
         try:

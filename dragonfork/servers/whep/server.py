@@ -1,0 +1,138 @@
+"""The WHEP service: offers in, viewers started as readers of the hub's streams, the session table.
+
+``WhepServer.new_session(name, offer)`` is the whole POST: it finds the stream in the directory (waiting up
+to ``publisher_wait`` for one that is starting), counts the viewer against the per-stream cap, and starts
+the viewer in the stream's nursery (``Stream.start_reader``), so the viewer ends with the stream's publisher.
+PATCH and DELETE go through ``trickle`` and ``end_session``. Every refusal is an exception whose ``status``
+is the HTTP status of this project's WHEP error matrix; the route only turns them into responses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from collections.abc import Callable
+
+from dragonfork.servers.whep.sessions import ViewerCapReached, ViewerSessions
+from dragonfork.stream.directory import StreamDirectory, StreamNotLive
+from dragonfork.stream.stream import StreamEnded
+from dragonfork.webrtc.sdp import SdpRejected
+from dragonfork.webrtc.viewer import AnswerTimeout, CloseReason, Viewer, ViewerClosed, ViewerSettings
+
+RETRY_AFTER_NOT_LIVE = 2
+RETRY_AFTER_FULL = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class WhepSettings:
+    max_viewers_per_stream: int = 100
+    publisher_wait: float = 3.0
+    """Seconds an offer for a started publisher waits for its stream to go live before 409."""
+    viewer: ViewerSettings = dataclasses.field(default_factory=ViewerSettings)
+
+
+@dataclasses.dataclass(frozen=True)
+class PublisherStatus:
+    """What the owner of a stream name says about it (for a process: the registry)."""
+
+    serves_webrtc: bool
+    started: bool
+    """Ordered to run: its stream is live, or will be shortly (starting, restarting)."""
+    state: str
+
+
+class WhepRefused(Exception):
+    """An offer, trickle or session request that cannot be served; ``status`` is the HTTP status."""
+
+    def __init__(
+        self, status: int, message: str, *, field: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.retry_after = retry_after
+
+
+@dataclasses.dataclass(frozen=True)
+class WhepSession:
+    resource_id: str
+    answer: str
+
+    @property
+    def etag(self) -> str:
+        """A strong tag that changes with the answer (and so with the ICE credentials)."""
+        return f'"{hashlib.sha256(self.answer.encode()).hexdigest()[:24]}"'
+
+
+class WhepServer:
+    def __init__(
+        self,
+        directory: StreamDirectory,
+        settings: WhepSettings,
+        publisher_status: Callable[[str], PublisherStatus | None],
+    ) -> None:
+        self.directory = directory
+        self.settings = settings
+        self.sessions = ViewerSessions()
+        self._publisher_status = publisher_status
+
+    def viewer_count(self, name: str) -> int:
+        return self.sessions.count(name)
+
+    async def new_session(self, name: str, offer_sdp: str) -> WhepSession:
+        """Answer ``offer_sdp`` with a viewer of stream ``name``; raises ``WhepRefused``."""
+        status = self._publisher_status(name)
+        if status is None:
+            raise WhepRefused(404, f"process {name!r} not found", field="processID")
+        if not status.serves_webrtc:
+            raise WhepRefused(404, f"process {name!r} does not serve WebRTC (webrtc.enabled is false)")
+        wait = self.settings.publisher_wait if status.started else 0.0
+        try:
+            stream = await self.directory.wait_live(name, wait)
+        except StreamNotLive:
+            raise WhepRefused(
+                409,
+                f"process {name!r} has no media yet (state {status.state}); retry shortly",
+                retry_after=RETRY_AFTER_NOT_LIVE,
+            ) from None
+        viewer = Viewer(name, self.settings.viewer)
+        cap = self.settings.max_viewers_per_stream
+        reader = functools.partial(self.sessions.run_viewer, viewer, max_viewers=cap)
+        try:
+            answer: str = await stream.start_reader(reader, offer_sdp)
+        except ViewerCapReached:
+            raise WhepRefused(
+                503,
+                f"stream {name!r} is full ({cap} viewer{'' if cap == 1 else 's'}); retry in {RETRY_AFTER_FULL} s",
+                field="webrtc.max_peers_per_stream",
+                retry_after=RETRY_AFTER_FULL,
+            ) from None
+        except SdpRejected as exc:
+            raise WhepRefused(exc.status, exc.message, field="offer") from None
+        except AnswerTimeout as exc:
+            raise WhepRefused(504, str(exc)) from None
+        except (StreamEnded, ViewerClosed):
+            raise WhepRefused(
+                409,
+                f"the session on {name!r} ended while it was being set up; retry shortly",
+                retry_after=RETRY_AFTER_NOT_LIVE,
+            ) from None
+        return WhepSession(viewer.id, answer)
+
+    async def trickle(self, name: str, resource_id: str, sdpfrag: str) -> None:
+        """Apply a trickle-ICE fragment to a session; raises ``WhepRefused`` (404, 4xx for the fragment)."""
+        viewer = self.sessions.get(resource_id)
+        if viewer is None or viewer.process_id != name:
+            raise WhepRefused(404, f"no WHEP session {resource_id!r} on process {name!r}", field="resource")
+        try:
+            await viewer.add_remote_candidates(sdpfrag)
+        except SdpRejected as exc:
+            raise WhepRefused(exc.status, exc.message, field="sdpfrag") from None
+
+    def end_session(self, name: str, resource_id: str) -> None:
+        """DELETE: end the session if it exists (idempotent)."""
+        viewer = self.sessions.get(resource_id)
+        if viewer is not None and viewer.process_id == name:
+            viewer.close(CloseReason.DELETE)
