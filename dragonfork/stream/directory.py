@@ -1,4 +1,4 @@
-"""The stream directory: name → the live ``Stream`` published under it (owned by the core, no tasks of its own).
+"""The stream directory: name → the live ``Stream`` published under it (owned by the core, no tasks).
 
 A publisher runs its stream through ``StreamDirectory.run`` (in the publisher's own nursery), which lists
 the stream under its name for exactly as long as it runs. A reader asks for a name with ``wait_live``: a

@@ -75,7 +75,7 @@ class Stream:
                     track.end()
 
     async def start_reader(self, reader: Callable[..., Awaitable[None]], *args: Any) -> Any:
-        """Start ``reader(self, *args, task_status=...)`` in the stream's nursery; return what it started with.
+        """Start ``reader(self, *args, task_status=...)`` in the stream's nursery; return what it reports.
 
         The reader then ends with the stream (its publisher stopped, restarted, crashed or was deleted). What
         the reader raises before ``task_status.started`` propagates to the caller; ``StreamEnded`` when the

@@ -289,12 +289,12 @@ class Viewer:
         self._pc_state_changed.set()
 
     def _on_track_stopped(self, track: FrameTrack) -> None:
-        """aiortc stopped one of our tracks: its sender task ended. Unless we are closing, that is a failure."""
+        """aiortc stopped one of our tracks: its sender task ended. Unless we are closing, a failure."""
         pc = self._pc
         if self.state is not ViewerState.CONNECTED or self._scope.cancel_called or pc is None:
             return
-        if pc.connectionState != "connected":
-            return  # the connection ended first; its watcher names the reason
+        if any(sender.transport.state != "connected" for sender in pc.getSenders()):
+            return  # the DTLS transport ended first (the sender could not send); its watcher names why
         log.warning("viewer_sender_ended", viewer=self.id, process=self.process_id, kind=track.kind)
         metrics.FAILURES.labels("viewer_sender", track.kind).inc()
         self.close(CloseReason.SENDER_FAILED)

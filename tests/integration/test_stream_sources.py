@@ -1,8 +1,7 @@
-"""The media hub against a real FFmpeg: port pair, RTP sources, fan-out, keyframe cache, teardown.
+"""The media hub against a real FFmpeg: port pair, RTP publisher, fan-out, keyframe cache, teardown.
 
-FFmpeg runs the command the supervisor runs (H.264 constrained baseline on V, Opus on V+1, ``-pkt_size 1200``)
-on a 320x240@25 test pattern with a 2 s GOP. Every test starts its own FFmpeg with ``trio.lowlevel
-.open_process`` and kills it in ``finally``.
+FFmpeg runs the RTP legs the supervisor builds (see tests/hub_helpers.py) on a 320x240@25 test pattern with a
+2 s GOP. Every test starts its own FFmpeg and kills it on exit.
 """
 
 from __future__ import annotations
@@ -10,65 +9,31 @@ from __future__ import annotations
 import itertools
 import socket
 import struct
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import av
-import imageio_ffmpeg
 import pytest
 import trio
+from hub_helpers import FPS, LiveStream
+from hub_helpers import live_stream as hub_live_stream
 
 from dragonfork import metrics
 from dragonfork.stream.frames import AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE, MediaFrame
 from dragonfork.stream.ingest.h264 import NAL_IDR, NAL_PPS, NAL_SPS, START_CODE
-from dragonfork.stream.hub import MediaStream, StreamSettings
 from dragonfork.stream.ingest.ports import VIDEO_RECEIVE_BUFFER, PortRangeExhausted, bind_port_pair
-from dragonfork.stream.source import Subscription
+from dragonfork.stream.ingest.rtp_udp import RtpIngestSettings, RtpUdpPublisher
+from dragonfork.stream.stream import Stream, StreamSettings
+from dragonfork.stream.track import Subscription
 
-FPS = 25
 VIDEO_STEP = VIDEO_CLOCK_RATE // FPS  # RTP timestamp distance between consecutive video frames
 AUDIO_STEP = AUDIO_CLOCK_RATE // 50  # 20 ms Opus frames
 
 
-def ffmpeg_command(video_port: int, audio_port: int) -> list[str]:
-    return [
-        imageio_ffmpeg.get_ffmpeg_exe(),
-        *("-hide_banner", "-nostats", "-loglevel", "error", "-re"),
-        *("-f", "lavfi", "-i", f"testsrc2=size=320x240:rate={FPS}"),
-        *("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"),
-        *("-map", "0:v", "-c:v", "libx264", "-profile:v", "baseline", "-preset", "ultrafast"),
-        *("-tune", "zerolatency", "-bf", "0", "-g", "50", "-pix_fmt", "yuv420p", "-an"),
-        *("-f", "rtp", "-payload_type", "96", "-pkt_size", "1200", f"rtp://127.0.0.1:{video_port}"),
-        *("-map", "1:a", "-c:a", "libopus", "-ar", "48000", "-ac", "2", "-vn"),
-        *("-f", "rtp", "-payload_type", "111", "-pkt_size", "1200", f"rtp://127.0.0.1:{audio_port}"),
-    ]
-
-
 @asynccontextmanager
-async def ffmpeg_feeding(stream: MediaStream) -> AsyncIterator[None]:
-    process = await trio.lowlevel.open_process(
-        ffmpeg_command(stream.video_port, stream.audio_port),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,  # the RTP muxer prints the SDP there
-    )
-    try:
-        yield
-    finally:
-        process.kill()
-        with trio.CancelScope(shield=True):
-            await process.wait()
-
-
-@asynccontextmanager
-async def live_stream(settings: StreamSettings | None = None) -> AsyncIterator[MediaStream]:
-    """A bound and running MediaStream with FFmpeg sending to it; everything stops on exit."""
-    stream = await MediaStream.bind("itest", settings or StreamSettings(), has_audio=True)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(stream.run)
-        async with ffmpeg_feeding(stream):
-            yield stream
-        nursery.cancel_scope.cancel()
+async def live_stream(settings: StreamSettings | None = None) -> AsyncIterator[LiveStream]:
+    async with hub_live_stream(settings=settings, gop_seconds=2.0, wait_for_media=False) as live:
+        yield live
 
 
 async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
@@ -104,7 +69,8 @@ async def test_whole_frames_arrive_decode_and_every_idr_carries_sps_and_pps() ->
     video_frames: list[MediaFrame] = []
     audio_frames: list[MediaFrame] = []
     received_before = sample("dragonfork_webrtc_source_packets_total", kind="video")
-    async with live_stream() as stream:
+    async with live_stream() as live:
+        stream = live.stream
         assert stream.audio is not None
 
         with stream.video.subscribe() as video, stream.audio.subscribe() as audio, trio.fail_after(20):
@@ -119,12 +85,12 @@ async def test_whole_frames_arrive_decode_and_every_idr_carries_sps_and_pps() ->
                     video_frames.append(await video.frames.receive())
                 readers.cancel_scope.cancel()
 
-        video_source, audio_source = stream.video, stream.audio
+        video_source, audio_source = live.video, live.audio
         print(
             f"video: {video_source.packets} packets, {video_source.bytes} payload bytes, "
-            f"{video_source.frames} frames ({video_source.keyframes} keyframes), "
+            f"{stream.video.frames} frames ({stream.video.keyframes} keyframes), "
             f"{len(video_frames)} received; audio: {audio_source.packets} packets, "
-            f"{audio_source.frames} frames, {len(audio_frames)} received"
+            f"{stream.audio.frames} frames, {len(audio_frames)} received"
         )
         assert stream.has_media()
         assert (video_source.malformed, audio_source.malformed) == (0, 0)
@@ -160,7 +126,8 @@ async def test_whole_frames_arrive_decode_and_every_idr_carries_sps_and_pps() ->
 
 
 async def test_late_subscriber_starts_from_the_keyframe_cache_burst() -> None:
-    async with live_stream() as stream:
+    async with live_stream() as live:
+        stream = live.stream
         await wait_until(lambda: stream.has_media() and stream.video.frames >= 10, "ten video frames")
         bursts_before = sample("dragonfork_webrtc_keyframe_cache_bursts_total")
 
@@ -179,7 +146,8 @@ async def test_late_subscriber_starts_from_the_keyframe_cache_burst() -> None:
 
 
 async def test_without_the_cache_a_new_subscriber_waits_for_the_next_idr() -> None:
-    async with live_stream(StreamSettings(keyframe_cache_enabled=False)) as stream:
+    async with live_stream(StreamSettings(keyframe_cache_enabled=False)) as live:
+        stream = live.stream
         await wait_until(lambda: stream.has_media() and stream.video.frames >= 5, "five video frames")
         skipped_before = dropped_packets("video", "awaiting_keyframe")
 
@@ -197,7 +165,8 @@ async def test_without_the_cache_a_new_subscriber_waits_for_the_next_idr() -> No
 
 async def test_slow_subscriber_loses_its_own_frames_and_resumes_at_a_keyframe() -> None:
     buffer = 16
-    async with live_stream(StreamSettings(subscriber_buffer_frames=buffer)) as stream:
+    async with live_stream(StreamSettings(subscriber_buffer_frames=buffer)) as live:
+        stream = live.stream
         await wait_until(stream.has_media, "a keyframe")
         slow_before = dropped_packets("video", "slow_viewer")
 
@@ -220,69 +189,82 @@ async def test_slow_subscriber_loses_its_own_frames_and_resumes_at_a_keyframe() 
         print(f"slow subscriber dropped {slow.dropped_packets} packets, the fast one none")
 
 
-async def test_garbage_datagrams_are_counted_as_malformed_and_the_stream_continues() -> None:
-    async with live_stream() as stream:
+async def test_datagrams_from_anyone_but_our_ffmpeg_never_reach_the_stream() -> None:
+    """Regression for two defects: an orphaned FFmpeg of a killed server kept sending to the same ports and
+    its packets interleaved with the new run's (no frame completed), and one spoofed 1,412-byte audio packet
+    reached every viewer. The receiving sockets are connected to our FFmpeg's source ports now: valid RTP
+    from another sender (the "orphan") and an oversize packet with payload type 111 never get in."""
+    async with live_stream() as live:
+        stream = live.stream
         assert stream.audio is not None
-        malformed_before = dropped_packets("video", "malformed")
-        with stream.video.subscribe() as video, trio.fail_after(10):
+        incomplete_before = dropped_packets("video", "incomplete_frame")
+        with stream.video.subscribe() as video, stream.audio.subscribe() as audio, trio.fail_after(15):
             before = await take(video, 5)
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-                sender.sendto(b"this is not RTP", ("127.0.0.1", stream.video_port))
-                foreign = struct.pack("!BBHII", 0x80, 0, 1, 2, 3) + b"\x41\x00"  # RTP, payload type 0
-                sender.sendto(foreign, ("127.0.0.1", stream.video_port))
-                sender.sendto(b"\xff" * 40, ("127.0.0.1", stream.audio_port))
-            await wait_until(lambda: stream.video.malformed == 2, "two malformed video datagrams")
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as orphan:
+                for sequence in range(200):  # an interleaved H.264 stream, and the spoofed audio packet
+                    fu_a = b"\x7c\x05" + bytes(900)
+                    orphan_rtp = struct.pack("!BBHII", 0x80, 96, sequence, 3000 * sequence, 0xBAD) + fu_a
+                    orphan.sendto(orphan_rtp, ("127.0.0.1", live.publisher.video_leg.port))
+                    spoofed = struct.pack("!BBHII", 0x80, 111, sequence, 960 * sequence, 0xBAD) + bytes(1400)
+                    orphan.sendto(spoofed, ("127.0.0.1", live.publisher.audio_leg.port))
+                sender = orphan.getsockname()
             after = await take(video, 2 * FPS)
+            audio_frames = [await audio.frames.receive() for _ in range(50)]
 
-        audio = stream.audio
-        assert audio.malformed == 1
-        assert dropped_packets("video", "malformed") - malformed_before == 2
+        assert sender[1] not in (live.publisher.video_leg.source_port, live.publisher.audio_leg.source_port)
+        assert (live.video.malformed, live.video.oversize) == (0, 0)  # nothing foreign got as far as parsing
+        assert (live.audio.malformed, live.audio.oversize) == (0, 0)
+        assert dropped_packets("video", "incomplete_frame") == incomplete_before
         assert_contiguous(before + after, VIDEO_STEP)  # not one frame lost
-        audio_frames = audio.frames
-        await wait_until(lambda: audio.frames > audio_frames, "audio after the garbage")
+        assert max(frame.size for frame in audio_frames) < 1200
 
 
-async def test_cancelling_the_run_ends_subscribers_and_releases_the_ports() -> None:
-    stream = await MediaStream.bind("itest-cancel", StreamSettings(), has_audio=True)
+async def test_cancelling_the_publisher_ends_subscribers_and_releases_the_ports() -> None:
     active_before = sample("dragonfork_webrtc_sources_active", kind="video")
     received: list[MediaFrame] = []
     channel_ended = trio.Event()
+    subscribed = trio.Event()
+    ports: list[int] = []
+    streams: list[Stream] = []
 
-    async def subscriber() -> None:
+    async def subscriber(stream: Stream) -> None:
         with stream.video.subscribe() as subscription:
+            subscribed.set()
             async for frame in subscription.frames:
                 received.append(frame)
         channel_ended.set()
 
     with trio.fail_after(15):
         async with trio.open_nursery() as outer:
-            outer.start_soon(subscriber)
             with trio.CancelScope() as run_scope:
-                async with trio.open_nursery() as run_nursery, ffmpeg_feeding(stream):
-                    await run_nursery.start(stream.run)
+                async with live_stream() as live:
+                    ports[:] = [live.publisher.video_leg.port, live.publisher.audio_leg.port]
+                    streams.append(live.stream)
+                    outer.start_soon(subscriber, live.stream)
+                    await subscribed.wait()
                     assert sample("dragonfork_webrtc_sources_active", kind="video") == active_before + 1
                     await wait_until(lambda: len(received) >= 5, "five frames")
-                    assert stream.video.subscriber_count == 1
+                    assert live.stream.video.subscriber_count == 1
                     run_scope.cancel()
             await channel_ended.wait()
 
+    [stream] = streams
     assert stream.video.subscriber_count == 0
     assert stream.audio is not None and stream.audio.subscriber_count == 0
     assert sample("dragonfork_webrtc_sources_active", kind="video") == active_before
-    rebound = await bind_port_pair(stream.video_port, stream.audio_port)
+    rebound = await bind_port_pair(ports[0], ports[1])
     rebound.close()
-    assert (rebound.video_port, rebound.audio_port) == (stream.video_port, stream.audio_port)
+    assert [rebound.video_port, rebound.audio_port] == ports
 
 
-async def test_a_stream_without_audio_keeps_the_pair_reserved() -> None:
-    stream = await MediaStream.bind("itest-video-only", StreamSettings(), has_audio=False)
+async def test_a_publisher_without_audio_keeps_the_pair_reserved() -> None:
+    publisher = await RtpUdpPublisher.bind(RtpIngestSettings(41_000, 41_999))
     try:
-        assert stream.audio is None and not stream.has_audio
-        assert stream.audio_port == stream.video_port + 1
+        assert publisher.audio_leg.port == publisher.video_leg.port + 1
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intruder, pytest.raises(OSError):
-            intruder.bind(("127.0.0.1", stream.audio_port))
+            intruder.bind(("127.0.0.1", publisher.audio_leg.port))
     finally:
-        stream.close()
+        publisher.close()
 
 
 # --- the port pair ----------------------------------------------------------------------------------------

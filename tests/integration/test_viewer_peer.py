@@ -1,4 +1,4 @@
-"""WHEP viewers against real peers: FFmpeg → RTP → MediaStream → Viewer (aiortc) → a real aiortc receiver.
+"""WHEP viewers against real peers: FFmpeg → RTP → Stream → Viewer (aiortc) → a real aiortc receiver.
 
 The receiving peer is either a plain aiortc ``RTCPeerConnection`` on the same trio-asyncio loop (fast, and its
 connection state can be timed precisely) or ``dragonfork.webrtc.client`` in its own OS process talking HTTP to
@@ -22,21 +22,21 @@ from typing import Any
 import av
 import hypercorn.config
 import hypercorn.trio
-import imageio_ffmpeg
 import pytest
 import trio
 import trio_asyncio
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from harness import TEST_AUDIO, TEST_VIDEO, free_port
+from harness import free_port
+from hub_helpers import live_stream as hub_live_stream
 from quart import request
 from quart_trio import QuartTrio
 from trio_asyncio import aio_as_trio
 
 from dragonfork import metrics
-from dragonfork.stream.hub import MediaStream, StreamSettings
+from dragonfork.servers.whep.sessions import ViewerCapReached, ViewerSessions
+from dragonfork.stream.stream import Stream
 from dragonfork.webrtc.sdp import FragmentRejected, OfferRejected
-from dragonfork.webrtc.sessions import ViewerCapReached, ViewerSessions
 from dragonfork.webrtc.viewer import (
     AnswerTimeout,
     CloseReason,
@@ -49,42 +49,14 @@ from dragonfork.webrtc.viewer import (
 PROCESS = "viewer-test"
 
 
-# --- the stream: real FFmpeg into a real MediaStream -------------------------------------------------------
-
-
-def ffmpeg_command(stream: MediaStream) -> list[str]:
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error"]
-    command += ["-re", "-f", "lavfi", "-i", TEST_VIDEO]
-    if stream.has_audio:
-        command += ["-re", "-f", "lavfi", "-i", TEST_AUDIO]
-    command += ["-map", "0:v", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency"]
-    command += ["-profile:v", "baseline", "-pix_fmt", "yuv420p", "-g", "25", "-bsf:v", "dump_extra"]
-    command += ["-payload_type", "96", "-f", "rtp", "-pkt_size", "1200"]
-    command += [f"rtp://127.0.0.1:{stream.video_port}"]
-    if stream.has_audio:
-        command += ["-map", "1:a", "-c:a", "libopus", "-b:a", "64k", "-ar", "48000"]
-        command += ["-payload_type", "111", "-f", "rtp", "-pkt_size", "1200"]
-        command += [f"rtp://127.0.0.1:{stream.audio_port}"]
-    return command
+# --- the stream: real FFmpeg into a real Stream (tests/hub_helpers.py) --------------------------------------
 
 
 @asynccontextmanager
-async def live_stream(*, has_audio: bool = True) -> AsyncIterator[MediaStream]:
-    """A MediaStream fed by FFmpeg (320x240@25, 1 s GOP, Opus tone), with media flowing when entered."""
-    settings = StreamSettings(port_first=41_000, port_last=41_999)  # bind_port_pair skips pairs in use
-    stream = await MediaStream.bind(PROCESS, settings, has_audio=has_audio)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(stream.run)
-        await nursery.start(
-            lambda task_status: trio.run_process(
-                ffmpeg_command(stream), check=False, stdout=subprocess.DEVNULL, task_status=task_status
-            )
-        )
-        with trio.fail_after(10):
-            while not stream.has_media():
-                await trio.sleep(0.05)
-        yield stream
-        nursery.cancel_scope.cancel()
+async def live_stream(*, has_audio: bool = True) -> AsyncIterator[Stream]:
+    """A Stream fed by FFmpeg (320x240@25, 1 s GOP, Opus tone), with media flowing when entered."""
+    async with hub_live_stream(PROCESS, has_audio=has_audio) as live:
+        yield live.stream
 
 
 # --- the remote peer: a plain aiortc receiver on the same loop ---------------------------------------------
@@ -452,7 +424,7 @@ async def test_session_table_caps_viewers_per_process_and_forgets_them_when_they
 
 @asynccontextmanager
 async def whep_endpoint(
-    stream: MediaStream, sessions: ViewerSessions, settings: ViewerSettings
+    stream: Stream, sessions: ViewerSessions, settings: ViewerSettings
 ) -> AsyncIterator[str]:
     """The smallest WHEP server for ``stream``: POST answers with a viewer, DELETE closes it."""
     app = QuartTrio(__name__)

@@ -23,6 +23,7 @@ from dragonfork.process.command import (
 from dragonfork.process.probe import probe_inputs
 from dragonfork.process.progress import IOInfo, StreamInfo
 from dragonfork.process.schema import ProcessConfig, WebRTCProcessConfig
+from dragonfork.stream.ingest.rtp_udp import RtpLeg, pick_source_ports
 
 TEST_VIDEO = "testsrc2=size=320x240:rate=25"
 TEST_AUDIO = "sine=frequency=440:sample_rate=48000"
@@ -201,7 +202,9 @@ def option(leg: list[str], name: str) -> str:
 
 def test_transcoding_legs() -> None:
     plan = WebRTCPlan(copy_video=False, copy_audio=False, with_audio=True)
-    video_leg, audio_leg = split_legs(webrtc_legs(webrtc(audio_map="1:a:0"), plan, 20010, 20011))
+    video_leg, audio_leg = split_legs(
+        webrtc_legs(webrtc(audio_map="1:a:0"), plan, RtpLeg(20010, 20110), RtpLeg(20011, 20112))
+    )
 
     assert video_leg[:2] == ["-map", "0:v:0"]
     assert option(video_leg, "-c:v") == "libx264"
@@ -215,7 +218,7 @@ def test_transcoding_legs() -> None:
     assert option(video_leg, "-f") == "rtp"
     assert option(video_leg, "-payload_type") == "96"
     assert option(video_leg, "-pkt_size") == "1200"
-    assert video_leg[-1] == "rtp://127.0.0.1:20010"
+    assert video_leg[-1] == "rtp://127.0.0.1:20010?localport=20110"  # the only sender its socket hears
 
     assert audio_leg[:2] == ["-map", "1:a:0"]
     assert option(audio_leg, "-c:a") == "libopus"
@@ -224,12 +227,12 @@ def test_transcoding_legs() -> None:
     assert option(audio_leg, "-f") == "rtp"
     assert option(audio_leg, "-payload_type") == "111"
     assert option(audio_leg, "-pkt_size") == "1200"
-    assert audio_leg[-1] == "rtp://127.0.0.1:20011"
+    assert audio_leg[-1] == "rtp://127.0.0.1:20011?localport=20112"
 
 
 def test_copying_legs() -> None:
     plan = WebRTCPlan(copy_video=True, copy_audio=True, with_audio=True)
-    video_leg, audio_leg = split_legs(webrtc_legs(webrtc(), plan, 20020, 20021))
+    video_leg, audio_leg = split_legs(webrtc_legs(webrtc(), plan, RtpLeg(20020, 20120), RtpLeg(20021, 20122)))
     assert option(video_leg, "-c:v") == "copy"
     assert "libx264" not in video_leg and "-bf" not in video_leg
     # Copied H.264 still gets SPS/PPS before every keyframe, so a viewer can join at any of them.
@@ -237,19 +240,27 @@ def test_copying_legs() -> None:
     assert option(video_leg, "-bsf:v") == "h264_mp4toannexb,dump_extra=freq=keyframe"
     assert option(audio_leg, "-c:a") == "copy"
     assert "libopus" not in audio_leg
-    assert (video_leg[-1], audio_leg[-1]) == ("rtp://127.0.0.1:20020", "rtp://127.0.0.1:20021")
+    assert (video_leg[-1], audio_leg[-1]) == (
+        "rtp://127.0.0.1:20020?localport=20120",
+        "rtp://127.0.0.1:20021?localport=20122",
+    )
 
 
 def test_video_only_leg() -> None:
     plan = WebRTCPlan(copy_video=False, copy_audio=False, with_audio=False)
-    [video_leg] = split_legs(webrtc_legs(webrtc(), plan, 20030, 20031))
+    [video_leg] = split_legs(webrtc_legs(webrtc(), plan, RtpLeg(20030, 20130), RtpLeg(20031, 20132)))
     assert option(video_leg, "-payload_type") == "96"
     assert "111" not in video_leg
 
 
 def test_bitrate_and_keyframe_interval() -> None:
     plan = WebRTCPlan(copy_video=False, copy_audio=False, with_audio=False)
-    legs = webrtc_legs(webrtc(video_bitrate_kbit=800, keyframe_interval_seconds=0.5), plan, 20040, 20041)
+    legs = webrtc_legs(
+        webrtc(video_bitrate_kbit=800, keyframe_interval_seconds=0.5),
+        plan,
+        RtpLeg(20040, 20140),
+        RtpLeg(20041, 20142),
+    )
     assert (option(legs, "-b:v"), option(legs, "-maxrate"), option(legs, "-bufsize")) == ("800k",) * 3
     assert option(legs, "-force_key_frames") == "expr:gte(t,n_forced*0.5)"
 
@@ -315,7 +326,10 @@ async def run_legs(log_path: Path) -> RtpCapture:
     inputs = await probe_inputs(binary, [(io.options, io.address) for io in process_config.input], timeout=10)
     plan = plan_webrtc(process_config.webrtc, inputs)
     video_sock, audio_sock = await bind_port_pair()
-    legs = webrtc_legs(process_config.webrtc, plan, video_sock.getsockname()[1], audio_sock.getsockname()[1])
+    video_source, audio_source = pick_source_ports()
+    video_leg = RtpLeg(video_sock.getsockname()[1], video_source)
+    audio_leg = RtpLeg(audio_sock.getsockname()[1], audio_source)
+    legs = webrtc_legs(process_config.webrtc, plan, video_leg, audio_leg)
     argv = build_command(binary, process_config, webrtc_args=legs)
 
     capture = RtpCapture(plan, [], [], "")

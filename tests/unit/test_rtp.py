@@ -12,11 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dragonfork import metrics
-from dragonfork.stream.frames import AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE, MediaKind
+from dragonfork.stream.frames import MediaKind
 from dragonfork.stream.ingest.h264 import START_CODE
-from dragonfork.stream.keyframe_cache import KeyframeCache
 from dragonfork.stream.ingest.rtp import Unwrapper, is_rtcp, parse_rtp, sequence_delta
-from dragonfork.stream.source import RtpSource
+from dragonfork.stream.ingest.rtp_udp import RTP_PACKET_SIZE, RtpReceiver
+from dragonfork.stream.keyframe_cache import KeyframeCache
+from dragonfork.stream.track import H264, OPUS, Track
 
 
 def rtp_packet(
@@ -191,15 +192,11 @@ def dropped_packets(kind: MediaKind, reason: str) -> float:
     return metrics.REGISTRY.get_sample_value("dragonfork_webrtc_packets_dropped_total", labels) or 0.0
 
 
-def make_source(kind: MediaKind, sock: socket.socket) -> RtpSource:
-    return RtpSource(
-        kind,
-        sock,
-        process_id="test-rtp",
-        clock_rate=VIDEO_CLOCK_RATE if kind == "video" else AUDIO_CLOCK_RATE,
-        cache=KeyframeCache() if kind == "video" else None,
-        subscriber_buffer=8,
-    )
+def make_source(kind: MediaKind, sock: socket.socket) -> RtpReceiver:
+    """A receiver writing into a track of its own (the socket is never read: datagrams are handed in)."""
+    codec = H264 if kind == "video" else OPUS
+    track = Track(codec, cache=KeyframeCache() if kind == "video" else None, subscriber_buffer=8)
+    return RtpReceiver(track, sock, stream_name="test-rtp")
 
 
 def valid_video_packets(sequence: int, timestamp: int) -> list[bytes]:
@@ -255,7 +252,7 @@ def test_source_survives_random_and_truncated_datagrams(datagrams: list[bytes], 
     malformed_before = dropped_packets(kind, "malformed")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         source = make_source(kind, sock)
-        with source.subscribe() as subscription:
+        with source.track.subscribe() as subscription:
             for index, datagram in enumerate(datagrams):
                 source.handle_datagram(memoryview(datagram), float(index))
             good = good_datagrams(kind)
@@ -275,9 +272,9 @@ def test_source_survives_random_and_truncated_datagrams(datagrams: list[bytes], 
     assert all(frame.kind == kind for frame in received)
     if kind == "video":
         assert all(frame.data.startswith(START_CODE) for frame in received)
-        assert source.keyframes >= 1
+        assert source.track.keyframes >= 1
     else:
-        assert source.frames >= 1
+        assert source.track.frames >= 1
 
 
 @pytest.mark.parametrize("kind", ["video", "audio"])
@@ -288,5 +285,26 @@ def test_source_counts_garbage_and_foreign_payload_types_as_malformed(kind: Medi
         source.handle_datagram(rtp_packet(b"\x41", payload_type=0), 2.0)
         source.handle_datagram(struct.pack("!BBHIIIIII", 0x80, 200, 6, 1, 2, 3, 4, 5, 6), 3.0)  # RTCP SR
 
-    assert (source.packets, source.malformed, source.frames) == (3, 2, 0)
+    assert (source.packets, source.malformed, source.track.frames) == (3, 2, 0)
     assert source.last_packet_at == 3.0
+
+
+def test_an_oversize_audio_packet_is_dropped_before_it_reaches_a_viewer() -> None:
+    """Regression: one 1,412-byte datagram with payload type 111 was forwarded whole, and aiortc's SRTP step
+    ("packet is too long") ended the audio sender of every viewer. Anything above FFmpeg's ``-pkt_size`` is
+    now counted and dropped; packets that fit still flow."""
+    oversize_before = dropped_packets("audio", "oversize")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        source = make_source("audio", sock)
+        with source.track.subscribe() as subscription:
+            spoofed = rtp_packet(bytes(1400), payload_type=111)
+            assert len(spoofed) == 1412
+            source.handle_datagram(spoofed, 1.0)
+            largest = rtp_packet(bytes(RTP_PACKET_SIZE - 12), payload_type=111)
+            source.handle_datagram(largest, 2.0)
+            frames = [subscription.frames.receive_nowait()]
+            with pytest.raises(trio.WouldBlock):
+                subscription.frames.receive_nowait()
+    assert (source.oversize, source.malformed, source.track.frames) == (1, 0, 1)
+    assert frames[0].size == RTP_PACKET_SIZE - 12
+    assert dropped_packets("audio", "oversize") - oversize_before == 1

@@ -105,7 +105,8 @@ class WhepServer:
         except ViewerCapReached:
             raise WhepRefused(
                 503,
-                f"stream {name!r} is full ({cap} viewer{'' if cap == 1 else 's'}); retry in {RETRY_AFTER_FULL} s",
+                f"stream {name!r} is full ({cap} viewer{'' if cap == 1 else 's'}); "
+                f"retry in {RETRY_AFTER_FULL} s",
                 field="webrtc.max_peers_per_stream",
                 retry_after=RETRY_AFTER_FULL,
             ) from None

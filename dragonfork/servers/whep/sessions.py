@@ -63,7 +63,7 @@ class ViewerSessions:
         max_viewers: int | None = None,
         task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """``Viewer.run`` with the viewer in the table for its whole life; a reader for ``Stream.start_reader``.
+        """``Viewer.run`` with the viewer in the table for its whole life (a ``Stream.start_reader`` reader).
 
         Raises out of ``start_reader`` what ``Viewer.run`` raises before its answer and ``ViewerCapReached``.
         """

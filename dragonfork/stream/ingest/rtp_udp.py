@@ -5,7 +5,8 @@ Only our own FFmpeg feeds a stream. Before FFmpeg starts, ``RtpUdpPublisher.bind
 with S+1 for RTCP), and ``connect()``s each receiving socket to its leg's source address: the kernel then
 drops every datagram from anyone else (an orphaned FFmpeg of a killed server, a spoofer) before we see it.
 What does come from our FFmpeg is still validated: a datagram larger than the packet size FFmpeg was told to
-use (``-pkt_size``, what a viewer's SRTP can carry), not RTP, or of another payload type is counted and dropped.
+use (``-pkt_size``, what a viewer's SRTP can carry), not RTP, or of another payload type is counted and
+dropped.
 
 The receive loop waits until the socket is readable and then drains every queued datagram (up to a batch
 limit) with plain non-blocking ``recv_into`` into one reused buffer: a keyframe arrives as a burst of dozens
@@ -57,7 +58,7 @@ class RtpIngestSettings:
 
 @dataclasses.dataclass(frozen=True)
 class RtpLeg:
-    """Where one FFmpeg RTP output sends (``port``) and the source port it must send from (``source_port``)."""
+    """Where one FFmpeg RTP output sends (``port``) and the port it must send from (``source_port``)."""
 
     port: int
     source_port: int
@@ -242,10 +243,10 @@ class RtpUdpPublisher:
 
     @classmethod
     async def bind(cls, settings: RtpIngestSettings) -> RtpUdpPublisher:
-        """Reserve a receiving pair from the range (raises ``PortRangeExhausted``) and pick the source ports."""
+        """Reserve a receiving pair in the range (raises ``PortRangeExhausted``); pick the source ports."""
         ports = await bind_port_pair(settings.port_first, settings.port_last)
         try:
-            video_source, audio_source = _pick_source_ports()
+            video_source, audio_source = pick_source_ports()
         except OSError:
             ports.close()
             raise
@@ -271,11 +272,11 @@ class RtpUdpPublisher:
             self.close()
 
     def close(self) -> None:
-        """Release the ports (idempotent); for a publisher that was bound but never ran, e.g. FFmpeg failed."""
+        """Release the ports (idempotent); also for a publisher that was bound but never ran."""
         self._ports.close()
 
 
-def _pick_source_ports() -> tuple[int, int]:
+def pick_source_ports() -> tuple[int, int]:
     """Two source ports for FFmpeg's legs, each with its RTCP neighbour (S, S+1) free now.
 
     FFmpeg binds them itself a moment later; the kernel's ephemeral range makes a collision in between
