@@ -42,7 +42,7 @@ async def probe_inputs(
     try:
         process = await spawn(argv, stdout=False, stderr=True)
     except OSError as exc:
-        raise ProbeError(f"cannot run FFmpeg {ffmpeg_binary!r}: {exc}") from exc
+        raise ProbeError(f"cannot run FFmpeg {ffmpeg_binary!r} (CORE_FFMPEG_BINARY): {exc}") from exc
 
     assert process.stderr is not None
     parser = ProgressParser()

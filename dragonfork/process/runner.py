@@ -279,6 +279,8 @@ class ManagedProcess:
                 try:
                     await self._spawn_and_wait(run)
                 finally:
+                    if run.stream is not None:
+                        run.stream.end()  # first, so its viewers' close reason is this run's end
                     nursery.cancel_scope.cancel()
         finally:
             self.slots.release()

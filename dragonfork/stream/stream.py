@@ -51,6 +51,8 @@ class Stream:
         buffer = settings.subscriber_buffer_frames
         self.video = Track(H264, cache=cache, subscriber_buffer=buffer, on_first_keyframe=self.live.set)
         self.audio = Track(OPUS, cache=None, subscriber_buffer=buffer) if has_audio else None
+        self.ending = False
+        """Set by ``end``: the publisher is going; a reader that ends now ends because of that."""
         self._nursery: trio.Nursery | None = None
         self._ran = False
 
@@ -74,6 +76,16 @@ class Stream:
                 if track is not None:
                     track.end()
 
+    def end(self) -> None:
+        """The publisher is ending (its process run stops, restarts or crashed): end every reader now.
+
+        Setting ``ending`` before the readers see their cancellation keeps the first cause theirs: a reader
+        asked to close for another reason meanwhile (a client's DELETE) still ends because the stream did.
+        """
+        self.ending = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
     async def start_reader(self, reader: Callable[..., Awaitable[None]], *args: Any) -> Any:
         """Start ``reader(self, *args, task_status=...)`` in the stream's nursery; return what it reports.
 
@@ -82,7 +94,7 @@ class Stream:
         stream ends (or has ended) before the reader could start.
         """
         nursery = self._nursery
-        if nursery is None or nursery.cancel_scope.cancel_called:
+        if nursery is None or self.ending or nursery.cancel_scope.cancel_called:
             raise StreamEnded(f"stream {self.name!r} has ended")
         try:
             return await nursery.start(reader, self, *args)

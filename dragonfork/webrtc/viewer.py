@@ -126,11 +126,14 @@ class Viewer:
         self._offer: Offer | None = None
         self._pc: RTCPeerConnection | None = None
         self._pc_state_changed = trio.Event()
+        self._closing = False  # in ``run``'s finally: our own pc.close() stops the senders
+        self._stream: Stream | None = None
 
     def close(self, reason: CloseReason = CloseReason.DELETE) -> None:
-        """End the session (idempotent; the first reason is kept)."""
+        """End the session (idempotent; the first reason is kept, and an ending stream comes first)."""
         if self.close_reason is None:
-            self.close_reason = reason
+            stream = self._stream
+            self.close_reason = CloseReason.PROCESS_STOPPED if stream and stream.ending else reason
         self._scope.cancel()
 
     async def run(
@@ -141,6 +144,7 @@ class Viewer:
         Raises before ``started``: ``OfferRejected`` (400/406), ``AnswerTimeout`` (504), ``ViewerClosed``.
         """
         self._offered_at = trio.current_time()
+        self._stream = stream
         offer = self._offer = validate_offer(offer_sdp, stream_has_audio=stream.has_audio)
         deadline = self._offered_at + self.settings.handshake_timeout
         max_delay = self.settings.max_delay
@@ -183,8 +187,9 @@ class Viewer:
             if self.close_reason is None:
                 self.close_reason = CloseReason.ERROR
             log.exception("viewer_failed", viewer=self.id, process=self.process_id)
-            metrics.FAILURES.labels("viewer", type(exc).__name__).inc()
+            metrics.FAILURES.labels("viewer", _leaf_type(exc)).inc()
         finally:
+            self._closing = True
             if answered and self.close_reason is None:  # nobody called close(): the stream's scope ended
                 self.close_reason = CloseReason.PROCESS_STOPPED
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT) as close_scope:
@@ -291,7 +296,12 @@ class Viewer:
     def _on_track_stopped(self, track: FrameTrack) -> None:
         """aiortc stopped one of our tracks: its sender task ended. Unless we are closing, a failure."""
         pc = self._pc
-        if self.state is not ViewerState.CONNECTED or self._scope.cancel_called or pc is None:
+        if (
+            self.state is not ViewerState.CONNECTED
+            or self._closing
+            or self._scope.cancel_called
+            or pc is None
+        ):
             return
         if any(sender.transport.state != "connected" for sender in pc.getSenders()):
             return  # the DTLS transport ended first (the sender could not send); its watcher names why
@@ -315,6 +325,13 @@ class Viewer:
             setup_seconds=self.setup_seconds,
             time_to_first_frame_seconds=self.time_to_first_frame_seconds,
         )
+
+
+def _leaf_type(exc: BaseException) -> str:
+    """The name of the exception that started it all (the first leaf of nested exception groups)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return type(exc).__name__
 
 
 async def _latest_receiver_reports(pc: RTCPeerConnection) -> tuple[object, ...]:

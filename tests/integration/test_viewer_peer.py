@@ -35,6 +35,7 @@ from trio_asyncio import aio_as_trio
 
 from dragonfork import metrics
 from dragonfork.servers.whep.sessions import ViewerCapReached, ViewerSessions
+from dragonfork.stream.frames import AUDIO_CLOCK_RATE, MediaFrame
 from dragonfork.stream.stream import Stream
 from dragonfork.webrtc.sdp import FragmentRejected, OfferRejected
 from dragonfork.webrtc.viewer import (
@@ -546,3 +547,104 @@ async def test_a_vanished_peer_is_dropped_after_the_disconnect_grace() -> None:
         # Silence counts from the last receiver report, which came up to 1.5 s before the kill (aiortc reports
         # every 0.5-1.5 s); the check runs every second.
         assert 2.5 - 1.5 <= trio.current_time() - killed_at < 2.5 + 1 + 2
+
+
+# --- failure boundaries ---------------------------------------------------------------------------------
+
+
+async def test_an_exception_in_a_viewer_after_its_answer_ends_that_viewer_only() -> None:
+    """Regression: viewer.py re-raised an exception after the answer; it went up the run's nursery and ended
+    every viewer and the process. Now it ends that viewer (reason ``error``), counted and logged."""
+    async with trio_asyncio.open_loop(), live_stream() as stream:
+        failed_before = sample("dragonfork_failures_total", component="viewer", cause="ClosedResourceError")
+        broken, watching = Receiver(), Receiver()
+        broken_viewer, watching_viewer = Viewer(PROCESS), Viewer(PROCESS)
+        await broken.accept(await stream.start_reader(broken_viewer.run, await broken.offer()))
+        await broken.wait_for_media(video_frames=5)
+        await watching.accept(await stream.start_reader(watching_viewer.run, await watching.offer()))
+        await watching.wait_for_media(video_frames=5)
+
+        stream.video._subscribers[0].frames.close()  # the first viewer's own end: its next read raises
+        await broken.wait_ended(timeout=2)
+        with trio.fail_after(2):
+            while broken_viewer.state is not ViewerState.CLOSED:
+                await trio.sleep(0.01)
+        assert broken_viewer.close_reason is CloseReason.ERROR and broken_viewer.state is ViewerState.CLOSED
+        assert sample("dragonfork_failures_total", component="viewer", cause="ClosedResourceError") == (
+            failed_before + 1
+        )
+        frames_then = len(watching.video_sizes)
+        await watching.wait_for_media(video_frames=frames_then + 25, audio_frames=25)
+        assert watching_viewer.state is ViewerState.CONNECTED and watching.ended_at is None
+        another = Receiver()  # the stream still takes new readers
+        await another.accept(await stream.start_reader(Viewer(PROCESS).run, await another.offer()))
+        await another.wait_for_media(video_frames=5)
+        for receiver in (broken, watching, another):
+            await receiver.close()
+
+
+async def test_a_viewer_whose_sender_dies_is_closed_not_left_half_alive() -> None:
+    """Regression: aiortc's SRTP step refused an oversize audio packet ("packet is too long"), that viewer's
+    audio sender task ended for good and the viewer stayed "connected" with video only. A publisher that
+    writes such a frame (bypassing the RTP receiver's size check) now costs the viewers carrying audio their
+    session, closed with reason ``sender_failed``; a video-only viewer of the same stream plays on."""
+    async with trio_asyncio.open_loop(), live_stream() as stream:
+        assert stream.audio is not None
+        failed_before = sample("dragonfork_failures_total", component="viewer_sender", cause="audio")
+        with_audio, video_only = Receiver(), Receiver(audio=False)
+        audio_viewer, video_viewer = Viewer(PROCESS), Viewer(PROCESS)
+        await with_audio.accept(await stream.start_reader(audio_viewer.run, await with_audio.offer()))
+        await video_only.accept(await stream.start_reader(video_viewer.run, await video_only.offer()))
+        await with_audio.wait_for_media(video_frames=5, audio_frames=5)
+        await video_only.wait_for_media(video_frames=5)
+
+        oversize = MediaFrame(
+            "audio", bytes(1400), 10**9, AUDIO_CLOCK_RATE, True, 1, 1400, trio.current_time()
+        )
+        stream.audio.write(oversize)
+        await with_audio.wait_ended(timeout=3)
+        with trio.fail_after(2):
+            while audio_viewer.state is not ViewerState.CLOSED:
+                await trio.sleep(0.01)
+        assert audio_viewer.close_reason is CloseReason.SENDER_FAILED
+        assert (
+            sample("dragonfork_failures_total", component="viewer_sender", cause="audio") == failed_before + 1
+        )
+        frames_then = len(video_only.video_sizes)
+        await video_only.wait_for_media(video_frames=frames_then + 25)
+        assert video_viewer.state is ViewerState.CONNECTED
+        await with_audio.close()
+        await video_only.close()
+
+
+async def test_the_close_reason_is_the_first_cause_even_when_delete_comes_while_closing() -> None:
+    """Regression: 125 of 195 viewers ended by a process stop were counted as ``delete``: the client's DELETE
+    arrived during the shielded ``pc.close`` and won. The stream's end is the first cause and stays, also
+    for a DELETE that comes before the viewer's task has even seen its cancellation."""
+    async with trio_asyncio.open_loop(), live_stream() as stream:
+        stopped_before = sample("dragonfork_webrtc_viewers_closed_total", reason="process_stopped")
+        deleted_before = sample("dragonfork_webrtc_viewers_closed_total", reason="delete")
+        receiver = Receiver()
+        viewer = Viewer(PROCESS)
+        deletes = 0
+
+        async def client_deletes_while_closing() -> None:
+            nonlocal deletes
+            while viewer.state is not ViewerState.CLOSED:
+                viewer.close(CloseReason.DELETE)
+                deletes += 1
+                await trio.sleep(0)
+
+        with trio.fail_after(5):
+            await receiver.accept(await stream.start_reader(viewer.run, await receiver.offer()))
+            await receiver.wait_for_media(video_frames=5)
+            async with trio.open_nursery() as client:
+                stream.end()  # what a process run does when it ends (stop, restart, crash)
+                client.start_soon(client_deletes_while_closing)
+        assert deletes > 0
+        assert viewer.close_reason is CloseReason.PROCESS_STOPPED
+        assert (
+            sample("dragonfork_webrtc_viewers_closed_total", reason="process_stopped") == stopped_before + 1
+        )
+        assert sample("dragonfork_webrtc_viewers_closed_total", reason="delete") == deleted_before
+        await receiver.close()
