@@ -1,4 +1,4 @@
-"""``nox`` runs the whole suite (tests, lint, typecheck, e2e); ``nox -s tests`` just the tests."""
+"""``nox`` runs the whole suite (tests, chaos, lint, typecheck, e2e); ``nox -s tests`` just the tests."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck", "e2e"]
+nox.options.sessions = ["tests", "chaos", "lint", "typecheck", "e2e"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
@@ -18,7 +18,17 @@ CHROMIUM = "/usr/bin/chromium"
 def tests(session: nox.Session) -> None:
     """Unit and integration tests with real FFmpeg and real aiortc peers."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-ra", "--durations=15", "-m", "not e2e", *session.posargs)
+    session.run("pytest", "-ra", "--durations=15", "-m", "not e2e and not chaos", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def chaos(session: nox.Session) -> None:
+    """Failures that must stay local, kill -9 rounds, stop/start cycles and hostile RTP (bounded, < 4 min).
+
+    See tests/chaos/: every round is bounded in count and time, and all traffic stays on loopback.
+    """
+    session.install("-e", ".[test]")
+    session.run("pytest", "-ra", "--durations=10", "-m", "chaos", "tests/chaos", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import imageio_ffmpeg
+import psutil
 
 # 320x240 at 25 fps keeps two cores free enough for several processes and viewers at once.
 TEST_VIDEO = "testsrc2=size=320x240:rate=25"
@@ -199,6 +201,24 @@ def metric(server: Server, name: str, **labels: str) -> float:
         if match and ",".join(sorted((match.group(1) or "").split(","))) == wanted:
             return float(match.group(2))
     return 0.0
+
+
+def ffmpeg_children(server: Server) -> list[psutil.Process]:
+    """The server's FFmpeg children (probes included), alive now."""
+    assert server.proc is not None
+    binary = imageio_ffmpeg.get_ffmpeg_exe()
+    try:
+        children = psutil.Process(server.proc.pid).children()
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for child in children:
+        try:
+            if child.cmdline()[:1] == [binary] and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+        except psutil.Error:
+            pass
+    return found
 
 
 def whep_url(server: Server, process_id: str) -> str:
