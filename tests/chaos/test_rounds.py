@@ -81,12 +81,16 @@ def test_thirty_stop_start_cycles_with_three_viewers_end_every_viewer_and_return
         baseline: tuple[int, int] | None = None
         stopped = 0.0
         with looping_viewers(whep_url(server, process_id), 3) as reports:
+            connected = 0.0  # viewers that reached ICE+DTLS connected, over all cycles
             for cycle in range(31):  # one warm-up cycle, then 30 measured ones
-                server.wait_for(
-                    lambda: metric(server, "dragonfork_webrtc_viewers_active", process=process_id) == 3,
-                    20,
-                    f"3 viewers in cycle {cycle}",
-                )
+
+                def three_connected(connected_before: float = connected) -> bool:
+                    setups = metric(server, "dragonfork_webrtc_viewer_setup_seconds_count")
+                    active = metric(server, "dragonfork_webrtc_viewers_active", process=process_id)
+                    return active == 3 and setups >= connected_before + 3
+
+                server.wait_for(three_connected, 20, f"3 connected viewers in cycle {cycle}")
+                connected = metric(server, "dragonfork_webrtc_viewer_setup_seconds_count")
                 if cycle == 1:
                     stopped = metric(
                         server, "dragonfork_webrtc_viewers_closed_total", reason="process_stopped"

@@ -34,7 +34,9 @@ from quart_trio import QuartTrio
 from trio_asyncio import aio_as_trio
 
 from dragonfork import metrics
+from dragonfork.servers.whep import PublisherStatus, WhepRefused, WhepServer, WhepSettings
 from dragonfork.servers.whep.sessions import ViewerCapReached, ViewerSessions
+from dragonfork.stream.directory import StreamDirectory
 from dragonfork.stream.frames import AUDIO_CLOCK_RATE, MediaFrame
 from dragonfork.stream.stream import Stream
 from dragonfork.webrtc.sdp import FragmentRejected, OfferRejected
@@ -648,3 +650,30 @@ async def test_the_close_reason_is_the_first_cause_even_when_delete_comes_while_
         )
         assert sample("dragonfork_webrtc_viewers_closed_total", reason="delete") == deleted_before
         await receiver.close()
+
+
+# --- the WHEP service ------------------------------------------------------------------------------------
+
+
+async def test_the_whep_service_waits_for_a_starting_publisher_then_answers() -> None:
+    directory = StreamDirectory()
+    statuses = {"starting": PublisherStatus(serves_webrtc=True, started=True, state="starting")}
+    whep = WhepServer(directory, WhepSettings(publisher_wait=10), statuses.get)
+    async with trio_asyncio.open_loop():
+        with pytest.raises(WhepRefused) as unknown:
+            await whep.new_session("nobody", "offer")
+        assert unknown.value.status == 404
+        async with hub_live_stream("starting", directory=directory, wait_for_media=False) as live:
+            assert not live.stream.has_media()  # FFmpeg has only just been started
+            receiver = Receiver()
+            session = await whep.new_session("starting", await receiver.offer())
+            assert live.stream.has_media() and whep.viewer_count("starting") == 1
+            await receiver.accept(session.answer)
+            await receiver.wait_for_media(video_frames=10, audio_frames=10)
+            whep.end_session("starting", session.resource_id)
+            await receiver.wait_ended(timeout=2)
+            await receiver.close()
+        statuses["starting"] = PublisherStatus(serves_webrtc=True, started=False, state="finished")
+        with pytest.raises(WhepRefused) as stopped:
+            await whep.new_session("starting", "offer")
+        assert stopped.value.status == 409 and stopped.value.retry_after

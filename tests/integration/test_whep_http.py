@@ -301,3 +301,26 @@ def test_time_to_first_frame_cache_on_and_off(tmp_path: Path) -> None:
                 f"keyframe cache {cache}: first frame after {joins} ms; median {medians[cache] * 1000:.0f} ms"
             )
     assert medians["true"] < medians["false"], medians
+
+
+def test_an_offer_while_the_process_starts_waits_for_its_stream_and_a_stopped_one_is_refused_at_once(
+    whep_server: Server,
+) -> None:
+    """The hub's wait for a publisher (``webrtc.publisher_wait_seconds``): a client that POSTs while the
+    process is starting gets its answer once the stream is live, instead of a 409 to retry; a stopped one
+    gets 409.
+    (The wait itself, with a stream that is provably not live yet, is in test_viewer_peer.py.)"""
+    body = lavfi_process("late", webrtc=True)
+    assert whep_server.api("POST", "/api/v3/process", json=body).status_code == 201
+    response = whep_server.api("POST", "/api/v3/whep/late", content=aiortc_offer(), headers=SDP)
+    assert response.status_code == 201, response.text
+    assert whep_server.state("late")["webrtc"]["ready"]
+
+    command = {"command": "stop"}
+    assert whep_server.api("PUT", "/api/v3/process/late/command", json=command).status_code == 200
+    asked_at = time.monotonic()
+    response = whep_server.api("POST", "/api/v3/whep/late", content=aiortc_offer(), headers=SDP)
+    assert response.status_code == 409 and int(response.headers["Retry-After"]) > 0
+    assert time.monotonic() - asked_at < 1  # nothing to wait for: it is not ordered to run
+    assert "has no media yet" in response.json()["message"]
+    assert whep_server.api("DELETE", "/api/v3/process/late").status_code == 200
