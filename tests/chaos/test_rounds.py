@@ -193,13 +193,15 @@ def test_thirty_clients_on_five_ids_for_twenty_seconds_leave_one_ffmpeg_per_runn
 ) -> None:
     ids = [f"id{index}" for index in range(5)]
     statuses: dict[int, int] = {}
+    latencies: list[float] = []  # operations on one process wait for each other (its operation lock)
     with running_server(tmp_path) as server:
 
         def client(seed: int) -> None:
             rng = random.Random(seed)
             deadline = time.monotonic() + 20
-            with httpx.Client(base_url=server.url, timeout=30) as http:
+            with httpx.Client(base_url=server.url, timeout=120) as http:
                 while time.monotonic() < deadline:
+                    asked_at = time.monotonic()
                     process_id = rng.choice(ids)
                     operation = rng.choice(["create", "replace", "delete", "start", "stop", "restart"])
                     if operation == "create":
@@ -216,6 +218,7 @@ def test_thirty_clients_on_five_ids_for_twenty_seconds_leave_one_ffmpeg_per_runn
                             f"/api/v3/process/{process_id}/command", json={"command": operation}
                         )
                     statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                    latencies.append(time.monotonic() - asked_at)
 
         with ThreadPoolExecutor(30) as pool:
             list(pool.map(client, range(30)))
@@ -233,7 +236,10 @@ def test_thirty_clients_on_five_ids_for_twenty_seconds_leave_one_ffmpeg_per_runn
         db_ids = sorted(entry["config"]["id"] for entry in server.db()["processes"])
         api_ids = sorted(p["id"] for p in server.api("GET", "/api/v3/process").json())
         assert db_ids == api_ids and len(set(api_ids)) == len(api_ids)
-        print(f"statuses over 20 s: {dict(sorted(statuses.items()))}, {len(api_ids)} processes left")
+        print(
+            f"statuses over 20 s: {dict(sorted(statuses.items()))}, {len(api_ids)} processes left, "
+            f"slowest request {max(latencies):.1f} s, median {sorted(latencies)[len(latencies) // 2]:.2f} s"
+        )
 
 
 def hostile_datagrams(count: int) -> Iterator[bytes]:
