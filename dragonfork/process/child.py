@@ -120,8 +120,12 @@ class ChildProcess:
         return self._popen.returncode
 
     def send_signal(self, signum: int) -> None:
+        """Signal the child unless it has been reaped (until then its pid cannot belong to anyone else).
+
+        Not ``Popen.send_signal``: that polls first and may reap the child behind ``wait``'s back.
+        """
         if self._popen.returncode is None:
-            self._popen.send_signal(signum)
+            os.kill(self.pid, signum)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
@@ -130,9 +134,9 @@ class ChildProcess:
         """Wait for the exit (the pidfd turns readable), reap the child and forget it in the ledger."""
         if self._popen.returncode is None:
             await trio.lowlevel.wait_readable(self._pidfd)
-            self._popen.wait()
-            self._closed()
-        return self._popen.returncode
+        code = self._popen.wait()  # reaps it now (it has exited), or returns the code already collected
+        self._closed()
+        return code
 
     def _closed(self) -> None:
         if self._pidfd >= 0:
