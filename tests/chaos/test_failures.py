@@ -204,3 +204,30 @@ def test_delete_racing_start_never_leaves_an_ffmpeg_without_its_process(tmp_path
             assert start.result().status_code in (200, 404), statuses
             assert server.api("GET", f"/api/v3/process/{process_id}").status_code == 404
             server.wait_for(lambda: not ffmpeg_children(server), 10, f"no FFmpeg after attempt {attempt}")
+
+
+def test_replace_racing_create_of_its_new_id_keeps_exactly_one(tmp_path: Path) -> None:
+    """Regression: ``Registry.replace`` checked the new id, awaited ``halt()``, then wrote; a create of that
+    id in between was overwritten and its FFmpeg ran on without a process."""
+    with running_server(tmp_path) as server:
+        for attempt in range(10):
+            old_id, new_id = f"old{attempt}", f"new{attempt}"
+            body = lavfi_process(old_id)  # running, so replace has a halt() to await
+            assert server.api("POST", "/api/v3/process", json=body).status_code < 300
+            server.wait_state(old_id, "running")
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                replace = pool.submit(
+                    server.api, "PUT", f"/api/v3/process/{old_id}", json=lavfi_process(new_id)
+                )
+                create = pool.submit(server.api, "POST", "/api/v3/process", json=lavfi_process(new_id))
+                statuses = sorted((replace.result().status_code, create.result().status_code))
+            assert statuses in ([200, 409], [201, 409]), statuses
+            ids = [p["id"] for p in server.api("GET", "/api/v3/process").json()]
+            assert ids.count(new_id) == 1 and (old_id in ids) == (replace.result().status_code == 409), ids
+
+            def one_ffmpeg_per_process() -> bool:
+                return len(ffmpeg_children(server)) == len(server.api("GET", "/api/v3/process").json())
+
+            server.wait_for(one_ffmpeg_per_process, 15, f"one FFmpeg per process after attempt {attempt}")
+            for process_id in (old_id, new_id):
+                server.api("DELETE", f"/api/v3/process/{process_id}")
