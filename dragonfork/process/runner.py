@@ -358,8 +358,12 @@ class ManagedProcess:
         if run.kill_reason:
             state: ExecState = "killed"
             self.run_end_reason = run.kill_reason
-        elif code == 0 or (run.stopping and code in (255, -signal.SIGINT)):
-            state = "finished"
+        elif (
+            code == 0
+            or (run.stopping and code in (255, -signal.SIGINT))
+            or (code is None and not run.failure)
+        ):
+            state = "finished"  # (no code and no failure: stopped before FFmpeg was started)
             self.run_end_reason = "reconnect"
         else:
             state = "failed"
@@ -394,7 +398,7 @@ class ManagedProcess:
 
     def _run_failed(self, run: ProcessRun, message: str, *, cause: str) -> None:
         """The run cannot start FFmpeg: it ends ``failed`` with ``message`` as its error (see ``_finish``)."""
-        self._note(run, message)
+        run.log.append(f"[dragonfork] {message}")
         self.log.warning("process_failed", cause=cause, message=message)
         metrics.FAILURES.labels("process", cause).inc()
         run.failure = message
