@@ -567,7 +567,7 @@ async def test_an_exception_in_a_viewer_after_its_answer_ends_that_viewer_only()
         await watching.wait_for_media(video_frames=5)
 
         stream.video._subscribers[0].frames.close()  # the first viewer's own end: its next read raises
-        await broken.wait_ended(timeout=2)
+        await broken.wait_ended(timeout=5)
         with trio.fail_after(2):
             while broken_viewer.state is not ViewerState.CLOSED:
                 await trio.sleep(0.01)
@@ -604,7 +604,7 @@ async def test_a_viewer_whose_sender_dies_is_closed_not_left_half_alive() -> Non
             "audio", bytes(1400), 10**9, AUDIO_CLOCK_RATE, True, 1, 1400, trio.current_time()
         )
         stream.audio.write(oversize)
-        await with_audio.wait_ended(timeout=3)
+        await with_audio.wait_ended(timeout=5)
         with trio.fail_after(2):
             while audio_viewer.state is not ViewerState.CLOSED:
                 await trio.sleep(0.01)
@@ -671,7 +671,7 @@ async def test_the_whep_service_waits_for_a_starting_publisher_then_answers() ->
             await receiver.accept(session.answer)
             await receiver.wait_for_media(video_frames=10, audio_frames=10)
             whep.end_session("starting", session.resource_id)
-            await receiver.wait_ended(timeout=2)
+            await receiver.wait_ended(timeout=5)
             await receiver.close()
         statuses["starting"] = PublisherStatus(serves_webrtc=True, started=False, state="finished")
         with pytest.raises(WhepRefused) as stopped:
