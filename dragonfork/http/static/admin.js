@@ -348,7 +348,8 @@ api.addEventListener("loginrequired", (event) => showLogin(event.detail));
 async function start() {
   try {
     const about = await api.loadAbout();
-    $("#server-name").textContent = `${about.name} ${about.version?.number ?? ""}`;
+    // Without a token datarhei's /api leaves the name out; version.number is the datarhei API version.
+    $("#server-name").textContent = about.name || "dragonfork";
   } catch (error) {
     showBanner(`Cannot reach the server: ${error.message}. Reload to try again.`);
     return;
