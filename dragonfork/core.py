@@ -9,7 +9,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from dragonfork import metrics
 from dragonfork.config import LoadedSettings, Settings
+from dragonfork.metrics_history import MetricsHistory
 from dragonfork.process.access import AccessPolicy
 from dragonfork.process.child import ChildLedger
 from dragonfork.process.registry import Registry
@@ -28,6 +30,7 @@ class Core:
     registry: Registry
     directory: StreamDirectory
     whep: WhepServer
+    metrics_history: MetricsHistory
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -101,4 +104,9 @@ def build_core(loaded: LoadedSettings) -> Core:
         ),
         publisher_status,
     )
-    return Core(loaded=loaded, registry=registry, directory=directory, whep=whep)
+    history = MetricsHistory(
+        metrics.REGISTRY,
+        range_seconds=settings.metrics.range_sec,
+        interval_seconds=settings.metrics.interval_sec,
+    )
+    return Core(loaded=loaded, registry=registry, directory=directory, whep=whep, metrics_history=history)

@@ -17,6 +17,7 @@ from dragonfork.http.cors import cors_blueprint
 from dragonfork.http.errors import ApiError, error_response
 from dragonfork.http.routes.about import about_blueprint
 from dragonfork.http.routes.docs import docs_blueprint
+from dragonfork.http.routes.monitor import monitor_blueprint
 from dragonfork.http.routes.process import process_blueprint
 from dragonfork.http.routes.ui import ui_blueprint
 from dragonfork.http.routes.whep import whep_blueprint
@@ -69,6 +70,7 @@ def create_app(core: Core) -> QuartTrio:
     app.register_blueprint(login_blueprint(issuer))
     app.register_blueprint(about_blueprint(core, issuer))
     app.register_blueprint(process_blueprint(core))
+    app.register_blueprint(monitor_blueprint(core))
     app.register_blueprint(whep_blueprint(core))
     app.register_blueprint(docs_blueprint())
     app.register_blueprint(ui_blueprint())

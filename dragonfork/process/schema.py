@@ -90,6 +90,14 @@ class ProcessConfig(_Model):
     autostart: bool = True
     stale_timeout_seconds: int = Field(0, ge=0)
     limits: Limits = Limits()
+    # Fields of later datarhei Core releases that its clients send: stored and returned unchanged so a
+    # datarhei client reads back what it wrote; dragonfork has no feature behind them (README).
+    owner: str = ""
+    domain: str = ""
+    timeout_seconds: int = Field(0, ge=0)
+    scheduler: str = ""
+    runtime_duration_seconds: int = Field(0, ge=0)
+    log_patterns: list[str] = []
     webrtc: WebRTCProcessConfig = WebRTCProcessConfig()
 
     _no_nul = field_validator("options", "reference")(_no_nul)

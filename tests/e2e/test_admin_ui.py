@@ -46,7 +46,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         broken = {"id": "archive", "reference": "night recording", "output": null_output}
         broken["input"] = [{"id": "in", "address": "testsrc2=size=nonsense", "options": ["-f", "lavfi"]}]
         for config in (spare, broken):
-            assert running.api("POST", "/api/v3/process", json=config).status_code == 201
+            assert running.api("POST", "/api/v3/process", json=config).status_code == 200
         yield running
 
 

@@ -1,4 +1,4 @@
-"""``/api`` (about), ``/ping``, ``/metrics``, ``/api/v3/skills`` and ``/api/v3/config``."""
+"""``/api`` (about), ``/ping``, ``/metrics``, ``/api/v3/skills`` (+ ``/reload``) and ``/api/v3/config``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from dragonfork.config import leaf_paths, redacted, settings_value
 from dragonfork.core import Core
 from dragonfork.http.auth import TokenIssuer
 from dragonfork.http.errors import ApiError
-from dragonfork.process.skills import Skills, read_skills
+from dragonfork.process.skills import Skills, SkillsError, read_skills
 
 
 def effective_config(core: Core) -> dict[str, object]:
@@ -81,12 +81,26 @@ def about_blueprint(core: Core, issuer: TokenIssuer) -> Blueprint:
             raise ApiError(404, "metrics are disabled (metrics.enable_prometheus is false)")
         return Response(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST)
 
+    async def read(reload: bool) -> dict[str, object]:
+        """The FFmpeg binary's skills, read once and again on ``/api/v3/skills/reload``."""
+        async with skills_lock:
+            if reload or not skills_cache:
+                try:
+                    skills = await read_skills(core.settings.ffmpeg_binary)
+                except SkillsError as exc:
+                    raise ApiError(
+                        500, f"cannot read FFmpeg's skills: {exc}", field="ffmpeg.binary"
+                    ) from None
+                skills_cache[:] = [skills]
+        return skills_cache[0].to_json()
+
     @bp.get("/api/v3/skills")
     async def skills():  # type: ignore[no-untyped-def]
-        async with skills_lock:
-            if not skills_cache:
-                skills_cache.append(await read_skills(core.settings.ffmpeg_binary))
-        return jsonify(skills_cache[0].to_json())
+        return jsonify(await read(reload=False))
+
+    @bp.get("/api/v3/skills/reload")
+    async def reload_skills():  # type: ignore[no-untyped-def]
+        return jsonify(await read(reload=True))
 
     @bp.get("/api/v3/config")
     async def config():  # type: ignore[no-untyped-def]
