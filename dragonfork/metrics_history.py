@@ -73,7 +73,9 @@ def selector(name: str, labels: dict[str, str], where: str) -> Selector:
         try:
             compiled.append((key, re2.compile(pattern)))
         except re2.error as exc:
-            raise BadPattern(field_path, f"not a regular expression: {exc}") from None
+            reason = exc.args[0] if exc.args else "invalid"
+            text = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+            raise BadPattern(field_path, f"not a regular expression: {text}") from None
     return Selector(name, tuple(compiled))
 
 
