@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 MAX_SERIES = 5000
 MAX_PATTERN_LENGTH = 256
 _KINDS = frozenset({"gauge", "counter"})
+_LABEL_NAME = re2.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 class BadPattern(ValueError):
@@ -67,6 +68,8 @@ def selector(name: str, labels: dict[str, str], where: str) -> Selector:
     """A compiled selector; :class:`BadPattern` names ``<where>.labels.<key>`` when a pattern is invalid."""
     compiled = []
     for key, pattern in labels.items():
+        if not _LABEL_NAME.fullmatch(key):
+            raise BadPattern(f"{where}.labels", f"{key[:40]!r} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)")
         field_path = f"{where}.labels.{key}"
         if len(pattern) > MAX_PATTERN_LENGTH:
             raise BadPattern(field_path, f"longer than {MAX_PATTERN_LENGTH} characters")

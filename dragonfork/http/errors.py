@@ -68,10 +68,15 @@ def error_response(
 def validation_error(exc: ValidationError, what: str = "request") -> ApiError:
     """A pydantic error as a 400 with one ``details`` entry per fault, each naming its field path in the
     body (``input.0.address: ...``); the message names the first one (``invalid config: input.0...``)."""
-    details = [
-        field_detail(".".join(str(part) for part in error["loc"]), error["msg"].removeprefix("Value error, "))
-        for error in exc.errors(include_url=False, include_input=False)
-    ]
+    details = []
+    for error in exc.errors(include_url=False, include_input=False):
+        message = error["msg"].removeprefix("Value error, ")
+        # Model-level errors name their field in the message ("output: at least one ..."); a body of the
+        # wrong type has no path of its own.
+        path = ".".join(str(part) for part in error["loc"]) or (
+            "" if re.match(r"[\w.]+: ", message) else "body"
+        )
+        details.append(field_detail(path, message))
     return ApiError(400, f"invalid {what}: {details[0]}", details=details)
 
 

@@ -1,0 +1,93 @@
+// Live trends per process: the last 10 minutes of FPS, bitrate, CPU, memory and viewers from the server's
+// metrics history (datarhei's POST /api/v3/metrics), drawn as small SVG lines beside the current figures.
+
+const SVG = "http://www.w3.org/2000/svg";
+export const TREND_SECONDS = 600;
+const INTERVAL_SECONDS = 10; // one point per 10 s: 60 points per line
+const REFRESH_MS = 5000;
+
+// table cell → the metric that draws its line
+export const TREND_METRICS = {
+  fps: "dragonfork_process_fps",
+  bitrate: "dragonfork_process_bitrate_kbits",
+  cpu: "dragonfork_process_cpu_percent",
+  memory: "dragonfork_process_memory_bytes",
+  viewers: "dragonfork_webrtc_viewers_active",
+};
+
+/** Polls the metrics history; `series(processId, cell)` is that process's [[unix s, value], ...]. */
+export class Trends {
+  #api;
+  #byProcess = new Map(); // id → {cell: values}
+  #timer = null;
+  #onUpdate;
+
+  constructor(api, onUpdate) {
+    this.#api = api;
+    this.#onUpdate = onUpdate;
+  }
+
+  start() {
+    this.stop();
+    const tick = async () => {
+      try {
+        await this.#load();
+        this.#onUpdate();
+      } catch {
+        // the table keeps its numbers; the lines come back with the next answer (metrics may be off)
+      }
+      this.#timer = setTimeout(tick, REFRESH_MS);
+    };
+    tick();
+  }
+
+  stop() {
+    clearTimeout(this.#timer);
+    this.#timer = null;
+  }
+
+  series(processId, cell) {
+    return this.#byProcess.get(processId)?.[cell] || [];
+  }
+
+  async #load() {
+    const cells = Object.keys(TREND_METRICS);
+    const answer = await this.#api.request("POST", "/api/v3/metrics", {
+      timerange_sec: TREND_SECONDS,
+      interval_sec: INTERVAL_SECONDS,
+      metrics: cells.map((cell) => ({ name: TREND_METRICS[cell] })),
+    });
+    const byProcess = new Map();
+    for (const series of answer.metrics) {
+      const cell = cells.find((key) => TREND_METRICS[key] === series.name);
+      const id = series.labels?.process;
+      if (!cell || !id) continue;
+      if (!byProcess.has(id)) byProcess.set(id, {});
+      byProcess.get(id)[cell] = series.values;
+    }
+    this.#byProcess = byProcess;
+  }
+}
+
+/** An SVG line of `values` ([[unix s, value], ...]) over the last TREND_SECONDS, scaled to its own maximum. */
+export function sparkline(values, label, width = 72, height = 20) {
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("class", "trend");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("width", String(width));
+  svg.setAttribute("height", String(height));
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `${label}, last ${TREND_SECONDS / 60} minutes`);
+  if (values.length < 2) return svg;
+  const now = Date.now() / 1000;
+  const top = Math.max(...values.map(([, value]) => value)) || 1;
+  const points = values.map(([at, value]) => {
+    const x = width - ((now - at) / TREND_SECONDS) * width;
+    const y = height - 1 - (value / top) * (height - 2);
+    return `${Math.max(0, x).toFixed(1)},${y.toFixed(1)}`;
+  });
+  const line = document.createElementNS(SVG, "polyline");
+  line.setAttribute("points", points.join(" "));
+  svg.append(line);
+  return svg;
+}
