@@ -3,7 +3,8 @@
 
 const SVG = "http://www.w3.org/2000/svg";
 export const TREND_SECONDS = 600;
-const INTERVAL_SECONDS = 10; // one point per 10 s: 60 points per line
+const INTERVAL_SECONDS = 5; // one point per 5 s: up to 120 points per line
+const MIN_SPAN_SECONDS = 30; // a young process's line spans at least this, so two points are not a wall
 const REFRESH_MS = 5000;
 
 // table cell → the metric that draws its line
@@ -69,8 +70,9 @@ export class Trends {
   }
 }
 
-/** An SVG line of `values` ([[unix s, value], ...]) over the last TREND_SECONDS, scaled to its own maximum. */
-export function sparkline(values, label, width = 72, height = 20) {
+/** An SVG line of `values` ([[unix s, value], ...]) from its first point (at most TREND_SECONDS ago) to now,
+ * scaled to its own maximum, over a faint baseline. */
+export function sparkline(values, label, width = 72, height = 22) {
   const svg = document.createElementNS(SVG, "svg");
   svg.setAttribute("class", "trend");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
@@ -79,15 +81,21 @@ export function sparkline(values, label, width = 72, height = 20) {
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", `${label}, last ${TREND_SECONDS / 60} minutes`);
   if (values.length < 2) return svg;
-  const now = Date.now() / 1000;
+  const now = Math.max(Date.now() / 1000, values[values.length - 1][0]);
+  const span = Math.min(TREND_SECONDS, Math.max(MIN_SPAN_SECONDS, now - values[0][0]));
   const top = Math.max(...values.map(([, value]) => value)) || 1;
   const points = values.map(([at, value]) => {
-    const x = width - ((now - at) / TREND_SECONDS) * width;
-    const y = height - 1 - (value / top) * (height - 2);
+    const x = width - ((now - at) / span) * width;
+    const y = height - 1 - (value / top) * (height - 3);
     return `${Math.max(0, x).toFixed(1)},${y.toFixed(1)}`;
   });
+  const baseline = document.createElementNS(SVG, "line");
+  for (const [name, value] of Object.entries({ x1: 0, x2: width, y1: height - 0.5, y2: height - 0.5 })) {
+    baseline.setAttribute(name, String(value));
+  }
+  baseline.setAttribute("class", "baseline");
   const line = document.createElementNS(SVG, "polyline");
   line.setAttribute("points", points.join(" "));
-  svg.append(line);
+  svg.append(baseline, line);
   return svg;
 }
