@@ -15,6 +15,7 @@ traceback and answered with a generic 500 that carries no traceback.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -25,6 +26,7 @@ from quart import current_app, request
 from quart_trio.wrappers import TrioResponse as Response
 
 MAX_JSON_DEPTH = 64
+_PLAIN_NAME = re.compile(r"[\w-]+")
 # The only way U+0000 or a lone surrogate gets into parsed JSON: raw, both are invalid (a control character,
 # not UTF-8). Bodies without these escapes (nearly all) skip the string checks.
 _SUSPECT_ESCAPE = re.compile(rb"\\u(0000|d[89a-f])", re.IGNORECASE)
@@ -67,15 +69,25 @@ def error_response(
 
 def validation_error(exc: ValidationError, what: str = "request") -> ApiError:
     """A pydantic error as a 400 with one ``details`` entry per fault, each naming its field path in the
-    body (``input.0.address: ...``); the message names the first one (``invalid config: input.0...``)."""
+    body (``input.0.address: ...``); the message names the first one (``invalid config: input.0...``).
+
+    A field the model does not know is named as unknown; a path through keys that are not plain names
+    (anything a client sends) stops at the last plain part and quotes the rest in the text.
+    """
     details = []
     for error in exc.errors(include_url=False, include_input=False):
+        parts = [str(part) for part in error["loc"]]
         message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden" and parts:
+            message = f"unknown field {parts.pop()[:60]!r}: neither datarhei's nor dragonfork's"
+        plain = len(list(itertools.takewhile(_PLAIN_NAME.fullmatch, parts)))
+        if plain < len(parts):
+            message = f"at {'.'.join(parts[plain:])[:60]!r}: {message}"
+        path = ".".join(parts[:plain])
         # Model-level errors name their field in the message ("output: at least one ..."); a body of the
         # wrong type has no path of its own.
-        path = ".".join(str(part) for part in error["loc"]) or (
-            "" if re.match(r"[\w.]+: ", message) else "body"
-        )
+        if not path and not re.match(r"[\w.]+: ", message):
+            path = "body"
         details.append(field_detail(path, message))
     return ApiError(400, f"invalid {what}: {details[0]}", details=details)
 
