@@ -67,6 +67,15 @@ def error_response(
     return response
 
 
+def field_and_text(parts: list[str], text: str) -> tuple[str, str]:
+    """A field path from the plain names at the start of ``parts``; the rest (keys a client made up, which
+    may hold any character) is quoted in the text: ``("metrics.0.labels", "at '#?': ...")``."""
+    plain = len(list(itertools.takewhile(_PLAIN_NAME.fullmatch, parts)))
+    if plain < len(parts):
+        text = f"at {'.'.join(parts[plain:])[:60]!r}: {text}"
+    return ".".join(parts[:plain]), text
+
+
 def validation_error(exc: ValidationError, what: str = "request") -> ApiError:
     """A pydantic error as a 400 with one ``details`` entry per fault, each naming its field path in the
     body (``input.0.address: ...``); the message names the first one (``invalid config: input.0...``).
@@ -80,10 +89,7 @@ def validation_error(exc: ValidationError, what: str = "request") -> ApiError:
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden" and parts:
             message = f"unknown field {parts.pop()[:60]!r}: neither datarhei's nor dragonfork's"
-        plain = len(list(itertools.takewhile(_PLAIN_NAME.fullmatch, parts)))
-        if plain < len(parts):
-            message = f"at {'.'.join(parts[plain:])[:60]!r}: {message}"
-        path = ".".join(parts[:plain])
+        path, message = field_and_text(parts, message)
         # Model-level errors name their field in the message ("output: at least one ..."); a body of the
         # wrong type has no path of its own.
         if not path and not re.match(r"[\w.]+: ", message):
@@ -142,8 +148,9 @@ def check_json(value: Any, *, check_text: bool) -> None:
     found = _json_problem(value, 1, check_text) if isinstance(value, str | dict | list) else None
     if found is not None:
         path, problem = found
-        field = ".".join(reversed(path)) or "body"
-        raise ApiError(400, f"{field}: {problem}", field=field)
+        field, text = field_and_text(list(reversed(path)), problem)
+        field = field or "body"
+        raise ApiError(400, f"{field}: {text}", field=field)
 
 
 def _json_problem(value: Any, depth: int, check_text: bool) -> tuple[list[str], str] | None:
