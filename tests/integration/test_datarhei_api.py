@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import Server, lavfi_process, running_server
+from harness import Server, lavfi_process, running_logged_in, running_server
 
 USERNAME, PASSWORD = "admin", "datarhei-secret"
 ORIGIN = "http://ui.example.test"
@@ -18,13 +18,7 @@ ORIGIN = "http://ui.example.test"
 
 @pytest.fixture(scope="module")
 def core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {
-        "CORE_API_AUTH_ENABLE": "true",
-        "CORE_API_AUTH_USERNAME": USERNAME,
-        "CORE_API_AUTH_PASSWORD": PASSWORD,
-    }
-    with running_server(tmp_path_factory.mktemp("datarhei"), **env) as server:
-        server.login(USERNAME, PASSWORD)
+    with running_logged_in(tmp_path_factory.mktemp("datarhei"), USERNAME, PASSWORD) as server:
         yield server
 
 

@@ -28,7 +28,7 @@ import pytest
 from bravado_core.response import get_response_spec
 from bravado_core.spec import Spec
 from bravado_core.validate import validate_schema_object
-from harness import Server, lavfi_process, running_server
+from harness import Server, lavfi_process, running_logged_in
 from jsonschema.exceptions import ValidationError
 
 SWAGGER = Path("shared", "reference", "datarhei-core-v16-swagger.json")
@@ -61,14 +61,8 @@ def swagger() -> Spec:
 
 @pytest.fixture(scope="module")
 def core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {
-        "CORE_API_AUTH_ENABLE": "true",
-        "CORE_API_AUTH_USERNAME": USERNAME,
-        "CORE_API_AUTH_PASSWORD": PASSWORD,
-        "CORE_METRICS_INTERVAL_SEC": "1",
-    }
-    with running_server(tmp_path_factory.mktemp("contract"), **env) as server:
-        server.login(USERNAME, PASSWORD)
+    tmp_path = tmp_path_factory.mktemp("contract")
+    with running_logged_in(tmp_path, USERNAME, PASSWORD, CORE_METRICS_INTERVAL_SEC="1") as server:
         yield server
 
 
