@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from dragonfork import metrics
 from dragonfork.config import LoadedSettings, Settings
-from dragonfork.metrics_history import MetricsHistory
+from dragonfork.metrics_history import MetricsHistory, SystemMetrics
 from dragonfork.process.access import AccessPolicy
 from dragonfork.process.child import ChildLedger
 from dragonfork.process.registry import Registry
@@ -104,9 +104,18 @@ def build_core(loaded: LoadedSettings) -> Core:
         ),
         publisher_status,
     )
+    started_at = time.time()
     history = MetricsHistory(
         metrics.REGISTRY,
         range_seconds=settings.metrics.range_sec,
         interval_seconds=settings.metrics.interval_sec,
+        system=SystemMetrics(started_at=started_at, disk_path=settings.disk_dir),
     )
-    return Core(loaded=loaded, registry=registry, directory=directory, whep=whep, metrics_history=history)
+    return Core(
+        loaded=loaded,
+        registry=registry,
+        directory=directory,
+        whep=whep,
+        metrics_history=history,
+        started_at=started_at,
+    )

@@ -1,7 +1,9 @@
 """The recent history of the server's own metrics, for datarhei's ``/api/v3/metrics`` and the UI's charts.
 
 A Trio task in the root nursery (:meth:`MetricsHistory.run`) samples every gauge and counter of
-:data:`dragonfork.metrics.REGISTRY` each ``metrics.interval_sec`` seconds and keeps ``metrics.range_sec``
+:data:`dragonfork.metrics.REGISTRY`, and datarhei's system metrics (:class:`SystemMetrics`: ``uptime_uptime``,
+``cpu_*``, ``mem_*``, ``disk_*``, which its clients show as the server's resources), each
+``metrics.interval_sec`` seconds and keeps ``metrics.range_sec``
 seconds of points per series (a series is a metric name with one set of label values, as Prometheus counts
 them). Memory is bounded twice: points per series by the range, series by :data:`MAX_SERIES` (a series that
 has not been seen for a whole range, e.g. a deleted process's, is forgotten).
@@ -14,10 +16,13 @@ pattern sent by a client cannot stall the server); ``timerange_sec`` 0 asks for 
 from __future__ import annotations
 
 import collections
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import psutil
 import re2  # type: ignore[import-not-found]
 import trio
 from prometheus_client import CollectorRegistry
@@ -82,11 +87,54 @@ def selector(name: str, labels: dict[str, str], where: str) -> Selector:
     return Selector(name, tuple(compiled))
 
 
+Reading = tuple[str, dict[str, str], float]
+
+
+@dataclass
+class SystemMetrics:
+    """datarhei Core's system metrics under its names, read from the machine (psutil) when sampled."""
+
+    started_at: float
+    disk_path: Path
+
+    DESCRIPTIONS = (
+        Description("uptime_uptime", "Current uptime in seconds", ()),
+        Description("cpu_ncpu", "Number of logical CPUs in the system", ()),
+        Description("cpu_system", "Percentage of CPU used for the system", ()),
+        Description("cpu_user", "Percentage of CPU used for the user", ()),
+        Description("cpu_idle", "Percentage of idle CPU", ()),
+        Description("cpu_other", "Percentage of CPU used for other subsystems", ()),
+        Description("mem_total", "Total available memory in bytes", ()),
+        Description("mem_free", "Free memory in bytes", ()),
+        Description("disk_total", "Total size of the disk in bytes", ("path",)),
+        Description("disk_usage", "Number of used bytes on the disk", ("path",)),
+    )
+
+    def read(self) -> Iterable[Reading]:
+        cpu = psutil.cpu_times_percent(interval=None)  # since the previous call: the last interval
+        memory = psutil.virtual_memory()
+        yield "uptime_uptime", {}, time.time() - self.started_at
+        yield "cpu_ncpu", {}, float(os.cpu_count() or 1)
+        yield "cpu_system", {}, cpu.system
+        yield "cpu_user", {}, cpu.user
+        yield "cpu_idle", {}, cpu.idle
+        yield "cpu_other", {}, max(0.0, 100.0 - cpu.system - cpu.user - cpu.idle)
+        yield "mem_total", {}, float(memory.total)
+        yield "mem_free", {}, float(memory.available)
+        try:
+            disk = psutil.disk_usage(str(self.disk_path))
+        except OSError:  # the directory is gone: no disk figures this time
+            return
+        yield "disk_total", {"path": str(self.disk_path)}, float(disk.total)
+        yield "disk_usage", {"path": str(self.disk_path)}, float(disk.used)
+
+
 @dataclass
 class MetricsHistory:
     registry: CollectorRegistry
     range_seconds: int
     interval_seconds: int
+    system: SystemMetrics | None = None
     series: dict[tuple[str, tuple[tuple[str, str], ...]], Series] = field(default_factory=dict)
     refused_series: int = 0  # new series not kept because MAX_SERIES were already kept
 
@@ -102,6 +150,7 @@ class MetricsHistory:
                 labels = sorted({key for sample in family.samples for key in sample.labels})
                 name = family.name + ("_total" if family.type == "counter" else "")
                 found.append(Description(name, family.documentation, tuple(labels)))
+        found.extend(self.system.DESCRIPTIONS if self.system else ())
         return sorted(found, key=lambda description: description.name)
 
     def current(self) -> list[Series]:
@@ -109,10 +158,12 @@ class MetricsHistory:
         now = time.time()
         return [
             Series(name, labels, collections.deque([(now, value)]))
-            for name, labels, value in self._read_registry()
+            for name, labels, value in self._read_all()
         ]
 
-    def _read_registry(self) -> Iterable[tuple[str, dict[str, str], float]]:
+    def _read_all(self) -> Iterable[Reading]:
+        if self.system is not None:
+            yield from self.system.read()
         for family in self.registry.collect():
             if family.type not in _KINDS:
                 continue
@@ -124,7 +175,7 @@ class MetricsHistory:
     def sample(self, now: float | None = None) -> None:
         """Append the current value of every series; forget series unseen for a whole range."""
         now = time.time() if now is None else now
-        for name, labels, value in self._read_registry():
+        for name, labels, value in self._read_all():
             key = (name, tuple(sorted(labels.items())))
             series = self.series.get(key)
             if series is None:

@@ -149,6 +149,17 @@ def test_errors_are_datarhei_errors(core: Server) -> None:
     assert unknown.status_code == 400 and "format" in unknown.json()["message"]
 
 
+def test_restreamer_resources_query_gets_the_system_metrics(core: Server) -> None:
+    """Restreamer UI's resource view asks for datarhei's system metrics and reads values[0][1] of each."""
+    names = ["uptime_uptime", "cpu_ncpu", "cpu_idle", "mem_total", "mem_free", "session_active"]
+    answer = core.api("POST", "/api/v3/metrics", json={"metrics": [{"name": name} for name in names]})
+    assert answer.status_code == 200, answer.text
+    value = {series["name"]: series["values"][0][1] for series in answer.json()["metrics"]}
+    assert value["cpu_ncpu"] >= 1 and value["mem_total"] >= value["mem_free"] > 0
+    assert value["uptime_uptime"] >= 0 and 0 <= value["cpu_idle"] <= 100
+    assert "session_active" not in value  # not a metric here: no series, which Restreamer reads as 0
+
+
 def test_log_is_bounded_by_max_lines_and_metrics_can_be_off(tmp_path: Path) -> None:
     env = {"CORE_LOG_MAX_LINES": "3", "CORE_METRICS_ENABLE": "false"}
     with running_server(tmp_path, **env) as server:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dragonfork import metrics_history
-from dragonfork.metrics_history import BadPattern, MetricsHistory, selector
+from dragonfork.metrics_history import BadPattern, MetricsHistory, SystemMetrics, selector
 
 
 def registry_with_metrics() -> tuple[CollectorRegistry, Gauge, Counter]:
@@ -128,3 +131,18 @@ async def test_run_samples_every_interval(autojump_clock: trio.abc.Clock) -> Non
         nursery.cancel_scope.cancel()
     (series,) = [s for s in history.series.values() if s.name == "test_process_fps"]
     assert len(series.points) == 5  # at 0, 2, 4, 6 and 8 s
+
+
+def test_datarhei_system_metrics_are_the_machines(tmp_path: Path) -> None:
+    registry, _, _ = registry_with_metrics()
+    system = SystemMetrics(started_at=time.time() - 5, disk_path=tmp_path)
+    history = MetricsHistory(registry, range_seconds=60, interval_seconds=1, system=system)
+    described = {entry.name for entry in history.describe()}
+    assert {"uptime_uptime", "cpu_ncpu", "cpu_idle", "mem_total", "mem_free", "disk_usage"} <= described
+    now = {series.name: series for series in history.current()}
+    value = {name: series.points[-1][1] for name, series in now.items()}
+    assert value["cpu_ncpu"] == os.cpu_count()
+    assert value["mem_total"] == psutil.virtual_memory().total and 0 < value["mem_free"] <= value["mem_total"]
+    assert 5 <= value["uptime_uptime"] < 60
+    assert 0 <= value["cpu_idle"] <= 100
+    assert now["disk_total"].labels == {"path": str(tmp_path)} and value["disk_usage"] <= value["disk_total"]
