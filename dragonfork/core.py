@@ -6,7 +6,9 @@ The HTTP layer calls into these; nothing here imports ``dragonfork.http``. The c
 
 from __future__ import annotations
 
+import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from dragonfork import metrics
@@ -36,6 +38,17 @@ class Core:
     @property
     def settings(self) -> Settings:
         return self.loaded.settings
+
+    @property
+    def server_id(self) -> str:
+        """The ``id`` setting, or when it is empty one derived from the host name and the data directory:
+        stable across restarts, different per installation. datarhei's clients need one (Restreamer refuses
+        a login to a server whose ``/api`` has an empty ``id``); datarhei itself generates it into its
+        config file."""
+        if self.settings.id:
+            return self.settings.id
+        installation = f"{socket.gethostname()}:{self.settings.data_dir.resolve()}"
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"dragonfork:{installation}"))
 
 
 def build_core(loaded: LoadedSettings) -> Core:

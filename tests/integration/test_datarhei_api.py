@@ -51,6 +51,7 @@ def test_about_is_public_in_part_without_a_valid_token(core: Server) -> None:
     assert about["app"] == "datarhei-core" and about["auths"] == ["localjwt"]
     assert about["version"]["number"] == "16.16.0" and "dragonfork" in about["version"]["compiler"]
     assert about["created_at"].endswith("Z") and about["uptime_seconds"] >= 0
+    assert about["id"] and about["id"] == core.api("GET", "/api").json()["id"]  # Restreamer needs one
 
 
 def test_cors_preflight_and_headers_on_the_api(core: Server) -> None:

@@ -48,7 +48,7 @@ def about_json(core: Core, authorized: bool) -> dict[str, object]:
         "app": "datarhei-core",
         "auths": auths,
         "name": core.settings.name,
-        "id": core.settings.id,
+        "id": core.server_id,
         "created_at": started.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "uptime_seconds": int(time.time() - core.started_at),
         "version": {
