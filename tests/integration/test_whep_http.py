@@ -311,7 +311,7 @@ def test_an_offer_while_the_process_starts_waits_for_its_stream_and_a_stopped_on
     gets 409.
     (The wait itself, with a stream that is provably not live yet, is in test_viewer_peer.py.)"""
     body = lavfi_process("late", webrtc=True)
-    assert whep_server.api("POST", "/api/v3/process", json=body).status_code == 201
+    assert whep_server.api("POST", "/api/v3/process", json=body).status_code == 200
     response = whep_server.api("POST", "/api/v3/whep/late", content=aiortc_offer(), headers=SDP)
     assert response.status_code == 201, response.text
     assert whep_server.state("late")["webrtc"]["ready"]
