@@ -45,7 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     loaded = _load(args)
     from dragonfork.logs import configure_logging
 
-    configure_logging(loaded.settings.log.level)
+    configure_logging(loaded.settings.log.level, max_lines=loaded.settings.log.max_lines)
     from dragonfork.server import serve
 
     if loaded.ignored_file_keys:

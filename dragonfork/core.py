@@ -6,10 +6,14 @@ The HTTP layer calls into these; nothing here imports ``dragonfork.http``. The c
 
 from __future__ import annotations
 
+import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 
+from dragonfork import metrics
 from dragonfork.config import LoadedSettings, Settings
+from dragonfork.metrics_history import MetricsHistory, SystemMetrics
 from dragonfork.process.access import AccessPolicy
 from dragonfork.process.child import ChildLedger
 from dragonfork.process.registry import Registry
@@ -28,11 +32,23 @@ class Core:
     registry: Registry
     directory: StreamDirectory
     whep: WhepServer
+    metrics_history: MetricsHistory
     started_at: float = field(default_factory=time.time)
 
     @property
     def settings(self) -> Settings:
         return self.loaded.settings
+
+    @property
+    def server_id(self) -> str:
+        """The ``id`` setting, or when it is empty one derived from the host name and the data directory:
+        stable across restarts, different per installation. datarhei's clients need one (Restreamer refuses
+        a login to a server whose ``/api`` has an empty ``id``); datarhei itself generates it into its
+        config file."""
+        if self.settings.id:
+            return self.settings.id
+        installation = f"{socket.gethostname()}:{self.settings.data_dir.resolve()}"
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"dragonfork:{installation}"))
 
 
 def build_core(loaded: LoadedSettings) -> Core:
@@ -101,4 +117,18 @@ def build_core(loaded: LoadedSettings) -> Core:
         ),
         publisher_status,
     )
-    return Core(loaded=loaded, registry=registry, directory=directory, whep=whep)
+    started_at = time.time()
+    history = MetricsHistory(
+        metrics.REGISTRY,
+        range_seconds=settings.metrics.range_sec,
+        interval_seconds=settings.metrics.interval_sec,
+        system=SystemMetrics(started_at=started_at, disk_path=settings.disk_dir),
+    )
+    return Core(
+        loaded=loaded,
+        registry=registry,
+        directory=directory,
+        whep=whep,
+        metrics_history=history,
+        started_at=started_at,
+    )

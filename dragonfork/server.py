@@ -5,6 +5,7 @@ trio.run(serve)
 └── trio_asyncio loop (aiortc runs on it)
     └── root nursery
         ├── registry.run      → one supervisor (and one nursery per FFmpeg run) per process
+        ├── metrics_history   → samples the metrics for /api/v3/metrics (when metrics.enable)
         ├── hypercorn.trio    → the QuartTrio app
         └── signal watcher    → SIGINT/SIGTERM: stop HTTP, stop every FFmpeg child, persist, exit 0
 ```
@@ -91,6 +92,8 @@ async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None
     async with trio_asyncio.open_loop() as loop, trio.open_nursery() as root:
         loop.set_exception_handler(log_asyncio_error)
         await root.start(core.registry.run)
+        if loaded.settings.metrics.enable:
+            await root.start(core.metrics_history.run)
         http_stopped = trio.Event()
         await root.start(_serve_http, core, http_stopped)
         log.info(

@@ -189,6 +189,19 @@ def running_server(tmp_path: Path, **overrides: str) -> Iterator[Server]:
         server.stop()
 
 
+@contextmanager
+def running_logged_in(tmp_path: Path, username: str, password: str, **overrides: str) -> Iterator[Server]:
+    """A server with ``api.auth`` on, logged in as ``username`` (``server.token`` is an access token)."""
+    auth = {
+        "CORE_API_AUTH_ENABLE": "true",
+        "CORE_API_AUTH_USERNAME": username,
+        "CORE_API_AUTH_PASSWORD": password,
+    }
+    with running_server(tmp_path, **auth, **overrides) as server:
+        server.login(username, password)
+        yield server
+
+
 # --- WHEP and metrics helpers ------------------------------------------------------------------------------
 
 

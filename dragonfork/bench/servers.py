@@ -176,7 +176,7 @@ async def dragonfork_server(
             "webrtc": {"enabled": True},
         }
         created = await http.post(f"{api}/api/v3/process", json=config)
-        if created.status_code not in (200, 201):
+        if created.status_code != 200:
             raise ServerFailed(f"creating the process: HTTP {created.status_code} {created.text}")
         await _poll("the benchmark process serving media", has_media, READY_TIMEOUT, log)
         state = (await http.get(f"{api}/api/v3/process/{PROCESS_ID}/state")).json()

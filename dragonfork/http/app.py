@@ -13,9 +13,11 @@ from werkzeug.exceptions import HTTPException
 from dragonfork import metrics
 from dragonfork.core import Core
 from dragonfork.http.auth import TokenIssuer, login_blueprint
+from dragonfork.http.cors import cors_blueprint
 from dragonfork.http.errors import ApiError, error_response
 from dragonfork.http.routes.about import about_blueprint
 from dragonfork.http.routes.docs import docs_blueprint
+from dragonfork.http.routes.monitor import monitor_blueprint
 from dragonfork.http.routes.process import process_blueprint
 from dragonfork.http.routes.ui import ui_blueprint
 from dragonfork.http.routes.whep import whep_blueprint
@@ -64,9 +66,11 @@ def create_app(core: Core) -> QuartTrio:
         log.exception("unhandled error", method=request.method, path=request.path)
         return error_response(500, "internal error; the server log has the details")
 
+    app.register_blueprint(cors_blueprint())
     app.register_blueprint(login_blueprint(issuer))
-    app.register_blueprint(about_blueprint(core))
+    app.register_blueprint(about_blueprint(core, issuer))
     app.register_blueprint(process_blueprint(core))
+    app.register_blueprint(monitor_blueprint(core))
     app.register_blueprint(whep_blueprint(core))
     app.register_blueprint(docs_blueprint())
     app.register_blueprint(ui_blueprint())

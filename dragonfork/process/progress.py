@@ -42,6 +42,7 @@ class StreamInfo:
     height: int | None = None
     fps: float | None = None
     sample_rate: int | None = None
+    layout: str | None = None  # FFmpeg's channel layout name: "stereo", "5.1(side)"
     channels: int | None = None
     bitrate_kbit: float | None = None
     language: str | None = None
@@ -221,6 +222,7 @@ def _parse_stream(line: str) -> StreamInfo | None:
     previous_was_sample_rate = False
     for field in fields[1:]:
         if previous_was_sample_rate:
+            stream.layout = field
             stream.channels = channels_of_layout(field)
             previous_was_sample_rate = False
             continue

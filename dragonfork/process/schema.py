@@ -1,8 +1,10 @@
 """The process configuration as datarhei Core v3 defines it, plus dragonfork's ``webrtc`` block.
 
-A config stored or returned by the API is exactly this model serialised; unknown fields from datarhei that
-dragonfork has no feature for are accepted and dropped (``extra="ignore"``), so a datarhei config loads
-unchanged. Validation errors carry the field path (``input.0.address``) the HTTP layer reports.
+A config stored or returned by the API is exactly this model serialised. It has every field of datarhei's
+``api.ProcessConfig``, so a datarhei config loads and comes back unchanged; a field that is neither
+datarhei's nor dragonfork's is refused (``extra="forbid"``) instead of vanishing silently. Input and output
+ids are generated when absent, as datarhei's API does. Validation errors carry the field path
+(``input.0.address``) the HTTP layer reports.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ Command = Literal["start", "stop", "restart", "reload"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
 
 class CleanupRule(_Model):
@@ -39,7 +41,7 @@ def _no_nul(value: str | list[str]) -> str | list[str]:
 
 
 class IOConfig(_Model):
-    id: str
+    id: str = Field("", description="Generated when absent")
     address: str = Field(min_length=1)
     options: list[str] = []
     cleanup: list[CleanupRule] = []
@@ -49,7 +51,7 @@ class IOConfig(_Model):
     @field_validator("id")
     @classmethod
     def _id_chars(cls, value: str) -> str:
-        if not ID_PATTERN.match(value):
+        if value and not ID_PATTERN.match(value):
             raise ValueError("may only contain letters, digits and _ . : - (and {placeholders})")
         return value
 
@@ -88,6 +90,14 @@ class ProcessConfig(_Model):
     autostart: bool = True
     stale_timeout_seconds: int = Field(0, ge=0)
     limits: Limits = Limits()
+    # Fields of later datarhei Core releases that its clients send: stored and returned unchanged so a
+    # datarhei client reads back what it wrote; dragonfork has no feature behind them (README).
+    owner: str = ""
+    domain: str = ""
+    timeout_seconds: int = Field(0, ge=0)
+    scheduler: str = ""
+    runtime_duration_seconds: int = Field(0, ge=0)
+    log_patterns: list[str] = []
     webrtc: WebRTCProcessConfig = WebRTCProcessConfig()
 
     _no_nul = field_validator("options", "reference")(_no_nul)
@@ -106,9 +116,15 @@ class ProcessConfig(_Model):
         for kind, ios in (("input", self.input), ("output", self.output)):
             seen: set[str] = set()
             for index, io in enumerate(ios):
-                if io.id in seen:
+                if io.id and io.id in seen:
                     raise ValueError(f"{kind}.{index}.id: duplicate {kind} id {io.id!r}")
                 seen.add(io.id)
+            for io in ios:
+                while not io.id:
+                    candidate = secrets.token_hex(4)
+                    if candidate not in seen:
+                        io.id = candidate
+                        seen.add(candidate)
         if not self.output and not self.webrtc.enabled:
             raise ValueError("output: at least one output is required unless webrtc.enabled is true")
         return self

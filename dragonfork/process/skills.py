@@ -1,6 +1,8 @@
-"""What the FFmpeg binary can do: version, build configuration, codecs, formats and protocols.
+"""What the FFmpeg binary can do: version, build configuration, codecs, filters, formats, devices, protocols
+and hardware accelerations.
 
-Read once from ``ffmpeg -version``, ``-codecs``, ``-formats`` and ``-protocols`` (run concurrently) and
+Read from ``ffmpeg -version``, ``-codecs``, ``-filters``, ``-formats``, ``-protocols`` and ``-hwaccels`` (run
+concurrently; devices are the formats FFmpeg flags as devices) and
 served at ``/api/v3/skills`` in the shape datarhei Core uses there. ``dragonfork check`` uses
 :func:`has_encoder` to make sure the binary can produce what WebRTC needs (libx264, libopus).
 """
@@ -28,6 +30,8 @@ _LIBRARY_RE = re.compile(r"^\s*(lib[a-z]+)\s+(\d+\.\s*\d+\.\s*\d+) /\s+(\d+\.\s*
 _CODEC_RE = re.compile(r"^ ([D.])([E.])([VASDT])[I.][L.][S.] (\S+)\s+(.*)$")
 _CODEC_DECODERS_RE = re.compile(r"\s*\(decoders: ([^)]*)\)")
 _CODEC_ENCODERS_RE = re.compile(r"\s*\(encoders: ([^)]*)\)")
+# " TS aap               AA->A      Apply Affine ..." (FFmpeg 9: two flags; before: three, "TSC")
+_FILTER_RE = re.compile(r"^ [T.][S.][C.]? (\S+)\s+\S*->\S*\s+(.*)$")
 # " DE  mpegts          MPEG-TS (MPEG-2 Transport Stream)"
 _FORMAT_RE = re.compile(r"^ ([D ])([E ])([d ]) (\S+)\s+(.*)$")
 
@@ -53,6 +57,7 @@ class Format:
     name: str
     demuxer: bool
     muxer: bool
+    device: bool = False  # an input or output device (lavfi, v4l2, alsa, ...)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,6 +77,8 @@ class Skills:
     formats: tuple[Format, ...]
     input_protocols: tuple[str, ...]
     output_protocols: tuple[str, ...]
+    filters: tuple[tuple[str, str], ...] = ()  # (name, description)
+    hwaccels: tuple[str, ...] = ()
 
     @property
     def semantic_version(self) -> str:
@@ -93,9 +100,9 @@ class Skills:
     def to_json(self) -> dict[str, Any]:
         """The skills in datarhei Core's ``/api/v3/skills`` shape.
 
-        ``ffmpeg.version`` is the semantic version, as datarhei reports it (clients compare it as semver);
-        ``ffmpeg.version_full`` adds the build suffix. Filters, hardware accelerations and devices are not
-        read, so their keys are absent rather than empty.
+        ``ffmpeg.version`` is the binary's own semantic version, as datarhei reports it (clients compare it
+        as semver; never anything else); ``ffmpeg.version_full`` adds the build suffix. Devices are listed
+        without the hardware behind them (datarhei asks some devices for their sources; dragonfork does not).
         """
 
         def codecs_of(kind: str) -> list[dict[str, Any]]:
@@ -108,6 +115,13 @@ class Skills:
         def formats_where(predicate: str) -> list[dict[str, str]]:
             return [{"id": f.id, "name": f.name} for f in self.formats if getattr(f, predicate)]
 
+        def devices_where(predicate: str) -> list[dict[str, Any]]:
+            return [
+                {"id": f.id, "name": f.name, "devices": []}
+                for f in self.formats
+                if f.device and getattr(f, predicate)
+            ]
+
         return {
             "ffmpeg": {
                 "version": self.semantic_version,
@@ -116,7 +130,10 @@ class Skills:
                 "configuration": self.configuration,
                 "libraries": [dataclasses.asdict(library) for library in self.libraries],
             },
+            "filter": [{"id": name, "name": description} for name, description in self.filters],
+            "hwaccels": [{"id": name, "name": name} for name in self.hwaccels],
             "codecs": {kind: codecs_of(kind) for kind in ("audio", "video", "subtitle")},
+            "devices": {"demuxers": devices_where("demuxer"), "muxers": devices_where("muxer")},
             "formats": {"demuxers": formats_where("demuxer"), "muxers": formats_where("muxer")},
             "protocols": {
                 "input": [{"id": p, "name": p} for p in self.input_protocols],
@@ -197,11 +214,32 @@ def parse_formats(text: str) -> tuple[Format, ...]:
         match = _FORMAT_RE.match(line)
         if match is None:
             continue
-        demux, mux, _device, names, name = match.groups()
+        demux, mux, device, names, name = match.groups()
         formats.append(
-            Format(id=names.split(",")[0], name=name.strip(), demuxer=demux == "D", muxer=mux == "E")
+            Format(
+                id=names.split(",")[0],
+                name=name.strip(),
+                demuxer=demux == "D",
+                muxer=mux == "E",
+                device=device == "d",
+            )
         )
     return tuple(formats)
+
+
+def parse_filters(text: str) -> tuple[tuple[str, str], ...]:
+    """(name, description) of each filter of ``ffmpeg -filters``."""
+    return tuple(
+        (match.group(1), match.group(2).strip())
+        for line in _after_separator(text)
+        if (match := _FILTER_RE.match(line))
+    )
+
+
+def parse_hwaccels(text: str) -> tuple[str, ...]:
+    """The methods ``ffmpeg -hwaccels`` lists under its heading (built in, not necessarily usable here)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return tuple(lines[1:]) if lines and lines[0].endswith(":") else ()
 
 
 def parse_protocols(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -235,8 +273,8 @@ async def _listing(ffmpeg_binary: str, option: str) -> str:
 
 async def read_skills(ffmpeg_binary: str, timeout: float = SKILLS_TIMEOUT) -> Skills:
     """Ask the binary what it can do. Raises :class:`SkillsError` if it cannot run, fails, does not state
-    a version, or takes longer than ``timeout`` seconds for the four listings together."""
-    options = ("-version", "-codecs", "-formats", "-protocols")
+    a version, or takes longer than ``timeout`` seconds for the listings together."""
+    options = ("-version", "-codecs", "-filters", "-formats", "-protocols", "-hwaccels")
     listings: dict[str, str] = {}
     errors: list[SkillsError] = []
 
@@ -268,4 +306,6 @@ async def read_skills(ffmpeg_binary: str, timeout: float = SKILLS_TIMEOUT) -> Sk
         formats=parse_formats(listings["-formats"]),
         input_protocols=input_protocols,
         output_protocols=output_protocols,
+        filters=parse_filters(listings["-filters"]),
+        hwaccels=parse_hwaccels(listings["-hwaccels"]),
     )

@@ -46,7 +46,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         broken = {"id": "archive", "reference": "night recording", "output": null_output}
         broken["input"] = [{"id": "in", "address": "testsrc2=size=nonsense", "options": ["-f", "lavfi"]}]
         for config in (spare, broken):
-            assert running.api("POST", "/api/v3/process", json=config).status_code == 201
+            assert running.api("POST", "/api/v3/process", json=config).status_code == 200
         yield running
 
 
@@ -147,7 +147,7 @@ def test_admin_login_create_validate_webrtc_watch_log_delete(
     pixels = video_pixels(page, "#watch video")
     assert (pixels["width"], pixels["height"]) == (320, 240) and pixels["litFraction"] > 0.5, pixels
     figures["admin_embedded_play_to_first_frame_ms"] = int(stat(page, "firstFrame", "#watch").split()[0])
-    page.wait_for_selector("tr[data-id=studio] [data-cell=viewers]:text-is('1')")
+    page.wait_for_selector("tr[data-id=studio] [data-cell=viewers] .figure:text-is('1')")
     screenshot(page, "admin-watch")
     page.click("#watch [data-action=close]")
     server.wait_for(lambda: viewers(server, "studio") == 0, 5, "the embedded viewer to leave")
@@ -161,6 +161,11 @@ def test_admin_login_create_validate_webrtc_watch_log_delete(
     assert row(page, "studio", "memory").endswith("MiB") and row(page, "studio", "cpu").endswith("%")
     bitrate = row(page, "studio", "bitrate")
     assert re.fullmatch(r"[1-9][\d.]* [kM]bit/s", bitrate), bitrate
+    # Trend lines from the metrics history (POST /api/v3/metrics) beside the figures.
+    page.wait_for_selector("tr[data-id=studio] [data-cell=fps] svg.trend polyline", timeout=30_000)
+    assert page.get_attribute("tr[data-id=studio] [data-cell=cpu] svg.trend", "aria-label") == (
+        "CPU of studio, last 10 minutes"
+    )
     screenshot(page, "admin", doc=True)
     viewer.close()
 

@@ -37,7 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server with one small test pattern over WHEP; at most one viewer, so the cap is easy to reach."""
     with running_server(tmp_path_factory.mktemp("player"), CORE_WEBRTC_MAX_PEERS_PER_STREAM="1") as running:
         response = running.api("POST", "/api/v3/process", json=lavfi_process(PROCESS, webrtc=True))
-        assert response.status_code == 201, response.text
+        assert response.status_code == 200, response.text
         wait_for_webrtc_ready(running, PROCESS)
         yield running
 

@@ -14,7 +14,7 @@ from harness import Server, free_port, lavfi_process
 def test_create_run_stop_finished(server: Server) -> None:
     started = time.monotonic()
     response = server.api("POST", "/api/v3/process", json=lavfi_process("lifecycle"))
-    assert response.status_code == 201, response.text
+    assert response.status_code == 200, response.text
     state = server.wait_state("lifecycle", "running")
     seconds_to_running = time.monotonic() - started
     print(f"POST → running: {seconds_to_running:.3f} s")
@@ -23,7 +23,12 @@ def test_create_run_stop_finished(server: Server) -> None:
     state = server.state("lifecycle")
     assert state["order"] == "start"
     assert state["progress"]["frame"] > 0
-    assert state["progress"]["input"][0]["streams"][0]["width"] == 320
+    video, audio = state["progress"]["inputs"]  # datarhei's api.ProgressIO, one per stream
+    assert (video["id"], video["index"], video["stream"], video["type"]) == ("video", 0, 0, "video")
+    assert video["width"] == 320 and video["height"] == 240 and video["format"] == "lavfi"
+    assert (audio["id"], audio["index"], audio["type"]) == ("audio", 1, "audio") and audio["sampling_hz"] > 0
+    assert state["reconnect_seconds"] == -1
+    assert {entry["type"] for entry in state["progress"]["outputs"]} == {"video"}
     assert state["command"][0] == imageio_ffmpeg.get_ffmpeg_exe()
     pid_children = [child.pid for child in psutil.Process(server.proc.pid).children(recursive=True)]
     assert pid_children, "FFmpeg child not found under the server"
@@ -45,7 +50,7 @@ def test_create_run_stop_finished(server: Server) -> None:
 
 def test_bad_arguments_fail_and_reconnect_restarts(server: Server) -> None:
     config = lavfi_process("broken", options=["-no_such_option", "1"])
-    assert server.api("POST", "/api/v3/process", json=config).status_code == 201
+    assert server.api("POST", "/api/v3/process", json=config).status_code == 200
     state = server.wait_state("broken", "failed")
     assert state["last_error"] == "Error splitting the argument list: Option not found"  # FFmpeg's words
     assert "no_such_option" in json.dumps(server.api("GET", "/api/v3/process/broken/report").json())
@@ -53,7 +58,7 @@ def test_bad_arguments_fail_and_reconnect_restarts(server: Server) -> None:
     config = lavfi_process(
         "broken-reconnect", options=["-no_such_option", "1"], reconnect=True, reconnect_delay_seconds=1
     )
-    assert server.api("POST", "/api/v3/process", json=config).status_code == 201
+    assert server.api("POST", "/api/v3/process", json=config).status_code == 200
     server.wait_for(lambda: server.state("broken-reconnect")["restarts"] >= 2, 15, "two restarts")
     state = server.state("broken-reconnect")
     assert state["order"] == "start" and state["exec"] in ("failed", "starting")
@@ -78,7 +83,7 @@ def test_stale_timeout_fires_when_input_stops(server: Server) -> None:
         "output": [{"id": "null", "address": "-", "options": ["-f", "null"]}],
         "stale_timeout_seconds": 3,
     }
-    assert server.api("POST", "/api/v3/process", json=config).status_code == 201
+    assert server.api("POST", "/api/v3/process", json=config).status_code == 200
     sender = subprocess.Popen(
         [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi",
          "-i", "testsrc2=size=160x120:rate=25", "-t", "5", "-c:v", "mpeg2video", "-f", "mpegts",
@@ -97,7 +102,7 @@ def test_stale_timeout_fires_when_input_stops(server: Server) -> None:
 
 def test_memory_limit_kills(server: Server) -> None:
     config = lavfi_process("hungry", limits={"memory_mbytes": 1, "waitfor_seconds": 1})
-    assert server.api("POST", "/api/v3/process", json=config).status_code == 201
+    assert server.api("POST", "/api/v3/process", json=config).status_code == 200
     server.wait_state("hungry", "killed", timeout=15)
     log = json.dumps(server.api("GET", "/api/v3/process/hungry/report").json())
     assert "limit exceeded" in log and "memory" in log
@@ -145,10 +150,10 @@ def test_errors_are_json_and_name_the_field(server: Server) -> None:
 
     assert (
         server.api("POST", "/api/v3/process", json=lavfi_process("errors", autostart=False)).status_code
-        == 201
+        == 200
     )
     response = server.api("POST", "/api/v3/process", json=lavfi_process("errors", autostart=False))
-    assert response.status_code == 409 and "already exists" in response.json()["message"]
+    assert response.status_code == 400 and "already exists" in response.json()["message"]
     response = server.api("PUT", "/api/v3/process/errors/command", json={"command": "jump"})
     assert response.status_code == 400 and "command" in response.json()["message"]
     assert server.api("DELETE", "/api/v3/process/errors").status_code == 200
@@ -160,7 +165,7 @@ def test_errors_are_json_and_name_the_field(server: Server) -> None:
 def test_put_replaces_and_restarts_metadata_filters(server: Server) -> None:
     assert (
         server.api("POST", "/api/v3/process", json=lavfi_process("replace-me", reference="cam")).status_code
-        == 201
+        == 200
     )
     server.wait_state("replace-me", "running")
     new = lavfi_process("replaced", reference="cam2")
@@ -185,7 +190,8 @@ def test_put_replaces_and_restarts_metadata_filters(server: Server) -> None:
 def test_about_metrics_skills_swagger(server: Server) -> None:
     assert server.api("GET", "/ping").text == "pong"
     about = server.api("GET", "/api").json()
-    assert about["app"] == "dragonfork"
+    assert about["app"] == "datarhei-core" and about["auths"] == []
+    assert about["version"]["number"].startswith("16.") and about["created_at"].endswith("Z")
     metrics = server.api("GET", "/metrics")
     assert metrics.status_code == 200
     assert "dragonfork_http_requests_total" in metrics.text
@@ -196,7 +202,7 @@ def test_about_metrics_skills_swagger(server: Server) -> None:
     assert encoders, skills["codecs"]["video"][:3]
     doc = server.api("GET", "/api/swagger/doc.json").json()
     assert "/api/v3/process" in doc["paths"] and "/api/v3/whep/{id}" in doc["paths"]
-    assert "ProcessConfig" in doc["components"]["schemas"]
+    assert {"api.ProcessConfig", "api.ProgressIO", "api.Error"} <= set(doc["components"]["schemas"])
     page = server.api("GET", "/api/swagger")
     assert (
         page.status_code == 200

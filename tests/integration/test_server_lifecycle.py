@@ -36,10 +36,10 @@ def test_demo_is_running_with_fps_within_5_seconds(tmp_path: Path) -> None:
 def test_sigterm_stops_children_persists_and_restores(tmp_path: Path) -> None:
     with running_server(tmp_path) as server:
         for process_id in ("keep-a", "keep-b"):
-            assert server.api("POST", "/api/v3/process", json=lavfi_process(process_id)).status_code == 201
+            assert server.api("POST", "/api/v3/process", json=lavfi_process(process_id)).status_code == 200
         assert (
             server.api("POST", "/api/v3/process", json=lavfi_process("parked", autostart=False)).status_code
-            == 201
+            == 200
         )
         for process_id in ("keep-a", "keep-b"):
             server.wait_state(process_id, "running")
@@ -111,7 +111,7 @@ def test_thirty_concurrent_clients_lose_nothing(tmp_path: Path) -> None:
                 keep, drop = f"keep-{index}", f"drop-{index}"
                 for process_id in (keep, drop):
                     response = client.post("/api/v3/process", json=lavfi_process(process_id, autostart=False))
-                    assert response.status_code == 201, response.text
+                    assert response.status_code == 200, response.text
                 assert client.delete(f"/api/v3/process/{drop}").status_code == 200
                 return keep
 
@@ -142,12 +142,12 @@ def test_check_command_prints_verdict(tmp_path: Path) -> None:
 @pytest.mark.parametrize("limit", [1])
 def test_max_processes(tmp_path: Path, limit: int) -> None:
     with running_server(tmp_path, CORE_FFMPEG_MAX_PROCESSES=str(limit)) as server:
-        assert server.api("POST", "/api/v3/process", json=lavfi_process("first")).status_code == 201
+        assert server.api("POST", "/api/v3/process", json=lavfi_process("first")).status_code == 200
         server.wait_state("first", "running")
         assert (
             server.api("POST", "/api/v3/process", json=lavfi_process("second", autostart=False)).status_code
-            == 201
+            == 200
         )
         response = server.api("PUT", "/api/v3/process/second/command", json={"command": "start"})
-        assert response.status_code == 409 and "max_processes" in response.json()["message"]
+        assert response.status_code == 400 and "max_processes" in response.json()["message"]
         assert server.state("first")["exec"] == "running"

@@ -27,7 +27,7 @@ WEBRTC_ENV = {
 def whep_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with running_server(tmp_path_factory.mktemp("whep"), **WEBRTC_ENV) as server:
         assert (
-            server.api("POST", "/api/v3/process", json=lavfi_process("cam", webrtc=True)).status_code == 201
+            server.api("POST", "/api/v3/process", json=lavfi_process("cam", webrtc=True)).status_code == 200
         )
         wait_live(server, "cam")
         yield server
@@ -86,7 +86,7 @@ def test_error_matrix_leaves_other_viewers_playing(whep_server: Server) -> None:
     assert whep_server.api(
         "POST", "/api/v3/process", json=lavfi_process("parked", webrtc=True, autostart=False)
     )
-    assert whep_server.api("POST", "/api/v3/process", json=lavfi_process("plain")).status_code == 201
+    assert whep_server.api("POST", "/api/v3/process", json=lavfi_process("plain")).status_code == 200
 
     def post(process_id: str, body: str | bytes, headers: dict[str, str] = SDP) -> tuple[int, str]:
         response = whep_server.api("POST", f"/api/v3/whep/{process_id}", content=body, headers=headers)
@@ -189,7 +189,7 @@ def test_at_least_eleven_webrtc_metrics(whep_server: Server) -> None:
 def test_teardown_closes_every_viewer_within_a_second(whep_server: Server, action: str) -> None:
     process_id = f"teardown-{action}"
     config = lavfi_process(process_id, webrtc=True, reconnect=True, reconnect_delay_seconds=1)
-    assert whep_server.api("POST", "/api/v3/process", json=config).status_code == 201
+    assert whep_server.api("POST", "/api/v3/process", json=config).status_code == 200
     wait_live(whep_server, process_id)
     server_pid = whep_server.proc.pid
     udp_before = len(psutil.Process(server_pid).net_connections(kind="udp"))
@@ -238,7 +238,7 @@ def test_viewer_cap_and_answer_timeout(tmp_path: Path) -> None:
     with running_server(tmp_path, CORE_WEBRTC_MAX_PEERS_PER_STREAM="1") as server:
         assert (
             server.api("POST", "/api/v3/process", json=lavfi_process("capped", webrtc=True)).status_code
-            == 201
+            == 200
         )
         wait_live(server, "capped")
         first = server.api("POST", "/api/v3/whep/capped", content=aiortc_offer(), headers=SDP)
@@ -254,7 +254,7 @@ def test_viewer_cap_and_answer_timeout(tmp_path: Path) -> None:
 
     with running_server(tmp_path / "slow", CORE_WEBRTC_HANDSHAKE_TIMEOUT_SECONDS="0.001") as server:
         assert (
-            server.api("POST", "/api/v3/process", json=lavfi_process("slow", webrtc=True)).status_code == 201
+            server.api("POST", "/api/v3/process", json=lavfi_process("slow", webrtc=True)).status_code == 200
         )
         wait_live(server, "slow")
         response = server.api("POST", "/api/v3/whep/slow", content=aiortc_offer(), headers=SDP)
@@ -269,7 +269,7 @@ def test_auth_on_whep(tmp_path: Path) -> None:
         token = server.login("u", "p")
         assert (
             server.api("POST", "/api/v3/process", json=lavfi_process("secure", webrtc=True)).status_code
-            == 201
+            == 200
         )
         wait_live(server, "secure")
         server.token = None
@@ -287,7 +287,7 @@ def test_time_to_first_frame_cache_on_and_off(tmp_path: Path) -> None:
         with running_server(tmp_path / cache, CORE_WEBRTC_KEYFRAME_CACHE_ENABLE=cache) as server:
             assert (
                 server.api("POST", "/api/v3/process", json=lavfi_process("gop", webrtc=True)).status_code
-                == 201
+                == 200
             )
             wait_live(server, "gop")
             samples = []
@@ -311,7 +311,7 @@ def test_an_offer_while_the_process_starts_waits_for_its_stream_and_a_stopped_on
     gets 409.
     (The wait itself, with a stream that is provably not live yet, is in test_viewer_peer.py.)"""
     body = lavfi_process("late", webrtc=True)
-    assert whep_server.api("POST", "/api/v3/process", json=body).status_code == 201
+    assert whep_server.api("POST", "/api/v3/process", json=body).status_code == 200
     response = whep_server.api("POST", "/api/v3/whep/late", content=aiortc_offer(), headers=SDP)
     assert response.status_code == 201, response.text
     assert whep_server.state("late")["webrtc"]["ready"]

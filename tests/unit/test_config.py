@@ -91,8 +91,6 @@ DATARHEI_IGNORED_KEYS = {
     "srt",
     "playout",
     "debug",
-    "metrics.range_sec",
-    "metrics.interval_sec",
     "sessions",
     "service",
     "router",
@@ -270,6 +268,7 @@ def test_datarhei_core_config_file_loads(tmp_path: Path) -> None:
     assert settings.ffmpeg.log.max_history == 3
     assert settings.metrics.enable is False
     assert settings.metrics.enable_prometheus is False
+    assert (settings.metrics.range_sec, settings.metrics.interval_sec) == (300, 2)
 
     assert set(loaded.ignored_file_keys) == DATARHEI_IGNORED_KEYS
     assert loaded.sources["api.auth.jwt.secret"] == "file"

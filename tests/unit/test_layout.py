@@ -13,8 +13,15 @@ import pytest
 
 PACKAGE = Path(__file__).parents[2] / "dragonfork"
 
-FOUNDATION = {"dragonfork", "dragonfork.config", "dragonfork.metrics", "dragonfork.logs"}
-"""Modules every layer may use: the version, the one settings model, the metrics, logging."""
+FOUNDATION = {
+    "dragonfork",
+    "dragonfork.config",
+    "dragonfork.metrics",
+    "dragonfork.metrics_history",
+    "dragonfork.logs",
+}
+"""Modules every layer may use: the version, the one settings model, the metrics (and their recent history),
+logging."""
 
 ALLOWED: dict[str, set[str]] = {
     "dragonfork.stream": set(),

@@ -178,7 +178,7 @@ def test_http_failures_are_keyed_by_status() -> None:
         {
             "code": 503,
             "message": "stream 'cam' is full (8 viewers); retry in 2 s",
-            "details": {"field": "webrtc.max_peers_per_stream"},
+            "details": ["webrtc.max_peers_per_stream: stream 'cam' is full (8 viewers); retry in 2 s"],
         }
     )
     error = SignallingError(503, f"HTTP 503: {body}")

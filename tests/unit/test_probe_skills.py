@@ -17,7 +17,9 @@ from dragonfork.process.skills import (
     Skills,
     has_encoder,
     parse_codecs,
+    parse_filters,
     parse_formats,
+    parse_hwaccels,
     parse_protocols,
     parse_version,
 )
@@ -41,6 +43,8 @@ def captured_skills() -> Skills:
         formats=parse_formats(listing("formats")),
         input_protocols=input_protocols,
         output_protocols=output_protocols,
+        filters=parse_filters(listing("filters")),
+        hwaccels=parse_hwaccels(listing("hwaccels")),
     )
 
 
@@ -90,10 +94,24 @@ def test_formats() -> None:
         by_id.setdefault(found.id, []).append(found)
     assert by_id["rtp"] == [Format("rtp", "RTP output", demuxer=True, muxer=True)]
     assert by_id["whip"] == [Format("whip", "WHIP(WebRTC-HTTP ingestion protocol) muxer", False, True)]
-    assert by_id["lavfi"] == [Format("lavfi", "Libavfilter virtual input device", True, False)]
+    assert by_id["lavfi"] == [Format("lavfi", "Libavfilter virtual input device", True, False, device=True)]
+    assert not by_id["rtp"][0].device
     # "mov,mp4,m4a,3gp,3g2,mj2" (demuxer) is listed by its first name, as datarhei Core does.
     assert Format("mov", "QuickTime / MOV", demuxer=True, muxer=False) in by_id["mov"]
     assert by_id["mp4"] == [Format("mp4", "MP4 (MPEG-4 Part 14)", demuxer=False, muxer=True)]
+
+
+def test_filters_and_hwaccels() -> None:
+    filters = parse_filters(listing("filters"))
+    legend_end = listing("filters").splitlines().index("  ------")
+    assert len(filters) == len(listing("filters").splitlines()) - legend_end - 1
+    assert ("aap", "Apply Affine Projection algorithm to first audio stream.") in filters
+    # FFmpeg before 8 prints three flags (timeline, slice threading, command support)
+    assert parse_filters("  ------\n TSC acompressor       A->A       Audio compressor.\n") == (
+        ("acompressor", "Audio compressor."),
+    )
+    assert parse_hwaccels(listing("hwaccels"))[:2] == ("cuda", "vaapi")
+    assert parse_hwaccels("Hardware acceleration methods:\n\n") == ()
 
 
 def test_protocols() -> None:
@@ -107,7 +125,15 @@ def test_protocols() -> None:
 def test_skills_json_has_datarhei_shape() -> None:
     skills = captured_skills()
     document = skills.to_json()
-    assert set(document) == {"ffmpeg", "codecs", "formats", "protocols"}
+    assert set(document) == {"ffmpeg", "filter", "hwaccels", "codecs", "devices", "formats", "protocols"}
+    assert {"id": "scale", "name": "Scale the input video size and/or convert the image format."} in document[
+        "filter"
+    ]
+    assert {"id": "vaapi", "name": "vaapi"} in document["hwaccels"]
+    assert {"id": "lavfi", "name": "Libavfilter virtual input device", "devices": []} in document["devices"][
+        "demuxers"
+    ]
+    assert all(device["id"] != "mp4" for device in document["devices"]["muxers"])
     assert document["ffmpeg"]["version"] == "9.0.2"
     assert document["ffmpeg"]["version_full"] == "9.0.2-17-g2a571b6068-20260930"
     assert document["ffmpeg"]["libraries"][1] == {

@@ -93,6 +93,7 @@ def test_lavfi_inputs_are_parsed() -> None:
             type="audio",
             codec="pcm_s16le",
             sample_rate=48000,
+            layout="mono",
             channels=1,
             bitrate_kbit=768.0,
         )
@@ -130,6 +131,7 @@ def test_rtp_outputs_are_ordered_by_index_although_ffmpeg_announces_audio_first(
             type="audio",
             codec="opus",
             sample_rate=48000,
+            layout="mono",
             channels=1,
             bitrate_kbit=64.0,
         )
@@ -204,6 +206,7 @@ def test_mp4_with_constrained_baseline_and_aac() -> None:
         codec="aac",
         profile="LC",
         sample_rate=48000,
+        layout="stereo",
         channels=2,
         bitrate_kbit=96.0,
         language="eng",
@@ -252,6 +255,7 @@ def test_probe_output_of_adts_aac_file() -> None:
             codec="aac",
             profile="LC",
             sample_rate=44100,
+            layout="mono",
             channels=1,
             bitrate_kbit=72.0,
         )
@@ -366,7 +370,15 @@ def test_not_available_values_are_zero() -> None:
         ),
         (
             "  Stream #0:1: Audio: opus, 48000 Hz, stereo, fltp",
-            StreamInfo(index=1, file_index=0, type="audio", codec="opus", sample_rate=48000, channels=2),
+            StreamInfo(
+                index=1,
+                file_index=0,
+                type="audio",
+                codec="opus",
+                sample_rate=48000,
+                layout="stereo",
+                channels=2,
+            ),
         ),
         (
             "  Stream #0:2: Data: none",

@@ -55,7 +55,7 @@ def test_round_trip_keeps_the_generated_id() -> None:
     assert ProcessConfig.model_validate(config.model_dump()) == config
 
 
-def test_datarhei_process_config_loads_and_drops_unknown_fields() -> None:
+def test_datarhei_process_config_loads_and_keeps_datarhei_fields() -> None:
     raw = {
         "id": "camera-1",
         "type": "ffmpeg",
@@ -99,8 +99,38 @@ def test_datarhei_process_config_loads_and_drops_unknown_fields() -> None:
     assert config.limits.cpu_usage == 50 and config.limits.memory_mbytes == 256
     assert config.output[0].cleanup[0].max_files == 12
     assert config.output[0].cleanup[1].purge_on_delete is True
-    unknown = {"owner", "domain", "timeout_seconds", "scheduler", "runtime_duration_seconds", "log_patterns"}
-    assert not unknown & config.model_dump().keys()
+    dumped = config.model_dump()
+    later_datarhei = (
+        "owner",
+        "domain",
+        "timeout_seconds",
+        "scheduler",
+        "runtime_duration_seconds",
+        "log_patterns",
+    )
+    assert {key: dumped[key] for key in later_datarhei} == {key: raw[key] for key in later_datarhei}
+
+
+def test_fields_neither_datarhei_nor_ours_are_refused_by_name() -> None:
+    for where, config in (
+        ("colour", minimal(colour="red")),
+        ("input.0.colour", minimal(input=[{"address": "testsrc2", "colour": "red"}])),
+        ("limits.gpu", minimal(limits={"gpu": 1})),
+    ):
+        with pytest.raises(ValidationError) as raised:
+            ProcessConfig.model_validate(config)
+        assert [".".join(map(str, error["loc"])) for error in raised.value.errors()] == [where]
+
+
+def test_input_and_output_ids_are_generated_when_absent() -> None:
+    config = ProcessConfig.model_validate(
+        minimal(
+            input=[{"address": "a"}, {"id": "b", "address": "b"}], output=[{"address": "-"}, {"address": "+"}]
+        )
+    )
+    assert config.input[1].id == "b" and config.input[0].id not in ("", "b")
+    assert all(io.id for io in config.output) and config.output[0].id != config.output[1].id
+    assert ProcessConfig.model_validate(config.model_dump()) == config  # stored ids stay
 
 
 def test_restreamer_ui_process_ids_load() -> None:
@@ -185,7 +215,6 @@ def test_webrtc_block_values() -> None:
         "force_transcode": True,
         "keyframe_interval_seconds": 0.5,
         "video_bitrate_kbit": 800,
-        "unknown_future_field": 1,
     }
     config = ProcessConfig.model_validate(minimal(webrtc=webrtc))
     assert config.webrtc.force_transcode is True

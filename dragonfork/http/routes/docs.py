@@ -60,38 +60,38 @@ _INTEGER: Schema = {"type": "integer"}
 _NUMBER: Schema = {"type": "number"}
 _BOOLEAN: Schema = {"type": "boolean"}
 _ANY: Schema = {}
-_NAMED = _object({"id": _STRING, "name": _STRING})
 
 
 def _nullable(schema: Schema) -> Schema:
     return {**schema, "nullable": True}
 
 
-_STREAM_INFO = _object(
-    {
-        "index": _INTEGER,
-        "file_index": _INTEGER,
-        "type": {"type": "string", "enum": ["video", "audio", "data", "subtitle", "other"]},
-        "codec": _STRING,
-        "profile": _nullable(_STRING),
-        "pix_fmt": _nullable(_STRING),
-        "width": _nullable(_INTEGER),
-        "height": _nullable(_INTEGER),
-        "fps": _nullable(_NUMBER),
-        "sample_rate": _nullable(_INTEGER),
-        "channels": _nullable(_INTEGER),
-        "bitrate_kbit": _nullable(_NUMBER),
-        "language": _nullable(_STRING),
-    }
-)
+# What FFmpeg's prelude tells of a stream, shared by datarhei's api.ProgressIO and api.ProbeIO: the video
+# fields are present for video streams, the audio ones for audio streams.
+_STREAM_FIELDS: dict[str, Schema] = {
+    "stream": _INTEGER,
+    "type": {"type": "string", "enum": ["video", "audio", "data", "subtitle", "other"]},
+    "codec": _STRING,
+    "coder": _STRING,
+    "fps": _NUMBER,
+    "pix_fmt": _STRING,
+    "width": _INTEGER,
+    "height": _INTEGER,
+    "sampling_hz": _INTEGER,
+    "layout": _STRING,
+    "channels": _INTEGER,
+}
+_PER_KIND = ("pix_fmt", "width", "height", "sampling_hz", "layout", "channels")
 # datarhei Core's log lines: ["<unix seconds>", "<line>"]
 _LOG = _array({**_array(_STRING), "minItems": 2, "maxItems": 2})
+_NAMED_LIST = _array(_ref("api.SkillsFormat"))
 
-# Response schemas (and the request schemas that are not the process config), by component name.
+# Response schemas (and the request schemas that are not the process config), by component name: datarhei's
+# names (its swagger's definitions) where datarhei has the thing, with dragonfork's additions as extra fields.
 SCHEMAS: dict[str, Schema] = {
-    "Error": _object({"code": _INTEGER, "message": _STRING, "details": _ANY}),
-    "Login": _object({"username": _STRING, "password": _STRING}),
-    "Tokens": _object(
+    "api.Error": _object({"code": _INTEGER, "message": _STRING, "details": _array(_STRING)}),
+    "api.Login": _object({"username": _STRING, "password": _STRING}),
+    "api.JWT": _object(
         {
             "access_token": _STRING,
             "access_expires_at": _INTEGER,
@@ -99,26 +99,55 @@ SCHEMAS: dict[str, Schema] = {
             "refresh_expires_at": _INTEGER,
         }
     ),
-    "AccessToken": _object({"access_token": _STRING, "access_expires_at": _INTEGER}),
-    "Command": _object({"command": {"type": "string", "enum": list(get_args(Command))}}),
-    "About": _object(
+    "api.JWTRefresh": _object({"access_token": _STRING, "access_expires_at": _INTEGER}),
+    "api.Command": _object({"command": {"type": "string", "enum": list(get_args(Command))}}),
+    "api.Version": _object(
         {
-            "app": _STRING,
+            "number": _STRING,
+            "repository_commit": _STRING,
+            "repository_branch": _STRING,
+            "build_date": _STRING,
+            "arch": _STRING,
+            "compiler": _STRING,
+        },
+        optional=("repository_commit", "repository_branch", "build_date", "arch", "compiler"),
+    ),
+    "api.About": _object(
+        {
+            "app": {"type": "string", "enum": ["datarhei-core"]},
+            "auths": _array(_STRING),
             "name": _STRING,
             "id": _STRING,
-            "version": _object({"number": _STRING}),
-            "created_at": _INTEGER,
+            "created_at": {"type": "string", "format": "date-time"},
             "uptime_seconds": _INTEGER,
-            "auths": _array(_STRING),
-        }
+            "version": _ref("api.Version"),
+        },
+        optional=("name", "id", "created_at", "uptime_seconds"),  # left out without a valid token
     ),
-    "StreamInfo": _STREAM_INFO,
-    "IOInfo": _object(
-        {"index": _INTEGER, "format": _STRING, "address": _STRING, "streams": _array(_ref("StreamInfo"))}
-    ),
-    "Progress": _object(
+    "api.ProgressIO": _object(
         {
+            "id": _STRING,
+            "address": _STRING,
+            "index": _INTEGER,
+            "format": _STRING,
+            **_STREAM_FIELDS,
             "frame": _INTEGER,
+            "keyframe": _INTEGER,
+            "packet": _INTEGER,
+            "pps": _NUMBER,
+            "q": _NUMBER,
+            "size_kb": _INTEGER,
+            "bitrate_kbit": _NUMBER,
+            "extradata_size_bytes": _INTEGER,
+        },
+        optional=_PER_KIND,
+    ),
+    "api.Progress": _object(
+        {
+            "inputs": _array(_ref("api.ProgressIO")),
+            "outputs": _array(_ref("api.ProgressIO")),
+            "frame": _INTEGER,
+            "packet": _INTEGER,
             "fps": _NUMBER,
             "q": _NUMBER,
             "size_kb": _INTEGER,
@@ -127,78 +156,145 @@ SCHEMAS: dict[str, Schema] = {
             "speed": _NUMBER,
             "drop": _INTEGER,
             "dup": _INTEGER,
-            "input": _array(_ref("IOInfo")),
-            "output": _array(_ref("IOInfo")),
         }
     ),
-    "ProcessState": _object(
+    "api.ProcessState": _object(
         {
             "order": {"type": "string", "enum": list(get_args(Order))},
             "exec": {"type": "string", "enum": list(get_args(ExecState))},
             "runtime_seconds": _INTEGER,
+            "reconnect_seconds": _INTEGER,
             "state_since": _INTEGER,
             "restarts": _INTEGER,
             "last_logline": _STRING,
             "last_error": _STRING,
-            "progress": _ref("Progress"),
+            "progress": _ref("api.Progress"),
             "cpu_usage": _NUMBER,
             "memory_bytes": _INTEGER,
             "command": _array(_STRING),
             "webrtc": _object({"ready": _BOOLEAN, "viewers": _INTEGER}),
         }
     ),
-    "RunHistory": _object(
+    "api.ProcessReportHistoryEntry": _object(
         {
             "created_at": _INTEGER,
+            "prelude": _array(_STRING),
+            "log": _LOG,
             "exited_at": _INTEGER,
             "exit_state": {"type": "string", "enum": ["finished", "failed", "killed"]},
             "exit_code": _nullable(_INTEGER),
-            "prelude": _array(_STRING),
-            "log": _LOG,
             "progress": _nullable({"type": "object"}),
         }
     ),
-    "ProcessReport": _object(
+    "api.ProcessReport": _object(
         {
-            "created_at": _nullable(_NUMBER),
+            "created_at": _INTEGER,
             "prelude": _array(_STRING),
             "log": _LOG,
-            "history": _array(_ref("RunHistory")),
+            "history": _array(_ref("api.ProcessReportHistoryEntry")),
         }
     ),
-    "Process": _object(
+    "api.Process": _object(
         {
             "id": _STRING,
             "type": {"type": "string", "enum": ["ffmpeg"]},
             "reference": _STRING,
             "created_at": _INTEGER,
             "updated_at": _INTEGER,
-            "config": _ref("ProcessConfig"),
-            "state": _ref("ProcessState"),
-            "report": _ref("ProcessReport"),
+            "config": _ref("api.ProcessConfig"),
+            "state": _ref("api.ProcessState"),
+            "report": _ref("api.ProcessReport"),
             "metadata": {"type": "object"},
         },
         optional=("config", "state", "report", "metadata"),  # present as the filter asks
     ),
-    "Probe": _object(
+    "api.ProbeIO": _object(
         {
-            "streams": _array(_object({**_STREAM_INFO["properties"], "address": _STRING})),
+            "url": _STRING,
+            "format": _STRING,
+            "index": _INTEGER,
+            "language": _STRING,
+            **_STREAM_FIELDS,
+            "bitrate_kbps": _NUMBER,
+            "duration_sec": _NUMBER,
+        },
+        optional=_PER_KIND,
+    ),
+    "api.Probe": _object(
+        {
+            "streams": _array(_ref("api.ProbeIO")),
             "log": _array(_STRING),
             "seconds": _NUMBER,
             "error": _STRING,
         },
         optional=("seconds", "error"),  # seconds on success, error when FFmpeg could not open an input
     ),
-    "Skills": _object(
+    "api.SkillsFormat": _object({"id": _STRING, "name": _STRING}),
+    "api.SkillsCodec": _object(
+        {"id": _STRING, "name": _STRING, "encoders": _array(_STRING), "decoders": _array(_STRING)}
+    ),
+    "api.SkillsDevice": _object({"id": _STRING, "name": _STRING, "devices": _array({"type": "object"})}),
+    "api.SkillsLibrary": _object({"name": _STRING, "compiled": _STRING, "linked": _STRING}),
+    "api.Skills": _object(
         {
-            "ffmpeg": _object({"version": _STRING, "version_full": _STRING}),
-            "codecs": _object({kind: _array(_ref("Codec")) for kind in ("audio", "video", "subtitle")}),
-            "formats": _object({"demuxers": _array(_NAMED), "muxers": _array(_NAMED)}),
-            "protocols": _object({"input": _array(_NAMED), "output": _array(_NAMED)}),
+            "ffmpeg": _object(
+                {
+                    "version": _STRING,
+                    "version_full": _STRING,
+                    "compiler": _STRING,
+                    "configuration": _STRING,
+                    "libraries": _array(_ref("api.SkillsLibrary")),
+                }
+            ),
+            "filter": _NAMED_LIST,
+            "hwaccels": _NAMED_LIST,
+            "codecs": _object(
+                {kind: _array(_ref("api.SkillsCodec")) for kind in ("audio", "video", "subtitle")}
+            ),
+            "devices": _object(
+                {"demuxers": _array(_ref("api.SkillsDevice")), "muxers": _array(_ref("api.SkillsDevice"))}
+            ),
+            "formats": _object({"demuxers": _NAMED_LIST, "muxers": _NAMED_LIST}),
+            "protocols": _object({"input": _NAMED_LIST, "output": _NAMED_LIST}),
         }
     ),
-    "Codec": _object(
-        {"id": _STRING, "name": _STRING, "encoders": _array(_STRING), "decoders": _array(_STRING)}
+    # format=console: one line per event; format=raw: each event's fields (datarhei's api.LogEvent)
+    "api.LogEvent": {"type": "object", "required": ["ts", "level", "message"]},
+    "api.MetricsDescription": _object({"name": _STRING, "description": _STRING, "labels": _array(_STRING)}),
+    "api.MetricsQuery": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "timerange_sec": {"type": "integer", "minimum": 0, "maximum": 86400},
+            "interval_sec": {"type": "integer", "minimum": 0, "maximum": 86400},
+            "metrics": _array(
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "labels": {"type": "object", "additionalProperties": _STRING},
+                    },
+                }
+            ),
+        },
+    },
+    "api.MetricsResponse": _object(
+        {
+            "timerange_sec": _INTEGER,
+            "interval_sec": _INTEGER,
+            "metrics": _array(
+                _object(
+                    {
+                        "name": _STRING,
+                        "labels": {"type": "object", "additionalProperties": _STRING},
+                        # [unix seconds, value], as datarhei's server writes them
+                        "values": _array({**_array(_NUMBER), "minItems": 2, "maxItems": 2}),
+                    }
+                )
+            ),
+        }
     ),
     "EffectiveConfig": _object(
         {
@@ -213,6 +309,13 @@ SCHEMAS: dict[str, Schema] = {
             "ignored_file_keys": _array(_STRING),
         }
     ),
+}
+# The process config's components, generated from the pydantic models, under datarhei's names.
+_MODEL_NAMES = {
+    "ProcessConfig": "api.ProcessConfig",
+    "IOConfig": "api.ProcessConfigIO",
+    "CleanupRule": "api.ProcessConfigIOCleanup",
+    "Limits": "api.ProcessConfigLimits",
 }
 
 
@@ -247,15 +350,15 @@ _FILTER = (
 )
 
 ROUTES: tuple[Route, ...] = (
-    Route("get", "/api", "About this server", response="About"),
+    Route("get", "/api", "About this server", response="api.About"),
     Route("get", "/ping", "Liveness check (text 'pong')", response=_TEXT),
     Route("get", "/metrics", "Prometheus metrics (text exposition format)", response=_TEXT, errors=(404,)),
     Route(
         "post",
         "/api/login",
         "Username/password → access and refresh JWT (400 when auth is disabled)",
-        body="Login",
-        response="Tokens",
+        body="api.Login",
+        response="api.JWT",
         errors=(401,),
     ),
     *(
@@ -263,7 +366,7 @@ ROUTES: tuple[Route, ...] = (
             method,
             "/api/login/refresh",
             "Refresh token (as Bearer) → new access token",
-            response="AccessToken",
+            response="api.JWTRefresh",
             errors=(401,),
         )
         for method in ("get", "post")
@@ -272,7 +375,7 @@ ROUTES: tuple[Route, ...] = (
         "get",
         "/api/v3/process",
         "List processes",
-        response=_array(_ref("Process")),
+        response=_array(_ref("api.Process")),
         errors=(400,),
         query=(
             ("id", "Comma-separated process ids"),
@@ -285,51 +388,49 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "post",
         "/api/v3/process",
-        "Create a process",
-        body="ProcessConfig",
-        status=201,
-        response="ProcessConfig",
-        errors=(409,),
+        "Create a process (400 for a duplicate id, as datarhei)",
+        body="api.ProcessConfig",
+        response="api.ProcessConfig",
     ),
     Route(
         "get",
         "/api/v3/process/{id}",
         "One process (config, state, report, metadata)",
-        response="Process",
+        response="api.Process",
         errors=(400,),
         query=(_FILTER,),
     ),
     Route(
         "put",
         "/api/v3/process/{id}",
-        "Replace a process config (restarts it if it was started)",
-        body="ProcessConfig",
-        response="ProcessConfig",
-        errors=(409,),
+        "Update a process config: fields left out keep their value (restarts it if it was started)",
+        body=_ANY,
+        response="api.ProcessConfig",
     ),
     Route("delete", "/api/v3/process/{id}", "Stop and delete a process", response={"type": "string"}),
     Route(
         "put",
         "/api/v3/process/{id}/command",
-        "start | stop | restart | reload",
-        body="Command",
+        "start | stop | restart | reload (400 when a start is refused, as datarhei)",
+        body="api.Command",
         response={"type": "string"},
-        errors=(409,),
     ),
-    Route("get", "/api/v3/process/{id}/config", "The process config", response="ProcessConfig"),
+    Route("get", "/api/v3/process/{id}/config", "The process config", response="api.ProcessConfig"),
     Route(
         "get",
         "/api/v3/process/{id}/state",
         "Order, exec state, progress, CPU, memory, viewers",
-        response="ProcessState",
+        response="api.ProcessState",
     ),
     Route(
         "get",
         "/api/v3/process/{id}/report",
         "Prelude, log lines and the history of earlier runs",
-        response="ProcessReport",
+        response="api.ProcessReport",
     ),
-    Route("get", "/api/v3/process/{id}/probe", "Probe the process's inputs with FFmpeg", response="Probe"),
+    Route(
+        "get", "/api/v3/process/{id}/probe", "Probe the process's inputs with FFmpeg", response="api.Probe"
+    ),
     Route(
         "get",
         "/api/v3/process/{id}/metadata/{key}",
@@ -352,7 +453,36 @@ ROUTES: tuple[Route, ...] = (
         body=_ANY,
         response=_ANY,
     ),
-    Route("get", "/api/v3/skills", "FFmpeg version, codecs, formats, protocols", response="Skills"),
+    Route(
+        "get",
+        "/api/v3/skills",
+        "FFmpeg version, codecs, filters, formats, devices, protocols",
+        response="api.Skills",
+    ),
+    Route("get", "/api/v3/skills/reload", "Read the FFmpeg binary's skills again", response="api.Skills"),
+    Route(
+        "get",
+        "/api/v3/log",
+        "The server's recent log events: lines (format=console) or fields (format=raw)",
+        response=_array({"anyOf": [_STRING, _ref("api.LogEvent")]}),
+        errors=(400,),
+        query=(("format", "console (default) or raw"),),
+    ),
+    Route(
+        "get",
+        "/api/v3/metrics",
+        "The metrics the history keeps, with their description and labels",
+        response=_array(_ref("api.MetricsDescription")),
+        errors=(404,),
+    ),
+    Route(
+        "post",
+        "/api/v3/metrics",
+        "Query the metrics history: name and label patterns (regular expressions) → series",
+        body="api.MetricsQuery",
+        response="api.MetricsResponse",
+        errors=(404,),
+    ),
     Route(
         "get",
         "/api/v3/config",
@@ -412,7 +542,7 @@ def _operation(route: Route) -> Schema:
         "parameters": path_parameters + query_parameters,
         "responses": {str(route.status): success}
         | {
-            str(code): {"description": "error", "content": {_JSON: {"schema": _ref("Error")}}}
+            str(code): {"description": "error", "content": {_JSON: {"schema": _ref("api.Error")}}}
             for code in route.error_statuses()
         },
     }
@@ -445,9 +575,24 @@ def openapi30(schema: Any) -> Any:
     return converted
 
 
+def _renamed(schema: Any) -> Any:
+    """The generated schema with the model names replaced by datarhei's (``_MODEL_NAMES``)."""
+    if isinstance(schema, list):
+        return [_renamed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    renamed = {key: _renamed(value) for key, value in schema.items()}
+    prefix = "#/components/schemas/"
+    if isinstance(renamed.get("$ref"), str) and renamed["$ref"].startswith(prefix):
+        name = renamed["$ref"].removeprefix(prefix)
+        renamed["$ref"] = prefix + _MODEL_NAMES.get(name, name)
+    return renamed
+
+
 def openapi_document() -> dict[str, Any]:
     process_schema = ProcessConfig.model_json_schema(ref_template="#/components/schemas/{model}")
-    components = process_schema.pop("$defs", {}) | {"ProcessConfig": process_schema} | SCHEMAS
+    models = process_schema.pop("$defs", {}) | {"ProcessConfig": process_schema}
+    components = {_MODEL_NAMES.get(name, name): _renamed(schema) for name, schema in models.items()} | SCHEMAS
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         paths.setdefault(route.path, {})[route.method] = _operation(route)

@@ -22,8 +22,9 @@ PREFIX = "/api/v3/whep"
 
 def _api_error(refused: WhepRefused) -> ApiError:
     headers = {"Retry-After": str(refused.retry_after)} if refused.retry_after is not None else None
-    details = {"field": refused.field} if refused.field else None
-    return ApiError(refused.status, refused.message, details, headers=headers)
+    return ApiError(
+        refused.status, refused.message, field=refused.field or "", details=refused.details, headers=headers
+    )
 
 
 def _link_headers(core: Core) -> list[str]:

@@ -4,6 +4,7 @@
 import { Api, ApiError } from "./api.js";
 import { copyText } from "./clipboard.js";
 import { ProcessEditor } from "./process-editor.js";
+import { Trends, sparkline } from "./trends.js";
 import { PlayerView } from "./whep-player.js";
 
 const POLL_MS = 1500;
@@ -81,6 +82,7 @@ async function act(action, done) {
 const processes = new Map(); // id -> the latest {id, reference, config, state}
 const rows = new Map(); // id -> {tr, cells, buttons}
 let pollTimer = null;
+const trends = new Trends(api, () => render());
 
 function command(id, name) {
   return act(
@@ -151,11 +153,21 @@ function renderRow(row, process) {
     ),
   );
   row.cells.uptime.textContent = live ? duration(state.runtime_seconds) : "—";
-  row.cells.fps.textContent = live ? (progress.fps || 0).toFixed(1) : "—";
-  row.cells.bitrate.textContent = live ? bitrate(progress.bitrate_kbit || 0) : "—";
-  row.cells.cpu.textContent = live ? `${(state.cpu_usage || 0).toFixed(1)} %` : "—";
-  row.cells.memory.textContent = live ? `${Math.round((state.memory_bytes || 0) / 1048576)} MiB` : "—";
-  row.cells.viewers.textContent = config.webrtc?.enabled ? String(state.webrtc?.viewers ?? 0) : "—";
+  const figures = {
+    fps: live ? (progress.fps || 0).toFixed(1) : "—",
+    bitrate: live ? bitrate(progress.bitrate_kbit || 0) : "—",
+    cpu: live ? `${(state.cpu_usage || 0).toFixed(1)} %` : "—",
+    memory: live ? `${Math.round((state.memory_bytes || 0) / 1048576)} MiB` : "—",
+    viewers: config.webrtc?.enabled ? String(state.webrtc?.viewers ?? 0) : "—",
+  };
+  // The figure now, and beside it its line over the last 10 minutes (the SVG holds no text of its own).
+  for (const [cell, figure] of Object.entries(figures)) {
+    const label = row.cells[cell].dataset.label;
+    row.cells[cell].replaceChildren(
+      el("span", { class: "figure" }, figure),
+      sparkline(trends.series(process.id, cell), `${label} of ${process.id}`),
+    );
+  }
   if (!row.webrtc.busy) row.webrtc.checked = Boolean(config.webrtc?.enabled);
   row.buttons.toggleOrder.textContent = state.order === "start" ? "Stop" : "Start";
   row.buttons.watch.disabled = !config.webrtc?.enabled;
@@ -306,6 +318,7 @@ function watch(id) {
 
 function showLogin(message = "") {
   clearTimeout(pollTimer);
+  trends.stop();
   for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
   $("#processes").hidden = true;
   $("#user").hidden = true;
@@ -321,6 +334,7 @@ function showApp() {
   $("#user").hidden = !api.loggedIn;
   $("#user-name").textContent = api.username;
   poll();
+  trends.start();
 }
 
 $("#login").addEventListener("submit", async (event) => {
@@ -348,7 +362,8 @@ api.addEventListener("loginrequired", (event) => showLogin(event.detail));
 async function start() {
   try {
     const about = await api.loadAbout();
-    $("#server-name").textContent = `${about.name} ${about.version?.number ?? ""}`;
+    // Without a token datarhei's /api leaves the name out; version.number is the datarhei API version.
+    $("#server-name").textContent = about.name || "dragonfork";
   } catch (error) {
     showBanner(`Cannot reach the server: ${error.message}. Reload to try again.`);
     return;

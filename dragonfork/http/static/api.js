@@ -14,22 +14,15 @@ export class ApiError extends Error {
     this.body = body || {};
   }
 
-  /** The errors as [{field, message}] with form paths ("input.0.address"); "" for the whole request. */
+  /** The errors as [{field, message}] with form paths ("input.0.address"); "" for the whole request.
+   * datarhei's details are strings, each naming its field first: "input.0.address: must not be empty". */
   get fieldErrors() {
-    const { details, message } = this.body;
-    let list = [];
-    if (Array.isArray(details)) list = details;
-    else if (details && typeof details === "object" && details.field)
-      list = [{ field: details.field, message }];
-    if (!list.length) return [{ field: "", message: this.message }];
-    return list.map((entry) => {
-      let field = String(entry.field || "").replace(/^config\.?/, "");
-      let text = String(entry.message || message || "");
-      // Model-level errors name the path in the message: {"field": "config", "message": "input.1.id: ..."}.
-      const named = /^([\w.]+): (.*)$/s.exec(text);
-      if (named && (!field || named[1] === field)) [field, text] = [named[1], named[2]];
-      return { field, message: text };
+    const details = Array.isArray(this.body.details) ? this.body.details : [];
+    const list = details.map((entry) => {
+      const named = /^([\w.]+): (.*)$/s.exec(String(entry));
+      return named ? { field: named[1], message: named[2] } : { field: "", message: String(entry) };
     });
+    return list.length ? list : [{ field: "", message: this.message }];
   }
 }
 
@@ -37,7 +30,7 @@ function jwtLifetimeSeconds(token) {
   try {
     const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
     const claims = JSON.parse(atob(payload));
-    return claims.exp - claims.iat;
+    return claims.exi ?? claims.exp - claims.iat; // datarhei's "exi": the lifetime in seconds
   } catch {
     return 0;
   }
@@ -74,7 +67,7 @@ export class Api extends EventTarget {
   /** GET /api (never needs a token): the server's name, version and whether it wants a login. */
   async loadAbout() {
     this.about = await this.#fetchJson("GET", "/api", undefined, false);
-    this.authRequired = (this.about.auths || []).includes("jwt");
+    this.authRequired = (this.about.auths || []).includes("localjwt");
     return this.about;
   }
 

@@ -55,10 +55,16 @@ function browserDecodesH264() {
   return codecs.some((codec) => codec.mimeType.toLowerCase() === "video/h264");
 }
 
+/** The error body's message and its details as {field: text} (datarhei's ["field: text", ...]). */
 async function readErrorBody(response) {
   try {
     const body = await response.json();
-    return { message: body.message || "", details: body.details || {} };
+    const details = {};
+    for (const entry of Array.isArray(body.details) ? body.details : []) {
+      const named = /^([\w.]+): (.*)$/s.exec(String(entry));
+      if (named) details[named[1]] = named[2];
+    }
+    return { message: body.message || "", details };
   } catch {
     return { message: "", details: {} };
   }

@@ -46,12 +46,19 @@ class WhepRefused(Exception):
     """An offer, trickle or session request that cannot be served; ``status`` is the HTTP status."""
 
     def __init__(
-        self, status: int, message: str, *, field: str | None = None, retry_after: int | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        field: str | None = None,
+        details: list[str] | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
+        self.details = details  # "<field>: <text>" entries, when the message alone does not say enough
         self.retry_after = retry_after
 
 
@@ -95,6 +102,7 @@ class WhepServer:
             raise WhepRefused(
                 409,
                 f"process {name!r} has no media yet (state {status.state}); retry shortly",
+                details=[f"state: {status.state}"],  # the player tells an ended stream by it
                 retry_after=RETRY_AFTER_NOT_LIVE,
             ) from None
         viewer = Viewer(name, self.settings.viewer)
