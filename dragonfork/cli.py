@@ -1,4 +1,4 @@
-"""``dragonfork serve | config | check``.
+"""``dragonfork serve | config | check | install-service`` (and the tools: ``loadtest``, ``bench``).
 
 Exit codes: 0 success, 1 a check failed or the server could not start, 2 unusable configuration.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -185,6 +186,38 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from dragonfork.systemd import ServiceUnit
+
+    loaded = _load(args)
+    data_dir = Path(args.data_dir) if args.data_dir else loaded.settings.data_dir
+    config_file = Path(loaded.config_file) if loaded.config_file else None
+    try:
+        unit = ServiceUnit.for_this_environment(data_dir, config_file, args.user)
+    except KeyError:
+        print(f"dragonfork: no such user: {args.user}", file=sys.stderr)
+        return EXIT_CONFIG
+    text = unit.render()
+    if args.dry_run:
+        print(text, end="")
+        return 0
+    output = Path(args.output)
+    try:
+        output.write_text(text)
+        if not unit.data_dir.exists():
+            # ReadWritePaths= must exist when the service starts; it belongs to the service's user.
+            unit.data_dir.mkdir(parents=True)
+            if os.geteuid() == 0:
+                shutil.chown(unit.data_dir, unit.user, unit.group)
+    except OSError as exc:
+        hint = " (run it with sudo)" if isinstance(exc, PermissionError) else ""
+        print(f"dragonfork: cannot write {exc.filename}: {exc.strerror}{hint}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"wrote {output} (runs {unit.exec_start!r} as {unit.user}, data in {unit.data_dir})")
+    print(f"next: systemctl daemon-reload && systemctl enable --now {output.stem}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dragonfork", description="Live-video server: FFmpeg processes over WHEP"
@@ -195,12 +228,24 @@ def build_parser() -> argparse.ArgumentParser:
         ("serve", cmd_serve, "run the server (HTTP API, processes, WHEP)"),
         ("config", cmd_config, "print the effective configuration and where each value came from"),
         ("check", cmd_check, "verify FFmpeg, ports and the data directory"),
+        (
+            "install-service",
+            cmd_install_service,
+            "write a systemd unit for this venv and user",
+        ),
     ):
         command = sub.add_parser(name, help=help_text)
         command.add_argument(
             "--config", "-c", help=f"config file (JSON or TOML); default ${'CORE_CONFIGFILE'}"
         )
         command.set_defaults(handler=handler)
+        if name == "install-service":
+            command.add_argument("--dry-run", action="store_true", help="print the unit, write nothing")
+            command.add_argument(
+                "--output", default="/etc/systemd/system/dragonfork.service", help="where to write the unit"
+            )
+            command.add_argument("--user", help="user to run as; default: you (or the user behind sudo)")
+            command.add_argument("--data-dir", help="data directory; default: db.dir as configured")
     from dragonfork.bench import cli as bench_cli
     from dragonfork.loadtest import cli as loadtest_cli
 

@@ -106,7 +106,9 @@ class MetricsSettings(_Section):
     enable_prometheus: bool = True
     # datarhei's defaults are 300 s / 2 s; 600 s fills the admin UI's 10-minute charts.
     range_sec: int = Field(600, ge=1, le=86400, description="Seconds of metric history for /api/v3/metrics")
-    interval_sec: int = Field(2, ge=1, le=3600, description="Seconds between two samples of the history")
+    interval_sec: int = Field(
+        2, ge=1, le=3600, description="Seconds between two samples of the history and of the event-loop lag"
+    )
 
 
 class WebRTCSettings(_Section):

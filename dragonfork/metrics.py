@@ -9,9 +9,20 @@ from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+# --- the server itself -----------------------------------------------------------------------------------
+
+# Prometheus's standard process_* series of the server (CPU seconds, resident memory, open fds): the server's
+# event loop runs on one core, so rate(process_cpu_seconds_total) near 1 is the server at capacity.
+ProcessCollector(registry=REGISTRY)
+EVENT_LOOP_LAG = Gauge(
+    "dragonfork_event_loop_lag_seconds",
+    "How late the watchdog task woke up at its last tick (a busy or blocked event loop makes it grow)",
+    registry=REGISTRY,
+)
 
 # --- processes -------------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The root of the nursery tree: registry, HTTP server, signals, systemd notification.
+"""The root of the nursery tree: registry, HTTP server, signals, systemd notification and watchdog.
 
 ```
 trio.run(serve)
@@ -7,15 +7,14 @@ trio.run(serve)
         ├── registry.run      → one supervisor (and one nursery per FFmpeg run) per process
         ├── metrics_history   → samples the metrics for /api/v3/metrics (when metrics.enable)
         ├── hypercorn.trio    → the QuartTrio app
+        ├── watch_event_loop  → event-loop lag metric; systemd WATCHDOG=1 pings while the loop is healthy
         └── signal watcher    → SIGINT/SIGTERM: stop HTTP, stop every FFmpeg child, persist, exit 0
 ```
 """
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import time
 
 import structlog
@@ -27,6 +26,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from dragonfork.config import LoadedSettings, host_port, is_loopback_host
 from dragonfork.core import Core, build_core
 from dragonfork.http.app import create_app
+from dragonfork.systemd import notify_systemd, watch_event_loop
 
 log = structlog.get_logger("dragonfork.server")
 
@@ -55,20 +55,6 @@ def check_bind_is_safe(loaded: LoadedSettings) -> None:
     )
 
 
-def notify_systemd(message: str) -> None:
-    """``sd_notify`` without libsystemd: one datagram to ``$NOTIFY_SOCKET`` when running under systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.sendto(message.encode(), address)
-        except OSError as exc:
-            log.warning("systemd notification failed", error=str(exc))
-
-
 def log_asyncio_error(loop: object, context: dict[str, object]) -> None:
     """Log an unhandled asyncio error and carry on, as plain asyncio does.
 
@@ -91,6 +77,7 @@ async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None
     core = build_core(loaded)
     async with trio_asyncio.open_loop() as loop, trio.open_nursery() as root:
         loop.set_exception_handler(log_asyncio_error)
+        root.start_soon(watch_event_loop, loaded.settings.metrics.interval_sec)
         await root.start(core.registry.run)
         if loaded.settings.metrics.enable:
             await root.start(core.metrics_history.run)
