@@ -12,11 +12,31 @@ nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
 CHROMIUM = "/usr/bin/chromium"
+# Debian programs the tests run for real: Prometheus and promtool (deploy/prometheus), systemd-analyze.
+TEST_PROGRAMS = {
+    "/usr/bin/prometheus": "prometheus",
+    "/usr/bin/promtool": "prometheus",
+    "/usr/bin/systemd-analyze": "systemd",
+}
+
+
+def apt_install_missing(session: nox.Session, programs: dict[str, str]) -> None:
+    """Install the Debian package of every program that is missing (needs root; otherwise say what to run)."""
+    missing = {program: package for program, package in programs.items() if not Path(program).exists()}
+    if not missing:
+        return
+    packages = sorted(set(missing.values()))
+    if os.geteuid() != 0:
+        session.error(f"missing {', '.join(missing)}: run `sudo apt-get install {' '.join(packages)}`")
+    apt_env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", external=True, env=apt_env)
+    session.run("apt-get", "install", "-y", *packages, external=True, env=apt_env)
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Unit and integration tests with real FFmpeg and real aiortc peers."""
+    """Unit and integration tests with real FFmpeg, real aiortc peers, real Prometheus and systemd-analyze."""
+    apt_install_missing(session, TEST_PROGRAMS)
     session.install("-e", ".[test]")
     session.run("pytest", "-ra", "--durations=15", "-m", "not e2e and not chaos", *session.posargs)
 
@@ -51,12 +71,7 @@ def e2e(session: nox.Session) -> None:
     Chromium comes from Debian (installed here when /usr/bin/chromium is missing), never from Playwright's
     own download; ``UPDATE_DOC_SCREENSHOTS=1 nox -s e2e`` also refreshes the README's screenshots.
     """
-    if not Path(CHROMIUM).exists():
-        if os.geteuid() != 0:
-            session.error(f"{CHROMIUM} is missing: run `sudo apt-get install chromium chromium-driver`")
-        apt_env = {"DEBIAN_FRONTEND": "noninteractive"}
-        session.run("apt-get", "update", external=True, env=apt_env)
-        session.run("apt-get", "install", "-y", "chromium", "chromium-driver", external=True, env=apt_env)
+    apt_install_missing(session, {CHROMIUM: "chromium", "/usr/bin/chromedriver": "chromium-driver"})
     session.install("-e", ".[test]", "playwright")
     session.run("pytest", "-ra", "--durations=10", "-m", "e2e", "tests/e2e", *session.posargs)
 
