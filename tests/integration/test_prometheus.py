@@ -263,3 +263,31 @@ def test_process_alerts_are_pending_for_the_broken_processes(live: LiveSetup) ->
     expected = {("DragonforkProcessFailed", "broken"), ("DragonforkProcessRestartLoop", "flapping")}
     live.server.wait_for(lambda: expected <= pending(), 30, f"alerts {expected} (have {pending()})")
     assert not {name for name, process in pending() if process == "cam"}, pending()
+
+
+def test_the_dashboard_has_its_rows_and_filters_per_process_panels_by_the_variable() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    rows = [panel["title"] for panel in dashboard["panels"] if panel["type"] == "row"]
+    assert rows == ["Overview", "WebRTC", "Processes", "Ingest", "HTTP"]
+    per_process = [
+        (title, expr)
+        for title, expr in dashboard_expressions()
+        if re.search(r"dragonfork_(process_\w+|webrtc_viewers_active|webrtc_source_idle_seconds)\b", expr)
+        or "dragonfork:process_" in expr
+    ]
+    assert per_process and all('process=~"$process"' in expr for _, expr in per_process), per_process
+    taken = set()
+    for panel in dashboard["panels"]:
+        box = panel["gridPos"]
+        cells = {
+            (x, y) for x in range(box["x"], box["x"] + box["w"]) for y in range(box["y"], box["y"] + box["h"])
+        }
+        assert box["x"] + box["w"] <= 24 and not cells & taken, f"{panel['title']!r} overlaps another panel"
+        taken |= cells
+
+
+def test_deploy_readme_lists_every_alert() -> None:
+    text = (REPO / "deploy" / "README.md").read_text()
+    assert [rule["alert"] for rule in rules() if "alert" in rule] == re.findall(
+        r"^\| `(Dragonfork\w+)`", text, re.M
+    )
