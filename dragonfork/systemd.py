@@ -93,6 +93,8 @@ class ServiceUnit:
     group: str
     data_dir: Path
     config_file: Path | None = None
+    # Files the service reads besides its program (the venv's real interpreter may live in a home directory).
+    reads: tuple[Path, ...] = ()
 
     @classmethod
     def for_this_environment(
@@ -106,12 +108,15 @@ class ServiceUnit:
         exec_start = f"{script} serve" if script.exists() else f"{sys.executable} -m dragonfork serve"
         user = user or os.environ.get("SUDO_USER") or getpass.getuser()
         group = grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
-        return cls(exec_start, user, group, data_dir.absolute(), config_file and config_file.absolute())
+        config_file = config_file and config_file.absolute()
+        reads = (Path(sys.executable).resolve(), *([config_file] if config_file else []))
+        return cls(exec_start, user, group, data_dir.absolute(), config_file, reads)
 
     def render(self) -> str:
         """The unit file's text."""
         program = Path(self.exec_start.split()[0])
-        in_home = any(_is_within(path, tree) for path in (program, self.data_dir) for tree in HOME_TREES)
+        needed = (program, self.data_dir, *self.reads)
+        in_home = any(_is_within(path, tree) for path in needed for tree in HOME_TREES)
         if _is_within(self.data_dir, STATE_ROOT):
             # systemd creates it, owned by User=, and keeps it writable under ProtectSystem=strict.
             writable = f"StateDirectory={self.data_dir.relative_to(STATE_ROOT)}"

@@ -219,3 +219,17 @@ def test_the_unit_keeps_the_venv_readable_and_the_data_directory_writable(
     assert f"ProtectHome={protect_home}\n" in text
     assert writable in text
     assert "ProtectSystem=strict\n" in text and "NoNewPrivileges=true\n" in text
+
+
+def test_a_venv_whose_interpreter_lives_in_a_home_directory_keeps_home_readable() -> None:
+    """A venv in /opt made from pyenv's Python links to /root/.pyenv/...: ProtectHome=true would hide it."""
+    unit = ServiceUnit(
+        "/opt/df/bin/dragonfork serve",
+        "ann",
+        "ann",
+        Path("/var/lib/df"),
+        reads=(Path("/root/.pyenv/bin/python"),),
+    )
+    assert "ProtectHome=read-only\n" in unit.render()
+    this = ServiceUnit.for_this_environment(Path("/var/lib/df"))
+    assert Path(sys.executable).resolve() in this.reads
