@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -240,3 +241,40 @@ def whep_url(server: Server, process_id: str) -> str:
 
 def wait_live(server: Server, process_id: str) -> None:
     server.wait_for(lambda: server.state(process_id)["webrtc"]["ready"], 20, f"{process_id} to have media")
+
+
+# --- systemd ------------------------------------------------------------------------------------------------
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's ``$NOTIFY_SOCKET``; records (arrival time, message)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.messages: list[tuple[float, str]] = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.05)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(4096)
+            except TimeoutError:
+                continue
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def pings(self, start: float = 0.0, end: float = float("inf")) -> list[float]:
+        return [at for at, message in self.messages if message == "WATCHDOG=1" and start <= at < end]
+
+    @contextmanager
+    def receiving(self) -> Iterator[NotifySocket]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join()
+            self._sock.close()

@@ -136,7 +136,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSetup]:
             )
             yield LiveSetup(server, prometheus, viewer)
         viewer.proc.kill()
-        viewer.proc.wait()
+        viewer.proc.communicate()  # closes its pipes now, not whenever the garbage collector gets to them
 
 
 @pytest.fixture

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
-
-from harness import running_server  # noqa: E402
-from test_systemd import NotifySocket  # noqa: E402
+from harness import NotifySocket, running_server
 
 
 def test_serve_pings_the_watchdog_from_its_root_nursery_and_stops_when_frozen(tmp_path: Path) -> None:

@@ -4,57 +4,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import trio
+from harness import NotifySocket
 
 from dragonfork import metrics
 from dragonfork.systemd import ServiceUnit, watch_event_loop, watchdog_period
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_UNIT = REPO / "deploy" / "dragonfork.service"
-
-
-class NotifySocket:
-    """A datagram socket standing in for systemd's ``$NOTIFY_SOCKET``; records (arrival time, message)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.messages: list[tuple[float, str]] = []
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(path))
-        self._sock.settimeout(0.05)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._receive, daemon=True)
-
-    def _receive(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self._sock.recv(4096)
-            except TimeoutError:
-                continue
-            self.messages.append((time.monotonic(), data.decode()))
-
-    def pings(self, start: float = 0.0, end: float = float("inf")) -> list[float]:
-        return [at for at, message in self.messages if message == "WATCHDOG=1" and start <= at < end]
-
-    @contextmanager
-    def receiving(self) -> Iterator[NotifySocket]:
-        self._thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            self._thread.join()
-            self._sock.close()
 
 
 @pytest.fixture
