@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import faulthandler
 import os
 import shutil
 import socket
@@ -47,6 +48,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dragonfork.logs import configure_logging
 
     configure_logging(loaded.settings.log.level, max_lines=loaded.settings.log.max_lines)
+    # systemd's watchdog kills a hung server with SIGABRT: the journal then shows where each thread was stuck.
+    faulthandler.enable()
     from dragonfork.server import serve
 
     if loaded.ignored_file_keys:

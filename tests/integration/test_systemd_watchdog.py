@@ -29,3 +29,14 @@ def test_serve_pings_the_watchdog_from_its_root_nursery_and_stops_when_frozen(tm
             assert "watchdog ping withheld" in server.log()
         time.sleep(0.1)
         assert "STOPPING=1" in [message for _, message in notify.messages], notify.messages[-3:]
+
+
+def test_a_server_killed_by_the_watchdog_leaves_its_stacks_in_the_log(tmp_path: Path) -> None:
+    """systemd's WatchdogSignal is SIGABRT: the server dumps every thread's stack on it (faulthandler)."""
+    with running_server(tmp_path) as server:
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGABRT)
+        assert server.proc.wait(10) == -signal.SIGABRT
+        log = server.log()
+    assert "Fatal Python error: Aborted" in log
+    assert "Current thread" in log and 'File "' in log
