@@ -116,6 +116,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSetup]:
             config = lavfi_process(process_id, options=["-no_such_option", "1"], reconnect=reconnect)
             config["reconnect_delay_seconds"] = 1
             server.api("POST", "/api/v3/process", json=config).raise_for_status()
+        # A WebRTC process whose input cannot be probed: a counted failure of its run (dragonfork_failures_total).
+        unprobeable = lavfi_process("unprobeable", webrtc=True, audio=False)
+        unprobeable["input"][0]["address"] = "no_such_filter"
+        server.api("POST", "/api/v3/process", json=unprobeable).raise_for_status()
         wait_live(server, "cam")
         first = play(whep_url(server, "cam"), duration=1)  # a viewer that came and went (a closed reason)
         assert first.get("error") is None, first
@@ -221,7 +225,7 @@ def test_the_process_variable_lists_the_processes(live: LiveSetup) -> None:
     (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "process"]
     assert variable["definition"] == "label_values(dragonfork_process_state, process)"
     values = live.prometheus.get("/api/v1/label/process/values", **{"match[]": "dragonfork_process_state"})
-    assert {"cam", "broken", "flapping"} <= set(values)
+    assert {"cam", "broken", "flapping", "unprobeable"} <= set(values)
     selected = live.prometheus.query('dragonfork_process_fps{process=~"cam"}')
     assert [series["metric"]["process"] for series in selected] == ["cam"]
     assert float(selected[0]["value"][1]) > 0
