@@ -116,7 +116,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSetup]:
             config = lavfi_process(process_id, options=["-no_such_option", "1"], reconnect=reconnect)
             config["reconnect_delay_seconds"] = 1
             server.api("POST", "/api/v3/process", json=config).raise_for_status()
-        # A WebRTC process whose input cannot be probed: a counted failure of its run (dragonfork_failures_total).
+        # A WebRTC process whose input cannot be probed: a counted failure (dragonfork_failures_total).
         unprobeable = lavfi_process("unprobeable", webrtc=True, audio=False)
         unprobeable["input"][0]["address"] = "no_such_filter"
         server.api("POST", "/api/v3/process", json=unprobeable).raise_for_status()
