@@ -148,7 +148,8 @@ def metrics_values_as_described(body: Any) -> Any:
 
 
 def shared_operations(swagger: Spec, server: Server) -> set[tuple[str, str]]:
-    ours = server.api("GET", "/api/swagger/doc.json").json()["paths"]
+    """The swagger's operations that dragonfork's own description (or the page showing it) has."""
+    ours = server.api("GET", "/api/swagger/doc.json").json()["paths"] | {"/api/swagger": {"get": {}}}
     theirs = swagger.spec_dict["paths"]
     return {
         (method, path)
