@@ -65,6 +65,22 @@ class ApiSettings(_Section):
     read_only: bool = False
     auth: AuthSettings = AuthSettings()
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body accepted (413 above)")
+    body_timeout_seconds: float = Field(
+        10.0, gt=0, description="A request body must arrive within this (408 and the connection closed)"
+    )
+    drain_max_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=0,
+        description="Unread body bytes discarded to keep a connection alive after an early answer",
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="Request line + headers at most (431 and the connection closed)"
+    )
+    keep_alive_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="An idle connection, or one whose headers are not complete, is closed after this",
+    )
 
 
 class AccessRules(_Section):

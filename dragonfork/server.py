@@ -26,6 +26,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from dragonfork.config import LoadedSettings, host_port, is_loopback_host
 from dragonfork.core import Core, build_core
 from dragonfork.http.app import create_app
+from dragonfork.http.body_guard import UnreadBodyGuard
 from dragonfork.systemd import notify_systemd, watch_event_loop
 
 log = structlog.get_logger("dragonfork.server")
@@ -110,10 +111,15 @@ async def _serve_http(
     core: Core, stop: trio.Event, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve the app until ``stop`` is set; reports the bound addresses through ``task_status``."""
+    api = core.settings.api
     config = HypercornConfig()
     config.bind = [core.settings.address]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 2
-    app = create_app(core)
-    await hypercorn_serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+    config.h11_max_incomplete_size = api.max_header_bytes
+    config.keep_alive_timeout = api.keep_alive_timeout_seconds
+    app = UnreadBodyGuard(
+        create_app(core), drain_max_bytes=api.drain_max_bytes, body_timeout=api.body_timeout_seconds
+    )
+    await hypercorn_serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)  # type: ignore[arg-type]

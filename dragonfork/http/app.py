@@ -28,6 +28,7 @@ log = structlog.get_logger("dragonfork.http")
 def create_app(core: Core) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = core.settings.api.max_body_bytes
+    app.config["BODY_TIMEOUT"] = core.settings.api.body_timeout_seconds
     app.config["JSON_SORT_KEYS"] = False
     issuer = TokenIssuer(core.settings.api.auth)
 
@@ -56,6 +57,7 @@ def create_app(core: Core) -> QuartTrio:
         message = {
             404: f"no route {request.method} {request.path}",
             405: f"method {request.method} not allowed on {request.path}",
+            408: f"request body incomplete after api.body_timeout_seconds ({app.config['BODY_TIMEOUT']} s)",
             413: f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes",
         }.get(code, exc.description or exc.name)
         allow = {name: value for name, value in exc.get_headers() if name.lower() == "allow"}  # 405 needs it

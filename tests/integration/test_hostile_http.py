@@ -81,7 +81,7 @@ def test_two_mib_413_then_options_on_the_same_connection(hostile_server: Server)
     # The reproduction: POST 2 MiB → 413, then OPTIONS → nothing after 5 s.
     with RawConnection(hostile_server.port) as connection:
         bearer = {"Authorization": f"Bearer {hostile_server.token}"}
-        connection.send(request_bytes("POST", "/api/v3/whep/demo", b"z" * (2 * MAX_BODY), {**SDP, **bearer}))
+        connection.send(request_bytes("POST", "/api/v3/process", b"z" * (2 * MAX_BODY), {**JSON, **bearer}))
         assert connection.response().status == 413
         connection.send(request_bytes("OPTIONS", "/api/v3/whep/demo"))
         assert connection.response().status == 204
@@ -166,3 +166,12 @@ def test_headers_sent_slowly_are_cut_off(hostile_server: Server) -> None:
                 closed = True
                 break
         assert closed, "a request whose headers never end kept its connection for 15 s"
+
+
+def test_client_connection_close_is_honoured(hostile_server: Server) -> None:
+    # Before: Quart-Trio cancelled its request task on the disconnect Hypercorn reports while closing, which
+    # aborted the close: the socket of a `Connection: close` request stayed open.
+    with RawConnection(hostile_server.port) as connection:
+        connection.send(request_bytes("GET", "/ping", headers={"Connection": "close"}))
+        assert connection.response().status == 200
+        assert connection.is_closed_by_server()
