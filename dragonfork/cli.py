@@ -23,6 +23,7 @@ from dragonfork import __version__
 from dragonfork.config import (
     ConfigError,
     LoadedSettings,
+    auth_problem,
     host_port,
     leaf_paths,
     load_settings,
@@ -45,6 +46,9 @@ def _load(args: argparse.Namespace) -> LoadedSettings:
 def cmd_serve(args: argparse.Namespace) -> int:
     started_at = time.perf_counter()
     loaded = _load(args)
+    if problem := auth_problem(loaded.settings.api.auth):
+        print(f"dragonfork: configuration error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     from dragonfork.logs import configure_logging
 
     configure_logging(loaded.settings.log.level, max_lines=loaded.settings.log.max_lines)
@@ -175,6 +179,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         from dragonfork.server import check_bind_is_safe
 
         check_bind_is_safe(loaded)
+        if problem := auth_problem(settings.api.auth):
+            raise RuntimeError(problem)
         return "auth enabled" if settings.api.auth.enable else f"auth disabled, bound to {settings.address}"
 
     verdicts.run("ffmpeg", ffmpeg)

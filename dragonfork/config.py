@@ -59,6 +59,13 @@ class AuthSettings(_Section):
         False,
         description="Allow serving a non-loopback address without auth (logged loudly at every start)",
     )
+    login_free_failures: int = Field(
+        5, ge=1, description="Failed logins in a row from one client address before it must wait (429)"
+    )
+    login_backoff_seconds: float = Field(
+        1.0, gt=0, description="The first wait; it doubles with every further failure"
+    )
+    login_backoff_max_seconds: float = Field(300.0, gt=0, description="The longest wait")
 
 
 class ApiSettings(_Section):
@@ -124,6 +131,10 @@ class MetricsSettings(_Section):
     range_sec: int = Field(600, ge=1, le=86400, description="Seconds of metric history for /api/v3/metrics")
     interval_sec: int = Field(
         2, ge=1, le=3600, description="Seconds between two samples of the history and of the event-loop lag"
+    )
+    protect: bool = Field(
+        False,
+        description="With api.auth.enable, /metrics needs a Bearer access token or Basic username:password",
     )
 
 
@@ -204,6 +215,28 @@ class Settings(_Section):
         import imageio_ffmpeg
 
         return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+MIN_JWT_SECRET_BYTES = 32
+
+
+def auth_problem(auth: AuthSettings) -> str | None:
+    """Why these settings cannot protect the API, naming the key and its variable; None when they can."""
+    if not auth.enable:
+        return None
+    for key, value in (("username", auth.username), ("password", auth.password)):
+        if not value:
+            return (
+                f"api.auth.{key} (CORE_API_AUTH_{key.upper()}) is empty but api.auth.enable is true: "
+                "set a username and a password, or disable auth"
+            )
+    secret_bytes = len(auth.jwt.secret.encode())
+    if 0 < secret_bytes < MIN_JWT_SECRET_BYTES:
+        return (
+            f"api.auth.jwt.secret (CORE_API_AUTH_JWT_SECRET) has {secret_bytes} bytes; it needs at least "
+            f"{MIN_JWT_SECRET_BYTES} (or leave it empty for a random secret per start)"
+        )
+    return None
 
 
 def host_port(address: str) -> tuple[str, int]:

@@ -86,6 +86,19 @@ HTTP_DURATION = Histogram(
     registry=REGISTRY,
 )
 
+LOGIN_FAILURES = Counter(
+    "dragonfork_login_failures_total",
+    "Failed logins (wrong credentials, bad refresh token, wrong Basic credentials on /metrics) by route",
+    ["route"],
+    registry=REGISTRY,
+)
+LOGIN_THROTTLED = Counter(
+    "dragonfork_login_throttled_total",
+    "Login attempts refused with 429 because their client address failed too often, by route",
+    ["route"],
+    registry=REGISTRY,
+)
+
 # --- WebRTC egress (WHEP) --------------------------------------------------------------------------------
 
 WHEP_REQUESTS = Counter(

@@ -37,6 +37,8 @@ def create_app(core: Core) -> QuartTrio:
         g.started = time.perf_counter()
         if request.path.startswith("/api/v3"):
             issuer.require()
+        elif request.path == "/metrics" and core.settings.metrics.protect:
+            issuer.require_for_metrics()
 
     @app.after_request
     async def _after(response: Response) -> Response:

@@ -352,14 +352,20 @@ _FILTER = (
 ROUTES: tuple[Route, ...] = (
     Route("get", "/api", "About this server", response="api.About"),
     Route("get", "/ping", "Liveness check (text 'pong')", response=_TEXT),
-    Route("get", "/metrics", "Prometheus metrics (text exposition format)", response=_TEXT, errors=(404,)),
+    Route(
+        "get",
+        "/metrics",
+        "Prometheus metrics (text exposition format); with metrics.protect behind the API auth (or Basic)",
+        response=_TEXT,
+        errors=(401, 404, 429),
+    ),
     Route(
         "post",
         "/api/login",
         "Username/password → access and refresh JWT (400 when auth is disabled)",
         body="api.Login",
         response="api.JWT",
-        errors=(401,),
+        errors=(401, 429),
     ),
     *(
         Route(
@@ -367,7 +373,7 @@ ROUTES: tuple[Route, ...] = (
             "/api/login/refresh",
             "Refresh token (as Bearer) → new access token",
             response="api.JWTRefresh",
-            errors=(401,),
+            errors=(401, 429),
         )
         for method in ("get", "post")
     ),
