@@ -169,6 +169,17 @@ class WebRTCSettings(_Section):
         le=30,
         description="How long a WHEP offer for a started process waits for its stream to go live (then 409)",
     )
+    max_offer_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        description="Largest WHEP offer or trickle fragment (413 above), checked before parsing",
+    )
+    max_offer_media_sections: int = Field(4, ge=2, description="m-sections an offer may have (400 above)")
+    max_candidates_per_media_section: int = Field(
+        50,
+        ge=1,
+        description="ICE candidates per m-section of an offer, and per session over all PATCHes (400)",
+    )
 
     @model_validator(mode="after")
     def _port_range(self) -> WebRTCSettings:

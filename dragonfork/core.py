@@ -23,6 +23,7 @@ from dragonfork.servers.whep import PublisherStatus, WhepServer, WhepSettings
 from dragonfork.stream.directory import StreamDirectory
 from dragonfork.stream.ingest.rtp_udp import RtpIngestSettings
 from dragonfork.stream.stream import StreamSettings
+from dragonfork.webrtc.sdp import OfferLimits
 from dragonfork.webrtc.viewer import ViewerSettings
 
 
@@ -96,6 +97,7 @@ def build_core(loaded: LoadedSettings) -> Core:
         ice_servers=ice_servers,
         public_ips=list(webrtc.public_ips),
         max_delay=webrtc.max_viewer_delay_seconds,
+        offer_limits=OfferLimits.of(webrtc),
     )
 
     def publisher_status(name: str) -> PublisherStatus | None:

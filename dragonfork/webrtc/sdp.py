@@ -10,10 +10,16 @@ mirror what aiortc 1.16 can send on the pre-encoded path:
   an audio m-line is accepted and the viewer gets video only;
 - every audio/video m-line must be ``recvonly`` or ``sendrecv`` (WHEP: the server sends) and carry what aiortc
   needs to connect (ICE credentials, DTLS setup + fingerprint, rtcp-mux).
+
+Hostile offers are refused before any parsing costs much: a byte limit (413), then one pass over the lines
+for the number of m-sections and of candidates per m-section (400), one m-section per kind, one ``a=mid``
+per m-section, unique mids, and a BUNDLE group that names existing m-sections and holds every audio/video
+one (``OfferLimits``, from the ``webrtc`` settings). Parsing is then bounded by those limits.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import ipaddress
 from collections.abc import Sequence
@@ -28,6 +34,8 @@ from aiortc.sdp import (
     candidate_to_sdp,
     parse_h264_profile_level_id,
 )
+
+from dragonfork.config import WebRTCSettings
 
 # The H.264 profiles aiortc's negotiation matches (its own codec table lists 42001f and 42e01f only).
 H264_PROFILES = {
@@ -56,6 +64,38 @@ class FragmentRejected(SdpRejected):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class OfferLimits:
+    """Bounds on an offer and on trickle fragments, checked before parsing (the ``webrtc`` settings)."""
+
+    max_bytes: int
+    max_media_sections: int
+    max_candidates: int  # per m-section of an offer, and per session over all its PATCHes
+
+    @classmethod
+    def of(cls, webrtc: WebRTCSettings) -> OfferLimits:
+        return cls(
+            max_bytes=webrtc.max_offer_bytes,
+            max_media_sections=webrtc.max_offer_media_sections,
+            max_candidates=webrtc.max_candidates_per_media_section,
+        )
+
+    @classmethod
+    def default(cls) -> OfferLimits:
+        return cls.of(WebRTCSettings())
+
+    def check_size(self, body: str, what: str, rejected: type[SdpRejected]) -> None:
+        size = len(body.encode("utf-8", "surrogateescape"))
+        if size > self.max_bytes:
+            raise rejected(413, f"the {what} has {size} bytes; webrtc.max_offer_bytes is {self.max_bytes}")
+
+    def too_many_candidates(self, where: str, rejected: type[SdpRejected]) -> SdpRejected:
+        return rejected(
+            400,
+            f"{where} has over webrtc.max_candidates_per_media_section ({self.max_candidates}) candidates",
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Offer:
     """A validated offer and the facts about it the viewer needs."""
 
@@ -66,18 +106,21 @@ class Offer:
     bundle_mid: str | None  # the first mid of the BUNDLE group: the one transport every candidate belongs to
 
 
-def validate_offer(offer_sdp: str, *, stream_has_audio: bool) -> Offer:
+def validate_offer(offer_sdp: str, *, stream_has_audio: bool, limits: OfferLimits | None = None) -> Offer:
     """Check a WHEP offer against what this server can send; raise ``OfferRejected`` naming what is missing.
 
     Remote candidates with an mDNS host name (``.local``) are removed from the returned SDP: aioice resolves
     them by multicast with a 1 s timeout (which fails in containers) inside ``setRemoteDescription``, so they
     would delay every answer. The browser's address is learnt from its connectivity checks instead.
     """
+    limits = limits or OfferLimits.default()
+    limits.check_size(offer_sdp, "offer", OfferRejected)
     lines = offer_sdp.strip().splitlines()
     if not lines or lines[0].strip() != "v=0":
         raise OfferRejected(400, "malformed SDP: the offer must start with the line v=0")
     if not any(line.startswith("m=") for line in lines):
         raise OfferRejected(400, "malformed SDP: the offer has no m= line")
+    _check_shape(lines, limits)
     lines = [line for line in lines if not _is_mdns_candidate_line(line)]
     sdp = "\r\n".join(lines) + "\r\n"
     try:
@@ -105,6 +148,7 @@ def validate_offer(offer_sdp: str, *, stream_has_audio: bool) -> Offer:
         raise OfferRejected(406, f"the audio m-line offers no opus/48000; offered: {_describe_codecs(audio)}")
 
     bundle = next((group for group in description.group if group.semantic == "BUNDLE"), None)
+    _check_bundle(description, bundle.items if bundle else None)
     ice_ufrag, ice_pwd = credentials[video_index]
     return Offer(
         sdp=sdp,
@@ -113,6 +157,67 @@ def validate_offer(offer_sdp: str, *, stream_has_audio: bool) -> Offer:
         ice_pwd=ice_pwd,
         bundle_mid=str(bundle.items[0]) if bundle and bundle.items else None,
     )
+
+
+def _check_shape(lines: list[str], limits: OfferLimits) -> None:
+    """One pass over the raw lines, before parsing: counts against the limits, kinds, mids per m-section."""
+    kinds: collections.Counter[str] = collections.Counter()
+    sections = 0
+    candidates = mids = 0
+    where = "the session part"
+    for line in lines:
+        if line.startswith("m="):
+            sections += 1
+            if sections > limits.max_media_sections:
+                raise OfferRejected(
+                    400,
+                    f"the offer has more than webrtc.max_offer_media_sections ({limits.max_media_sections}) "
+                    "m-sections",
+                )
+            kind = line[2:].split(" ", 1)[0]
+            kinds[kind] += 1
+            if kind in ("audio", "video") and kinds[kind] > 1:
+                raise OfferRejected(
+                    400, f"the offer has {kinds[kind]} {kind} m-sections; WHEP allows one per kind"
+                )
+            candidates = mids = 0
+            where = f"m-line {sections - 1} ({kind})"
+        elif line.startswith("a=candidate:"):
+            candidates += 1
+            if candidates > limits.max_candidates:
+                raise limits.too_many_candidates(where, OfferRejected)
+        elif line.startswith("a=mid:"):
+            mids += 1
+            if mids > 1:
+                raise OfferRejected(400, f"{where} has more than one a=mid line")
+
+
+def _check_bundle(description: SessionDescription, bundle: Sequence[object] | None) -> None:
+    """Every audio/video m-section has a unique mid; a BUNDLE names existing m-sections and holds them all."""
+    mids = [media.rtp.muxId for media in description.media]
+    for index, media in enumerate(description.media):
+        if media.kind in ("audio", "video") and not media.rtp.muxId:
+            raise OfferRejected(400, f"m-line {index} ({media.kind}) has no a=mid")
+    named = [mid for mid in mids if mid]
+    if len(set(named)) != len(named):
+        raise OfferRejected(400, f"the offer's m-sections repeat a mid ({', '.join(named)})")
+    if bundle is None:
+        return
+    items = [str(item) for item in bundle]
+    if not items or len(set(items)) != len(items):
+        raise OfferRejected(
+            400, f"a=group:BUNDLE must name each m-section once; got {' '.join(items) or 'nothing'}"
+        )
+    unknown = [item for item in items if item not in named]
+    if unknown:
+        raise OfferRejected(400, f"a=group:BUNDLE names mid {unknown[0]!r}, which no m-section has")
+    outside = [
+        media.rtp.muxId
+        for media in description.media
+        if media.kind in ("audio", "video") and media.rtp.muxId not in items
+    ]
+    if outside:
+        raise OfferRejected(400, f"the m-section with mid {outside[0]!r} is not in the a=group:BUNDLE")
 
 
 def _check_media_section(index: int, media: MediaDescription) -> tuple[str, str]:
@@ -201,13 +306,17 @@ class TrickleFragment:
         )
 
 
-def parse_trickle_fragment(body: str) -> TrickleFragment:
+def parse_trickle_fragment(body: str, limits: OfferLimits | None = None) -> TrickleFragment:
     """Parse an RFC 8840 sdpfrag into credentials and candidates.
 
     Candidates get the ``sdpMid`` of their media section (``a=mid``) and its index; candidate lines before any
     m= line count as the first section's. Candidates aiortc cannot use (TCP, mDNS host names) are dropped
-    silently, as the WHEP draft asks.
+    silently, as the WHEP draft asks. The size and the number of candidates are bounded by ``limits``.
     """
+    limits = limits or OfferLimits.default()
+    limits.check_size(body, "sdpfrag", FragmentRejected)
+    if body.count("a=candidate:") > limits.max_candidates:
+        raise limits.too_many_candidates("the sdpfrag", FragmentRejected)
     ice_ufrag: str | None = None
     ice_pwd: str | None = None
     end_of_candidates = False

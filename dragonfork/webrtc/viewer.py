@@ -42,6 +42,7 @@ from dragonfork import metrics
 from dragonfork.webrtc.sdp import (
     FragmentRejected,
     Offer,
+    OfferLimits,
     OfferRejected,
     advertise_addresses,
     parse_trickle_fragment,
@@ -103,6 +104,7 @@ class ViewerSettings:
     ice_servers: list[dict[str, str]] = dataclasses.field(default_factory=list)
     public_ips: list[str] = dataclasses.field(default_factory=list)  # added as host candidates to answers
     max_delay: float = 1.0  # seconds a frame may wait for the sender before the viewer skips ahead
+    offer_limits: OfferLimits = dataclasses.field(default_factory=OfferLimits.default)
 
     def __post_init__(self) -> None:
         for ip in self.public_ips:
@@ -128,6 +130,7 @@ class Viewer:
         self._pc_state_changed = trio.Event()
         self._closing = False  # in ``run``'s finally: our own pc.close() stops the senders
         self._stream: Stream | None = None
+        self._remote_candidates = 0  # trickled so far, bounded by offer_limits.max_candidates
 
     def close(self, reason: CloseReason = CloseReason.DELETE) -> None:
         """End the session (idempotent; the first reason is kept, and an ending stream comes first)."""
@@ -145,7 +148,9 @@ class Viewer:
         """
         self._offered_at = trio.current_time()
         self._stream = stream
-        offer = self._offer = validate_offer(offer_sdp, stream_has_audio=stream.has_audio)
+        offer = self._offer = validate_offer(
+            offer_sdp, stream_has_audio=stream.has_audio, limits=self.settings.offer_limits
+        )
         deadline = self._offered_at + self.settings.handshake_timeout
         max_delay = self.settings.max_delay
         video = FrameTrack(
@@ -192,10 +197,7 @@ class Viewer:
             self._closing = True
             if answered and self.close_reason is None:  # nobody called close(): the stream's scope ended
                 self.close_reason = CloseReason.PROCESS_STOPPED
-            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT) as close_scope:
-                await aio_as_trio(pc.close)()
-            if close_scope.cancelled_caught:
-                log.warning("viewer_close_timeout", viewer=self.id, process=self.process_id)
+            await self._close_pc(pc)
             for track, _ in feeds:
                 track.stop()
             self.state = ViewerState.CLOSED
@@ -204,12 +206,16 @@ class Viewer:
 
     async def add_remote_candidates(self, sdpfrag: str) -> None:
         """Apply a trickle-ICE PATCH body (RFC 8840). ICE restarts are refused with 422."""
-        fragment = parse_trickle_fragment(sdpfrag)
+        limits = self.settings.offer_limits
+        fragment = parse_trickle_fragment(sdpfrag, limits)
         offer, pc = self._offer, self._pc
         if offer is None or pc is None or self.state is ViewerState.CLOSED:
             return
         if fragment.restarts_ice(offer.ice_ufrag, offer.ice_pwd):
             raise FragmentRejected(422, "ICE restart is not supported; start a new WHEP session")
+        self._remote_candidates += len(fragment.candidates)
+        if self._remote_candidates > limits.max_candidates:
+            raise limits.too_many_candidates("this session's trickled ICE", FragmentRejected)
         for candidate in fragment.candidates:
             if offer.bundle_mid is not None:
                 # With BUNDLE every m-line shares the first one's transport; aiortc only looks there.
@@ -227,12 +233,29 @@ class Viewer:
             transceiver.setCodecPreferences(preferred_codecs(track.kind))
         try:
             await aio_as_trio(pc.setRemoteDescription)(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+            await aio_as_trio(pc.setLocalDescription)()  # creates the answer and gathers every candidate
         except OperationError as exc:  # no codec in common
             raise OfferRejected(406, f"offer refused by the WebRTC stack: {exc}") from exc
-        except ValueError as exc:
-            raise OfferRejected(400, f"offer refused by the WebRTC stack: {exc}") from exc
-        await aio_as_trio(pc.setLocalDescription)()  # creates the answer and gathers every candidate
+        except Exception as exc:  # noqa: BLE001 - the offer passed our checks; aiortc's own refusal is still a 400
+            log.info("offer_refused_by_aiortc", viewer=self.id, process=self.process_id, error=repr(exc))
+            raise OfferRejected(
+                400, f"offer refused by the WebRTC stack: {type(exc).__name__}: {exc}"
+            ) from exc
         return advertise_addresses(pc.localDescription.sdp, self.settings.public_ips)
+
+    async def _close_pc(self, pc: RTCPeerConnection) -> None:
+        """Close the peer connection, bounded in time; a failure to close is logged, never raised.
+
+        aiortc can fail half-way through ``close()`` after an offer it refused (a transceiver without a
+        sender's transport); the viewer's own outcome (the refusal) must reach the client, not that.
+        """
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT) as close_scope:
+            try:
+                await aio_as_trio(pc.close)()
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                log.warning("viewer_close_failed", viewer=self.id, process=self.process_id, error=repr(exc))
+        if close_scope.cancelled_caught:
+            log.warning("viewer_close_timeout", viewer=self.id, process=self.process_id)
 
     async def _connect(self, pc: RTCPeerConnection, deadline: float) -> bool:
         """Wait for ICE+DTLS until the deadline; True when connected, else the viewer is closed."""

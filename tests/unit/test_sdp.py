@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from dragonfork.webrtc.sdp import (
     FragmentRejected,
+    OfferLimits,
     OfferRejected,
     advertise_addresses,
     parse_trickle_fragment,
@@ -395,3 +396,82 @@ def test_no_advertised_addresses_leaves_the_answer_unchanged() -> None:
 
 def test_an_advertised_address_equal_to_the_host_address_is_not_repeated() -> None:
     assert len(candidates_of(advertise_addresses(ANSWER, ["192.0.2.2"]))) == 3
+
+
+# --- hostile offers: limits and structure, checked before parsing (issue 9) -------------------------------
+
+
+def _candidates(count: int) -> str:
+    return "".join(
+        f"a=candidate:{n} 1 udp 2122260223 127.0.0.1 {10000 + n} typ host\r\n" for n in range(count)
+    )
+
+
+def test_structure_check_runs_before_aiortc_parses_the_offer() -> None:
+    # Before: a duplicated video m-section passed validation and made aiortc fail with a 500.
+    text = offer()
+    duplicated = text + video_section(text)
+    with pytest.raises(OfferRejected) as rejected:
+        validate_offer(duplicated, stream_has_audio=True)
+    assert rejected.value.status == 400 and "2 video m-sections" in rejected.value.message
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"a=mid:1": "a=mid:0"}, "repeat a mid"),
+        ({"a=mid:1\r\n": ""}, "has no a=mid"),
+        ({"a=mid:1\r\n": "a=mid:1\r\na=mid:2\r\n"}, "more than one a=mid"),
+        ({"a=group:BUNDLE 0 1": "a=group:BUNDLE 0 7"}, "names mid '7'"),
+        ({"a=group:BUNDLE 0 1": "a=group:BUNDLE 0"}, "not in the a=group:BUNDLE"),
+        ({"a=group:BUNDLE 0 1": "a=group:BUNDLE 0 0 1"}, "each m-section once"),
+    ],
+)
+def test_inconsistent_mids_and_bundle_are_400(change: dict[str, str], message: str) -> None:
+    text = offer()
+    for old, new in change.items():
+        assert old in text
+        text = text.replace(old, new, 1)
+    with pytest.raises(OfferRejected) as rejected:
+        validate_offer(text, stream_has_audio=True)
+    assert rejected.value.status == 400 and message in rejected.value.message, rejected.value.message
+
+
+def test_size_and_count_limits_name_the_setting() -> None:
+    limits = OfferLimits(max_bytes=8192, max_media_sections=3, max_candidates=5)
+    text = offer()
+    with pytest.raises(OfferRejected) as big:
+        validate_offer(text + "a=x-huge:" + "A" * 9000 + "\r\n", stream_has_audio=True, limits=limits)
+    assert big.value.status == 413 and "webrtc.max_offer_bytes" in big.value.message
+    with pytest.raises(OfferRejected) as many:
+        validate_offer(
+            text.replace("a=mid:1\r\n", "a=mid:1\r\n" + _candidates(6)), stream_has_audio=True, limits=limits
+        )
+    assert many.value.status == 400 and "webrtc.max_candidates_per_media_section (5)" in many.value.message
+    assert "m-line 1 (video)" in many.value.message
+    sections = text + "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\n" * 2
+    with pytest.raises(OfferRejected) as wide:
+        validate_offer(sections, stream_has_audio=True, limits=limits)
+    assert wide.value.status == 400 and "webrtc.max_offer_media_sections (3)" in wide.value.message
+    assert validate_offer(
+        text.replace("a=mid:1\r\n", "a=mid:1\r\n" + _candidates(5)), stream_has_audio=True, limits=limits
+    )
+
+
+def test_ten_thousand_candidates_are_refused_by_size_before_any_parsing() -> None:
+    # Before: 10,000 candidates (576 KB) were parsed for 11 s on the event loop, then accepted.
+    huge = offer().replace("a=mid:1\r\n", "a=mid:1\r\n" + _candidates(10_000))
+    with pytest.raises(OfferRejected) as rejected:
+        validate_offer(huge, stream_has_audio=True)
+    assert rejected.value.status == 413
+
+
+def test_trickle_fragment_limits() -> None:
+    limits = OfferLimits(max_bytes=4096, max_media_sections=3, max_candidates=3)
+    with pytest.raises(FragmentRejected) as many:
+        parse_trickle_fragment("a=mid:0\r\n" + _candidates(4), limits)
+    assert many.value.status == 400 and "max_candidates_per_media_section" in many.value.message
+    with pytest.raises(FragmentRejected) as big:
+        parse_trickle_fragment("a=mid:0\r\n" + "a=x:" + "y" * 5000 + "\r\n", limits)
+    assert big.value.status == 413
+    assert len(parse_trickle_fragment("a=mid:0\r\n" + _candidates(3), limits).candidates) == 3
