@@ -131,6 +131,7 @@ class Viewer:
         self._closing = False  # in ``run``'s finally: our own pc.close() stops the senders
         self._stream: Stream | None = None
         self._remote_candidates = 0  # trickled so far, bounded by offer_limits.max_candidates
+        self.entity_tag = '""'  # the session's WHEP ETag, set with the answer (PATCH If-Match compares it)
 
     def close(self, reason: CloseReason = CloseReason.DELETE) -> None:
         """End the session (idempotent; the first reason is kept, and an ending stream comes first)."""
@@ -204,14 +205,16 @@ class Viewer:
             if answered:
                 self._record_end()
 
-    async def add_remote_candidates(self, sdpfrag: str) -> None:
-        """Apply a trickle-ICE PATCH body (RFC 8840). ICE restarts are refused with 422."""
+    async def add_remote_candidates(self, sdpfrag: str, *, if_match_sent: bool = True) -> None:
+        """Apply a trickle-ICE PATCH body (RFC 8840). ICE restarts: 428 without If-Match, else 422."""
         limits = self.settings.offer_limits
         fragment = parse_trickle_fragment(sdpfrag, limits)
         offer, pc = self._offer, self._pc
         if offer is None or pc is None or self.state is ViewerState.CLOSED:
             return
         if fragment.restarts_ice(offer.ice_ufrag, offer.ice_pwd):
+            if not if_match_sent:
+                raise FragmentRejected(428, "an ICE restart (new ice-ufrag/ice-pwd) requires If-Match")
             raise FragmentRejected(422, "ICE restart is not supported; start a new WHEP session")
         self._remote_candidates += len(fragment.candidates)
         if self._remote_candidates > limits.max_candidates:

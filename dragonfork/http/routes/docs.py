@@ -504,13 +504,22 @@ ROUTES: tuple[Route, ...] = (
         response=_SDP,
         errors=(406, 409, 503, 504),
     ),
+    *(
+        Route(method, path, f"WHEP: {what} exists (draft-04: 204 without a body)", status=204)
+        for method in ("get", "head")
+        for path, what in (
+            ("/api/v3/whep/{id}", "the endpoint"),
+            ("/api/v3/whep/{id}/{resource}", "the session"),
+        )
+    ),
     Route(
         "patch",
         "/api/v3/whep/{id}/{resource}",
-        "WHEP: trickle ICE candidates (an ICE restart is refused with 422)",
+        "WHEP: trickle ICE candidates (If-Match other than the ETag: 412; ICE restart: 428 without If-Match, "
+        "else 422)",
         body=_TRICKLE,
         status=204,
-        errors=(422,),
+        errors=(412, 422, 428),
     ),
     Route(
         "delete",

@@ -1,8 +1,10 @@
 """WHEP (``/api/v3/whep/{processID}``): the IETF draft's HTTP rules plus this project's error matrix.
 
 POST offer → 201 + answer (Location, ETag, Link ice-server); PATCH trickle-ice-sdpfrag → 204 (ICE restart:
-422); DELETE → 204, idempotent. Every route answers CORS preflights; ``Authorization`` is listed explicitly
-because a literal ``*`` does not cover it.
+422; without ``If-Match`` 428); a PATCH whose ``If-Match`` is not the session's ETag → 412; DELETE → 204,
+idempotent; HEAD/GET on the endpoint or a session → 204 without a body (draft-04), 404 when it does not
+exist. Every route answers CORS preflights; ``Authorization`` is listed explicitly because a literal ``*``
+does not cover it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ PREFIX = "/api/v3/whep"
 
 
 def _api_error(refused: WhepRefused) -> ApiError:
-    headers = {"Retry-After": str(refused.retry_after)} if refused.retry_after is not None else None
+    headers = dict(refused.headers)
+    if refused.retry_after is not None:
+        headers["Retry-After"] = str(refused.retry_after)
     return ApiError(
         refused.status, refused.message, field=refused.field or "", details=refused.details, headers=headers
     )
@@ -60,7 +64,7 @@ def whep_blueprint(core: Core) -> Blueprint:
     @bp.route(f"{PREFIX}/<process_id>", methods=["OPTIONS"])
     @bp.route(f"{PREFIX}/<process_id>/<resource_id>", methods=["OPTIONS"])
     async def preflight(process_id: str, resource_id: str | None = None):  # type: ignore[no-untyped-def]
-        methods = "POST, OPTIONS" if resource_id is None else "PATCH, DELETE, OPTIONS"
+        methods = "POST, GET, HEAD, OPTIONS" if resource_id is None else "PATCH, DELETE, GET, HEAD, OPTIONS"
         headers = {
             "Access-Control-Allow-Methods": methods,
             "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
@@ -72,6 +76,22 @@ def whep_blueprint(core: Core) -> Blueprint:
         else:
             headers["Accept-Patch"] = "application/trickle-ice-sdpfrag"
         return Response(status=204, headers=headers)
+
+    @bp.get(f"{PREFIX}/<process_id>")  # Quart answers HEAD from GET routes
+    async def endpoint(process_id: str):  # type: ignore[no-untyped-def]
+        try:
+            core.whep.check_endpoint(process_id)
+        except WhepRefused as refused:
+            raise _api_error(refused) from None
+        return Response(status=204, headers={"Accept-Post": "application/sdp"})
+
+    @bp.get(f"{PREFIX}/<process_id>/<resource_id>")
+    async def session_resource(process_id: str, resource_id: str):  # type: ignore[no-untyped-def]
+        try:
+            etag = core.whep.session_etag(process_id, resource_id)
+        except WhepRefused as refused:
+            raise _api_error(refused) from None
+        return Response(status=204, headers={"ETag": etag, "Accept-Patch": "application/trickle-ice-sdpfrag"})
 
     @bp.post(f"{PREFIX}/<process_id>")
     async def offer(process_id: str):  # type: ignore[no-untyped-def]
@@ -95,7 +115,7 @@ def whep_blueprint(core: Core) -> Blueprint:
     async def trickle(process_id: str, resource_id: str):  # type: ignore[no-untyped-def]
         body = (await read_body("application/trickle-ice-sdpfrag")).decode("utf-8", "replace")
         try:
-            await core.whep.trickle(process_id, resource_id, body)
+            await core.whep.trickle(process_id, resource_id, body, if_match=request.headers.get("If-Match"))
         except WhepRefused as refused:
             raise _api_error(refused) from None
         return Response(status=204)

@@ -53,6 +53,7 @@ class WhepRefused(Exception):
         field: str | None = None,
         details: list[str] | None = None,
         retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -60,6 +61,7 @@ class WhepRefused(Exception):
         self.field = field
         self.details = details  # "<field>: <text>" entries, when the message alone does not say enough
         self.retry_after = retry_after
+        self.headers = headers or {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,13 +90,28 @@ class WhepServer:
     def viewer_count(self, name: str) -> int:
         return self.sessions.count(name)
 
-    async def new_session(self, name: str, offer_sdp: str) -> WhepSession:
-        """Answer ``offer_sdp`` with a viewer of stream ``name``; raises ``WhepRefused``."""
+    def check_endpoint(self, name: str) -> PublisherStatus:
+        """The publisher of WHEP endpoint ``name``; ``WhepRefused`` 404 when there is none (GET/HEAD too)."""
         status = self._publisher_status(name)
         if status is None:
             raise WhepRefused(404, f"process {name!r} not found", field="processID")
         if not status.serves_webrtc:
             raise WhepRefused(404, f"process {name!r} does not serve WebRTC (webrtc.enabled is false)")
+        return status
+
+    def _session(self, name: str, resource_id: str) -> Viewer:
+        viewer = self.sessions.get(resource_id)
+        if viewer is None or viewer.process_id != name:
+            raise WhepRefused(404, f"no WHEP session {resource_id!r} on process {name!r}", field="resource")
+        return viewer
+
+    def session_etag(self, name: str, resource_id: str) -> str:
+        """The ETag of a session (GET/HEAD on it); ``WhepRefused`` 404 when there is none."""
+        return self._session(name, resource_id).entity_tag
+
+    async def new_session(self, name: str, offer_sdp: str) -> WhepSession:
+        """Answer ``offer_sdp`` with a viewer of stream ``name``; raises ``WhepRefused``."""
+        status = self.check_endpoint(name)
         wait = self.settings.publisher_wait if status.started else 0.0
         try:
             stream = await self.directory.wait_live(name, wait)
@@ -128,15 +145,27 @@ class WhepServer:
                 f"the session on {name!r} ended while it was being set up; retry shortly",
                 retry_after=RETRY_AFTER_NOT_LIVE,
             ) from None
-        return WhepSession(viewer.id, answer)
+        session = WhepSession(viewer.id, answer)
+        viewer.entity_tag = session.etag
+        return session
 
-    async def trickle(self, name: str, resource_id: str, sdpfrag: str) -> None:
-        """Apply a trickle-ICE fragment to a session; raises ``WhepRefused`` (404, 4xx for the fragment)."""
-        viewer = self.sessions.get(resource_id)
-        if viewer is None or viewer.process_id != name:
-            raise WhepRefused(404, f"no WHEP session {resource_id!r} on process {name!r}", field="resource")
+    async def trickle(
+        self, name: str, resource_id: str, sdpfrag: str, *, if_match: str | None = None
+    ) -> None:
+        """Apply a trickle-ICE fragment to a session; raises ``WhepRefused`` (404, 412, 4xx for the fragment).
+
+        ``if_match`` is the request's ``If-Match``: when present it must be ``*`` or the session's ETag.
+        """
+        viewer = self._session(name, resource_id)
+        if if_match is not None and not _matches(if_match, viewer.entity_tag):
+            raise WhepRefused(
+                412,
+                f"If-Match {if_match[:80]!r} is not this session's ETag {viewer.entity_tag}",
+                field="If-Match",
+                headers={"ETag": viewer.entity_tag},
+            )
         try:
-            await viewer.add_remote_candidates(sdpfrag)
+            await viewer.add_remote_candidates(sdpfrag, if_match_sent=if_match is not None)
         except SdpRejected as exc:
             raise WhepRefused(exc.status, exc.message, field="sdpfrag") from None
 
@@ -145,3 +174,8 @@ class WhepServer:
         viewer = self.sessions.get(resource_id)
         if viewer is not None and viewer.process_id == name:
             viewer.close(CloseReason.DELETE)
+
+
+def _matches(if_match: str, entity_tag: str) -> bool:
+    """RFC 9110 §13.1.1: ``*`` or a list of entity tags, compared strongly (a weak ``W/`` never matches)."""
+    return if_match.strip() == "*" or entity_tag in (tag.strip() for tag in if_match.split(","))
