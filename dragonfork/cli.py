@@ -10,7 +10,6 @@ import errno
 import faulthandler
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -24,7 +23,6 @@ from dragonfork.config import (
     ConfigError,
     LoadedSettings,
     auth_problem,
-    host_port,
     leaf_paths,
     load_settings,
     redacted,
@@ -86,11 +84,13 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
 def _startup_failure(exc: BaseException, loaded: LoadedSettings) -> tuple[str, int] | None:
     """A message and exit code for failures a user can fix; None for anything else (a bug: traceback)."""
     from dragonfork.process.store import DatabaseError
-    from dragonfork.server import UnsafeBind
+    from dragonfork.server import StartupRefused, UnsafeBind
 
     for leaf in _leaves(exc):
         if isinstance(leaf, UnsafeBind):
             return str(leaf), EXIT_CONFIG
+        if isinstance(leaf, StartupRefused):
+            return str(leaf), EXIT_FAILED
         if isinstance(leaf, DatabaseError):
             return str(leaf), EXIT_FAILED
         if isinstance(leaf, OSError) and leaf.errno == errno.EADDRINUSE:
@@ -149,13 +149,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         return f"{settings.ffmpeg_binary} version {skills.version} with libx264 and libopus"
 
     def http_port() -> str:
-        host, port = host_port(settings.address)
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, port))
-            except OSError as exc:
-                raise RuntimeError(f"cannot bind {settings.address}: {exc.strerror}") from None
+        from dragonfork.server import check_http_port
+
+        check_http_port(settings.address)
         return f"{settings.address} is free"
 
     def rtp_ports() -> str:

@@ -527,11 +527,22 @@ class ManagedProcess:
 
 
 _STATS_LINE = re.compile(r"^\s*(frame|size)=")
+_CONVERSION_FAILED = "Conversion failed!"
+_ERROR_LINE = re.compile(r"\bError\b|\bfailed\b")
+_FAILURE_CASCADE_LINES = 20  # how far before "Conversion failed!" the cause is looked for
 
 
 def _explanation(log: LogRing) -> str:
-    """The line that most likely says why FFmpeg failed: its last one that is not a statistics line."""
-    for _, line in reversed(log.lines()):
-        if not _STATS_LINE.match(line):
-            return line
-    return ""
+    """The line that most likely says why FFmpeg failed.
+
+    That is its last line that is not a statistics line, unless that is the generic "Conversion failed!":
+    then the cause is the first ``Error …`` or ``… failed`` line of the cascade of lines before it (an
+    encoder that cannot open, then its filter, its thread and its output each report their own end).
+    """
+    lines = [line for _, line in log.lines() if not _STATS_LINE.match(line)]
+    if not lines:
+        return ""
+    if lines[-1].strip() != _CONVERSION_FAILED:
+        return lines[-1]
+    cascade = lines[-1 - _FAILURE_CASCADE_LINES : -1]
+    return next((line for line in cascade if _ERROR_LINE.search(line)), lines[-1])
