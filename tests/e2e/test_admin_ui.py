@@ -90,9 +90,14 @@ def test_admin_login_create_validate_webrtc_watch_log_delete(
     log_in(page, server)
     page.wait_for_selector("tr[data-id=backup]")
     assert row(page, "backup", "state") == "finished"
-    page.wait_for_selector("tr[data-id=archive] .error-text")
-    # The list shows why it failed, in FFmpeg's own words.
+    page.wait_for_selector("tr[data-id=archive] .last-error")
+    # The list shows why it failed, in FFmpeg's own words, set off from the row.
     assert row(page, "archive", "state") == "failed\nError opening input files: Invalid argument"
+    highlight = page.locator("tr[data-id=archive] .last-error").evaluate(
+        "e => { const s = getComputedStyle(e); return [s.backgroundColor, s.borderLeftWidth, s.color]; }"
+    )
+    assert highlight[0] not in ("rgba(0, 0, 0, 0)", "transparent") and highlight[1] == "3px", highlight
+    screenshot(page, "admin-last-error")
 
     # Create through the form; the API's validation error appears beside the field it names.
     page.click("#new-process")

@@ -149,7 +149,7 @@ function renderRow(row, process) {
     ...present(
       el("span", { class: `badge state-${state.exec}`, title: `order: ${state.order}` }, state.exec),
       state.restarts > 0 && el("small", { class: "muted" }, `${state.restarts} restarts`),
-      state.last_error && el("small", { class: "error-text", title: state.last_error }, state.last_error),
+      state.last_error && el("small", { class: "last-error", title: state.last_error }, state.last_error),
     ),
   );
   row.cells.uptime.textContent = live ? duration(state.runtime_seconds) : "—";
