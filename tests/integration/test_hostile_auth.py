@@ -43,6 +43,12 @@ def _login(server: Server, password: str, **headers: str) -> Any:
     )
 
 
+def _dragonfork(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dragonfork", command], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
 def _forged(claims: dict[str, Any], secret: str = SECRET) -> str:
     return jwt.encode(claims, secret, algorithm="HS256")
 
@@ -167,23 +173,11 @@ def test_unusable_auth_settings_refuse_to_start_and_check_says_so(
     # Before: auth enabled without username/password started, an empty login then got tokens, and
     # `dragonfork check` called it "ready to serve".
     environment = server_env(tmp_path, **{**AUTH_ENV, **env})
-    result = subprocess.run(
-        [sys.executable, "-m", "dragonfork", "serve"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _dragonfork("serve", environment)
     assert result.returncode == 2, result.stderr
     assert named in result.stderr, result.stderr
     assert not (tmp_path / "data" / "db.json").exists()
-    check = subprocess.run(
-        [sys.executable, "-m", "dragonfork", "check"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    check = _dragonfork("check", environment)
     assert check.returncode == 1 and "NOT READY" in check.stdout, check.stdout
     assert re.search(rf"\[FAIL\] security: .*{named}", check.stdout), check.stdout
 
