@@ -34,7 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCIceCandidate,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.exceptions import OperationError
 from trio_asyncio import aio_as_trio
 
@@ -219,13 +225,16 @@ class Viewer:
         self._remote_candidates += len(fragment.candidates)
         if self._remote_candidates > limits.max_candidates:
             raise limits.too_many_candidates("this session's trickled ICE", FragmentRejected)
-        for candidate in fragment.candidates:
-            if offer.bundle_mid is not None:
-                # With BUNDLE every m-line shares the first one's transport; aiortc only looks there.
-                candidate = dataclasses.replace(candidate, sdpMid=offer.bundle_mid, sdpMLineIndex=None)
-            await aio_as_trio(pc.addIceCandidate)(candidate)
+        candidates: list[RTCIceCandidate | None] = list(fragment.candidates)
+        if offer.bundle_mid is not None:
+            # With BUNDLE every m-line shares the first one's transport; aiortc only looks there.
+            candidates = [
+                dataclasses.replace(candidate, sdpMid=offer.bundle_mid, sdpMLineIndex=None)
+                for candidate in fragment.candidates
+            ]
         if fragment.end_of_candidates:
-            await aio_as_trio(pc.addIceCandidate)(None)
+            candidates.append(None)
+        await aio_as_trio(_add_ice_candidates)(pc, candidates)  # one trio → asyncio hop for the whole PATCH
 
     # --- the steps of run() ----------------------------------------------------------------------------
 
@@ -358,6 +367,12 @@ def _leaf_type(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return type(exc).__name__
+
+
+async def _add_ice_candidates(pc: RTCPeerConnection, candidates: list[RTCIceCandidate | None]) -> None:
+    """``addIceCandidate`` for each (``None``: end of candidates), on the asyncio side."""
+    for candidate in candidates:
+        await pc.addIceCandidate(candidate)
 
 
 async def _latest_receiver_reports(pc: RTCPeerConnection) -> tuple[object, ...]:

@@ -111,6 +111,9 @@ def test_refresh_with_bad_tokens_is_throttled_too(tmp_path: Path) -> None:
         (_claims(iat=int(time.time()) + 3600), "iat"),  # issued in the future beyond the clock skew
         (_claims(exp=int(time.time()) - 3600), "expired"),
         (_claims(usefor="refresh"), "access token"),
+        (_claims(exp=10**30), "lasting at most"),  # a lifetime no token issued here has
+        (_claims(iat=True), "lasting at most"),
+        (_claims(exp=str(int(time.time()) + 60)), "invalid token"),
     ],
 )
 def test_incomplete_or_foreign_tokens_are_401_invalid_token(
@@ -205,6 +208,9 @@ def test_metrics_protect_puts_metrics_behind_the_api_auth(tmp_path: Path) -> Non
         assert scraped.status_code == 200 and "dragonfork_http_requests_total" in scraped.text
         wrong = base64.b64encode(f"{USERNAME}:nope".encode()).decode()
         assert server.api("GET", "/metrics", headers={"Authorization": f"Basic {wrong}"}).status_code == 401
+        # Found by the fuzzer: Basic credentials that are not ASCII were a 500.
+        garbage = server.api("GET", "/metrics", headers={"Authorization": b"Basic \x8c\xd2\x90\xff"})
+        assert garbage.status_code == 401, garbage.text
         assert server.api("GET", "/ping", headers={"Authorization": ""}).status_code == 200
 
 
