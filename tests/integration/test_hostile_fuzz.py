@@ -67,6 +67,7 @@ TRICKLE = {"Content-Type": "application/trickle-ice-sdpfrag"}
 PING_MONITOR = """
 import os, sys, time, httpx
 url, out, interval = sys.argv[1], sys.argv[2], float(sys.argv[3])
+parent = os.getppid()
 samples = []
 with httpx.Client(timeout=10) as client:
     while True:
@@ -76,7 +77,7 @@ with httpx.Client(timeout=10) as client:
             samples.append((time.time(), time.perf_counter() - began))
         except httpx.HTTPError:
             samples.append((time.time(), 10.0))
-        if os.path.exists(out + ".stop"):
+        if os.path.exists(out + ".stop") or os.getppid() != parent:  # stopped, or the test is gone
             break
         time.sleep(max(0.0, interval - (time.perf_counter() - began)))
 open(out, "w").write("\\n".join(f"{at:.6f} {latency:.6f}" for at, latency in samples))
