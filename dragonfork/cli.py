@@ -83,6 +83,7 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
 
 def _startup_failure(exc: BaseException, loaded: LoadedSettings) -> tuple[str, int] | None:
     """A message and exit code for failures a user can fix; None for anything else (a bug: traceback)."""
+    from dragonfork.process.registry import DiskDirUnavailable
     from dragonfork.process.store import DatabaseError
     from dragonfork.server import StartupRefused, UnsafeBind
 
@@ -91,7 +92,7 @@ def _startup_failure(exc: BaseException, loaded: LoadedSettings) -> tuple[str, i
             return str(leaf), EXIT_CONFIG
         if isinstance(leaf, StartupRefused):
             return str(leaf), EXIT_FAILED
-        if isinstance(leaf, DatabaseError):
+        if isinstance(leaf, DatabaseError | DiskDirUnavailable):
             return str(leaf), EXIT_FAILED
         if isinstance(leaf, OSError) and leaf.errno == errno.EADDRINUSE:
             return f"address {loaded.settings.address} is already in use", EXIT_FAILED

@@ -23,7 +23,7 @@ import trio_asyncio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from dragonfork.config import LoadedSettings, Settings, host_port, is_loopback_host
+from dragonfork.config import LoadedSettings, host_port, is_loopback_host
 from dragonfork.core import Core, build_core
 from dragonfork.http.app import create_app
 from dragonfork.http.body_guard import UnreadBodyGuard
@@ -37,7 +37,7 @@ class UnsafeBind(Exception):
 
 
 class StartupRefused(Exception):
-    """Something the server needs before it starts anything is unavailable (a port, a directory)."""
+    """Something the server needs before it starts anything is unavailable (its HTTP port)."""
 
 
 def check_http_port(address: str) -> None:
@@ -49,16 +49,6 @@ def check_http_port(address: str) -> None:
             sock.bind((host, port))
         except OSError as exc:
             raise StartupRefused(f"cannot bind the HTTP address {address}: {exc.strerror}") from None
-
-
-def prepare_disk_dir(settings: Settings) -> None:
-    """Create the directory ``{diskfs}`` expands to, so the first process writing there finds it."""
-    try:
-        settings.disk_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StartupRefused(
-            f"cannot create storage.disk.dir {settings.disk_dir} (CORE_STORAGE_DISK_DIR): {exc.strerror}"
-        ) from None
 
 
 def check_bind_is_safe(loaded: LoadedSettings) -> None:
@@ -100,9 +90,9 @@ async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None
     """Run the server until SIGINT or SIGTERM, then shut down gracefully."""
     started_at = started_at or time.perf_counter()
     check_bind_is_safe(loaded)
-    # Before any process starts or db.json is written: a failure here leaves nothing behind.
+    # Before any process starts or db.json is written: a failure here leaves nothing behind. (The registry
+    # creates the disk directory once the database has loaded, before it starts any process.)
     check_http_port(loaded.settings.address)
-    prepare_disk_dir(loaded.settings)
     core = build_core(loaded)
     async with trio_asyncio.open_loop() as loop, trio.open_nursery() as root:
         loop.set_exception_handler(log_asyncio_error)

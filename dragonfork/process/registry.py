@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -42,6 +43,10 @@ DEMO_PROCESS = {
     "stale_timeout_seconds": 30,
     "webrtc": {"enabled": True, "video_map": "0:v:0", "audio_map": "1:a:0"},
 }
+
+
+class DiskDirUnavailable(Exception):
+    """The directory ``{diskfs}`` expands to cannot be created; nothing is started."""
 
 
 class ProcessNotFound(LookupError):
@@ -99,9 +104,18 @@ class Registry:
             await self._persist()
         log.info("registry stopped", processes=len(self.processes))
 
+    def _prepare_disk_dir(self) -> None:
+        try:
+            Path(self.diskfs).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DiskDirUnavailable(
+                f"cannot create storage.disk.dir {self.diskfs} (CORE_STORAGE_DISK_DIR): {exc.strerror}"
+            ) from None
+
     async def _restore(self) -> None:
         first_run = not self.store.exists()
         data = await trio.to_thread.run_sync(self.store.load)
+        await trio.to_thread.run_sync(self._prepare_disk_dir)  # before any process can write to {diskfs}
         self.metadata = data.get("metadata", {})
         entries = data["processes"]
         if first_run and self.seed_demo:
