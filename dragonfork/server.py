@@ -15,6 +15,7 @@ trio.run(serve)
 from __future__ import annotations
 
 import signal
+import socket
 import time
 
 import structlog
