@@ -26,6 +26,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from dragonfork.config import LoadedSettings, host_port, is_loopback_host
 from dragonfork.core import Core, build_core
 from dragonfork.http.app import create_app
+from dragonfork.http.expect_continue import challenge_memfs_writes_first
 from dragonfork.systemd import notify_systemd, watch_event_loop
 
 log = structlog.get_logger("dragonfork.server")
@@ -115,5 +116,7 @@ async def _serve_http(
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 2
+    if core.files.memfs_auth.enable:
+        challenge_memfs_writes_first()
     app = create_app(core)
     await hypercorn_serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
