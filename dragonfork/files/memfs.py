@@ -40,6 +40,7 @@ class MemFS(Filesystem):
         self._files: dict[str, _MemFile] = {}  # in write order: the first entry is the oldest
         self._stored = 0
         self._in_flight = 0
+        self.exhausted = False  # a write was refused for lack of space and nothing has been freed since
 
     @property
     def limit_bytes(self) -> int:
@@ -98,6 +99,14 @@ class MemFS(Filesystem):
             return
         if upload_size > self._limit:
             raise StorageFull(f"file is larger than storage.memory.max_size_mbytes ({self._limit} bytes)")
+        try:
+            self._make_room(path, arriving)
+        except StorageFull:
+            self.exhausted = True
+            raise
+
+    def _make_room(self, path: str, arriving: int) -> None:
+        """Purge the oldest files (never ``path`` itself) until ``arriving`` bytes fit, when allowed."""
         replaced = len(self._files[path].data) if path in self._files else 0
         needed = self._stored - replaced + self._in_flight + arriving - self._limit
         if needed <= 0:
@@ -127,4 +136,5 @@ class MemFS(Filesystem):
         if entry is None:
             return False
         self._stored -= len(entry.data)
+        self.exhausted = False
         return True

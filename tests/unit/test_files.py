@@ -123,9 +123,12 @@ async def test_memfs_full_refuses_and_keeps_old_content() -> None:
         await fs.write("/b.ts", chunks(b"b" * 3 * KIB, b"b" * 3 * KIB))
     assert fs.stat("/b.ts") is None
     assert fs.used_bytes() == 6 * KIB  # the refused upload released what it held
+    assert fs.exhausted  # until something is freed, the HTTP layer refuses writes up front
     assert await fs.write("/a.ts", chunks(b"c" * 9 * KIB)) is False  # replacing a file frees its old size
     with pytest.raises(StorageFull, match="larger than"):
         await fs.write("/big.ts", chunks(b"x" * 11 * KIB))
+    fs.delete("/a.ts")
+    assert not fs.exhausted
 
 
 async def test_memfs_purge_drops_the_oldest_files_first() -> None:

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from email.utils import formatdate
 from typing import Any
 
+import structlog
 from quart import Blueprint, jsonify, request
 from quart_trio.wrappers import TrioRequest
 from quart_trio.wrappers import TrioResponse as Response
@@ -39,6 +40,8 @@ from dragonfork.files.filesystem import (
 )
 from dragonfork.files.service import FileService, ServedFile
 from dragonfork.http.errors import ApiError
+
+log = structlog.get_logger("dragonfork.files")
 
 UPLOAD_PREFIXES = ("/memfs/", "/api/v3/fs/")
 APP_PREFIXES = ("/api/", "/memfs/", "/ui/")  # never looked up in diskfs
@@ -66,11 +69,15 @@ class FileUploadRequest(TrioRequest):
         super().__init__(method, scheme, path, *args, **kwargs)
 
 
+def _path_refused(exc: InvalidPath) -> ApiError:
+    return ApiError(400, f"path: {exc}", {"field": "path"})
+
+
 def _filesystem_path(raw: str) -> str:
     try:
         return clean_path(raw)
     except InvalidPath as exc:
-        raise ApiError(400, f"path: {exc}", {"field": "path"}) from None
+        raise _path_refused(exc) from None
 
 
 def _byte_range(size: int) -> tuple[int, int] | None:
@@ -93,7 +100,10 @@ def _byte_range(size: int) -> tuple[int, int] | None:
 async def send_file(files: FileService, filesystem: Filesystem, raw_path: str) -> Response:
     """A file of ``filesystem`` as the response to this GET or HEAD (404 JSON when there is none)."""
     path = _filesystem_path(raw_path)
-    info = filesystem.stat(path)
+    try:
+        info = filesystem.stat(path)
+    except InvalidPath as exc:
+        raise _path_refused(exc) from None
     if info is None:
         raise ApiError(404, f"file {path!r} not found in filesystem {filesystem.name!r}", {"field": "path"})
     span = _byte_range(info.size_bytes)
@@ -139,10 +149,11 @@ async def _receive(filesystem: Filesystem, raw_path: str) -> Response:
         created = await filesystem.write(path, aiter(request.body))
     except StorageFull as exc:
         metrics.FILES_REFUSED.labels(filesystem.name, "full").inc()
+        log.warning("write refused", filesystem=filesystem.name, path=path, reason=str(exc))
         raise ApiError(507, f"{path}: {exc}", {"field": "body"}) from None
     except InvalidPath as exc:
         metrics.FILES_REFUSED.labels(filesystem.name, "path").inc()
-        raise ApiError(400, f"path: {exc}", {"field": "path"}) from None
+        raise _path_refused(exc) from None
     response = Response(b"", status=201 if created else 204)
     response.headers["Content-Location"] = request.path
     return response
@@ -150,7 +161,11 @@ async def _receive(filesystem: Filesystem, raw_path: str) -> Response:
 
 def _remove(filesystem: Filesystem, raw_path: str) -> Response:
     path = _filesystem_path(raw_path)
-    if not filesystem.delete(path):
+    try:
+        deleted = filesystem.delete(path)
+    except InvalidPath as exc:
+        raise _path_refused(exc) from None
+    if not deleted:
         raise ApiError(404, f"file {path!r} not found in filesystem {filesystem.name!r}", {"field": "path"})
     return Response(f"Deleted: {path}", status=200, content_type="text/plain")
 
@@ -204,16 +219,26 @@ def files_blueprint(files: FileService) -> Blueprint:
 
     # --- /memfs ---------------------------------------------------------------------------------------
 
-    @bp.route("/memfs/<path:path>", methods=["GET", "HEAD"])
+    @bp.route("/memfs/<path:path>", methods=["GET", "HEAD"], provide_automatic_options=False)
     async def memfs_get(path: str):  # type: ignore[no-untyped-def]
         return await send_file(files, files.mem, path)
 
-    @bp.route("/memfs/<path:path>", methods=["PUT", "POST"])
+    @bp.route("/memfs/<path:path>", methods=["PUT", "POST"], provide_automatic_options=False)
     async def memfs_put(path: str):  # type: ignore[no-untyped-def]
+        if files.mem.exhausted:
+            # Refused before the credentials: FFmpeg reads the answer to its first (challenge) request
+            # before sending the body, so this 507 becomes its "HTTP error 507" in the process log.
+            metrics.FILES_REFUSED.labels("mem", "full").inc()
+            raise ApiError(
+                507,
+                "memfs is full and nothing was freed since the last refused write "
+                "(storage.memory.max_size_mbytes; storage.memory.purge is off)",
+                {"field": "body"},
+            )
         _require_memfs_credentials(files)
         return await _receive(files.mem, path)
 
-    @bp.delete("/memfs/<path:path>")
+    @bp.delete("/memfs/<path:path>", provide_automatic_options=False)
     async def memfs_delete(path: str):  # type: ignore[no-untyped-def]
         _require_memfs_credentials(files)
         return _remove(files.mem, path)
