@@ -35,7 +35,7 @@ async def read_all(fs: MemFS | DiskFS, path: str, start: int = 0, length: int = 
     return b"".join([chunk async for chunk in fs.read(path, start, length)])
 
 
-# --- paths, globs, content types ---------------------------------------------------------------------------
+# --- paths, globs, content types ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ def test_escaped_placeholders_as_datarhei() -> None:
     )
 
 
-# --- memfs ---------------------------------------------------------------------------------------------------
+# --- memfs --------------------------------------------------------------------------------------------------
 
 
 async def test_memfs_write_read_replace_delete() -> None:
@@ -170,7 +170,7 @@ async def test_memfs_counts_uploads_in_flight() -> None:
     assert fs.used_bytes() == 6 * KIB
 
 
-# --- diskfs --------------------------------------------------------------------------------------------------
+# --- diskfs -------------------------------------------------------------------------------------------------
 
 
 async def test_diskfs_is_created_and_stays_inside_its_root(tmp_path: Path) -> None:
@@ -199,7 +199,7 @@ async def test_diskfs_max_size_bounds_uploads(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["a.bin"]  # no partial file, no temp file
 
 
-# --- cleanup rules -------------------------------------------------------------------------------------------
+# --- cleanup rules ------------------------------------------------------------------------------------------
 
 
 async def test_cleanup_max_files_age_and_purge(tmp_path: Path) -> None:
