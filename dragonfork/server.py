@@ -116,6 +116,7 @@ async def _serve_http(
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 2
+    config.backlog = 1024  # hundreds of players connecting at once must not wait for SYN retransmits
     if core.files.memfs_auth.enable:
         challenge_memfs_writes_first()
     app = create_app(core)

@@ -298,8 +298,9 @@ def _capacity_sentence(derived: dict[str, Any]) -> str:
 
 def _memfs_reads_table(reads: dict[str, Any]) -> list[str]:
     lines = [
-        "Each client fetches the live playlist and then its newest segment, again and again without pause, "
-        f"for {reads['seconds']} s; `GET /ping` is probed every 20 ms meanwhile. "
+        "Each client plays the live stream as an HLS player does (a playlist reload per target duration, "
+        f"every new segment once, from 3 segments behind the live edge) for {reads['seconds']} s; "
+        "`GET /ping` is probed every 20 ms meanwhile from a process of its own. "
         f"{reads['requests']} requests, **{reads['requests_per_second']} requests/s**, "
         f"{reads['megabytes_per_second']} MB/s, server CPU {reads['server_cpu_percent']} % of a core, "
         f"errors: {reads['errors'] or 'none'}.",

@@ -70,7 +70,8 @@ class MemFS(Filesystem):
         return entry.data
 
     async def read(self, path: str, start: int, length: int) -> AsyncIterator[bytes]:
-        yield memoryview(self.content(path))[start : start + length].tobytes()
+        data = self.content(path)
+        yield data if start == 0 and length >= len(data) else data[start : start + length]
 
     async def write(self, path: str, chunks: AsyncIterator[bytes]) -> bool:
         path = clean_path(path)
