@@ -225,3 +225,23 @@ async def test_cleanup_max_files_age_and_purge(tmp_path: Path) -> None:
     ]
     assert cleaner.purge(purge, "cam") == 3
     assert [info.name for info in mem.list()] == ["/cam.m3u8"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("s3:/x_*.ts", "must be <filesystem>:<glob>"),
+        ("/x_*.ts", "must be <filesystem>:<glob>"),
+        ("memfs:/x_[0-9.ts", "'[' without ']'"),
+    ],
+)
+def test_cleanup_pattern_names_its_filesystem(pattern: str, message: str) -> None:
+    from pydantic import ValidationError
+
+    from dragonfork.process.schema import ProcessConfig
+
+    output = {"id": "hls", "address": "-", "options": ["-f", "null"], "cleanup": [{"pattern": pattern}]}
+    with pytest.raises(ValidationError) as caught:
+        ProcessConfig.model_validate({"id": "p", "input": [{"id": "in", "address": "x"}], "output": [output]})
+    error = caught.value.errors()[0]
+    assert error["loc"] == ("output", 0, "cleanup", 0, "pattern") and message in error["msg"]
