@@ -176,7 +176,12 @@ def forget_process(process_id: str) -> None:
     for gauge in _PER_PROCESS:
         with contextlib.suppress(KeyError):
             gauge.remove(process_id)
-    labelled: tuple[Gauge | Counter, ...] = (PROCESS_STATE, PROCESS_RESTARTS, SOURCE_IDLE_SECONDS)
+    labelled: tuple[Gauge | Counter, ...] = (
+        PROCESS_STATE,
+        PROCESS_RESTARTS,
+        SOURCE_IDLE_SECONDS,
+        FILES_CLEANUP_FAILURES,
+    )
     for metric in labelled:
         for labels in list(metric._metrics):  # prometheus_client has no public label listing
             if labels[0] == process_id:
@@ -204,6 +209,12 @@ FILES_CLEANED = Counter(
     "dragonfork_filesystem_removed_files_total",
     "Files removed by cleanup rules (rule), purge on delete (purge) or memfs purge when full (full)",
     ["filesystem", "reason"],
+    registry=REGISTRY,
+)
+FILES_CLEANUP_FAILURES = Counter(
+    "dragonfork_filesystem_cleanup_failures_total",
+    "Cleanup rule checks that failed (a file could not be removed), by process",
+    ["process"],
     registry=REGISTRY,
 )
 FILES_REFUSED = Counter(

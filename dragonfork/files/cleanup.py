@@ -69,7 +69,12 @@ class Cleaner:
             log.info("purged files", process=owner, files=removed)
         return removed
 
-    async def enforce_forever(self, patterns: list[CleanupPattern]) -> None:
+    async def enforce_forever(self, patterns: list[CleanupPattern], owner: str) -> None:
+        """Enforce once a second; a file the rules cannot remove (permissions) is logged, never fatal."""
         while True:
-            self.enforce(patterns)
+            try:
+                self.enforce(patterns)
+            except OSError as exc:
+                metrics.FILES_CLEANUP_FAILURES.labels(owner).inc()
+                log.warning("cleanup rule failed", process=owner, error=str(exc))
             await trio.sleep(CHECK_INTERVAL_SECONDS)

@@ -138,5 +138,8 @@ class DiskFS(Filesystem):
         local = self.local_path(path)
         if not local.is_file():
             return False
-        local.unlink()
+        try:
+            local.unlink()
+        except FileNotFoundError:  # FFmpeg (delete_segments) was quicker
+            return False
         return True

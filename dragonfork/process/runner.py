@@ -341,7 +341,7 @@ class ManagedProcess:
             if self.config.stale_timeout_seconds:
                 run.nursery.start_soon(self._watch_stale, run)
             if patterns := self.cleanup_patterns():
-                run.nursery.start_soon(self.runtime.cleaner.enforce_forever, patterns)
+                run.nursery.start_soon(self.runtime.cleaner.enforce_forever, patterns, self.id)
             await process.wait()
             with trio.move_on_after(1):  # collect FFmpeg's last words (they explain a failure)
                 await stderr_done.wait()
