@@ -245,3 +245,19 @@ def test_cleanup_pattern_names_its_filesystem(pattern: str, message: str) -> Non
         ProcessConfig.model_validate({"id": "p", "input": [{"id": "in", "address": "x"}], "output": [output]})
     error = caught.value.errors()[0]
     assert error["loc"] == ("output", 0, "cleanup", 0, "pattern") and message in error["msg"]
+
+
+@pytest.mark.parametrize(
+    ("address", "base"),
+    [
+        ("127.0.0.1:8080", "http://127.0.0.1:8080"),
+        (":8080", "http://127.0.0.1:8080"),
+        ("0.0.0.0:80", "http://127.0.0.1:80"),
+        ("[::1]:8080", "http://[::1]:8080"),
+        ("192.0.2.7:8080", "http://192.0.2.7:8080"),  # listening there only: reach it there
+    ],
+)
+def test_memfs_url_is_the_servers_own(address: str, base: str) -> None:
+    from dragonfork.core import loopback_base_url
+
+    assert loopback_base_url(address) == base
