@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 import trio
@@ -88,7 +88,7 @@ class DiskFS(Filesystem):
             return None
         return FileInfo(clean_path(path), info.st_size, info.st_mtime)
 
-    async def read(self, path: str, start: int, length: int) -> AsyncIterator[bytes]:
+    async def read(self, path: str, start: int, length: int) -> AsyncGenerator[bytes, None]:
         local = self.local_path(path)
         try:
             handle = await trio.to_thread.run_sync(local.open, "rb")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -172,7 +172,7 @@ class Filesystem(abc.ABC):
     def stat(self, path: str) -> FileInfo | None: ...
 
     @abc.abstractmethod
-    def read(self, path: str, start: int, length: int) -> AsyncIterator[bytes]:
+    def read(self, path: str, start: int, length: int) -> AsyncGenerator[bytes, None]:
         """``length`` bytes of the file from ``start``, in chunks; ``FileNotFound`` when it is gone."""
 
     @abc.abstractmethod

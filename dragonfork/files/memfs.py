@@ -9,7 +9,7 @@ becomes visible, or replaces its old content, only once its upload is complete.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
 from dragonfork.files.filesystem import (
@@ -69,7 +69,7 @@ class MemFS(Filesystem):
             raise FileNotFound(self.name, path)
         return entry.data
 
-    async def read(self, path: str, start: int, length: int) -> AsyncIterator[bytes]:
+    async def read(self, path: str, start: int, length: int) -> AsyncGenerator[bytes, None]:
         data = self.content(path)
         yield data if start == 0 and length >= len(data) else data[start : start + length]
 

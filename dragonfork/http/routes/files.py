@@ -69,6 +69,10 @@ class FileUploadRequest(TrioRequest):
         super().__init__(method, scheme, path, *args, **kwargs)
 
 
+def _missing(filesystem: Filesystem, path: str) -> ApiError:
+    return ApiError(404, str(FileNotFound(filesystem.name, path)), {"field": "path"})
+
+
 def _path_refused(exc: InvalidPath) -> ApiError:
     return ApiError(400, f"path: {exc}", {"field": "path"})
 
@@ -105,7 +109,7 @@ async def send_file(files: FileService, filesystem: Filesystem, raw_path: str) -
     except InvalidPath as exc:
         raise _path_refused(exc) from None
     if info is None:
-        raise ApiError(404, f"file {path!r} not found in filesystem {filesystem.name!r}", {"field": "path"})
+        raise _missing(filesystem, path)
     span = _byte_range(info.size_bytes)
     start, stop = span if span is not None else (0, info.size_bytes)
     headers = {
@@ -126,14 +130,17 @@ async def send_file(files: FileService, filesystem: Filesystem, raw_path: str) -
         chunks = filesystem.read(path, start, stop - start)
         first = await anext(chunks, b"")  # a file deleted since the stat is still a 404
     except FileNotFound:
-        raise ApiError(404, f"file {path!r} not found in filesystem {filesystem.name!r}") from None
+        raise _missing(filesystem, path) from None
 
     async def body() -> AsyncIterator[bytes]:
         yield first
         async for chunk in chunks:
             yield chunk
 
-    response = Response(body(), status=status, headers=headers)
+    whole = len(first) == stop - start  # memfs, and small disk files: one piece, sent as it is
+    if whole:
+        await chunks.aclose()
+    response = Response(first if whole else body(), status=status, headers=headers)
     response.content_length = stop - start
     files.served(ServedFile(filesystem.name, path, request.remote_addr or "", stop - start))
     return response
@@ -166,7 +173,7 @@ def _remove(filesystem: Filesystem, raw_path: str) -> Response:
     except InvalidPath as exc:
         raise _path_refused(exc) from None
     if not deleted:
-        raise ApiError(404, f"file {path!r} not found in filesystem {filesystem.name!r}", {"field": "path"})
+        raise _missing(filesystem, path)
     return Response(f"Deleted: {path}", status=200, content_type="text/plain")
 
 
