@@ -70,11 +70,11 @@ class FileUploadRequest(TrioRequest):
 
 
 def _missing(filesystem: Filesystem, path: str) -> ApiError:
-    return ApiError(404, str(FileNotFound(filesystem.name, path)), {"field": "path"})
+    return ApiError(404, str(FileNotFound(filesystem.name, path)), field="path")
 
 
 def _path_refused(exc: InvalidPath) -> ApiError:
-    return ApiError(400, f"path: {exc}", {"field": "path"})
+    return ApiError(400, f"path: {exc}", field="path")
 
 
 def _filesystem_path(raw: str) -> str:
@@ -157,7 +157,7 @@ async def _receive(filesystem: Filesystem, raw_path: str) -> Response:
     except StorageFull as exc:
         metrics.FILES_REFUSED.labels(filesystem.name, "full").inc()
         log.warning("write refused", filesystem=filesystem.name, path=path, reason=str(exc))
-        raise ApiError(507, f"{path}: {exc}", {"field": "body"}) from None
+        raise ApiError(507, f"{path}: {exc}", field="body") from None
     except InvalidPath as exc:
         metrics.FILES_REFUSED.labels(filesystem.name, "path").inc()
         raise _path_refused(exc) from None
@@ -193,7 +193,7 @@ def _require_memfs_credentials(files: FileService) -> None:
     raise ApiError(
         401,
         "writing to /memfs needs the storage.memory.auth credentials (HTTP Basic)",
-        {"field": "Authorization"},
+        field="Authorization",
         headers={"WWW-Authenticate": 'Basic realm="memfs"'},
     )
 
@@ -221,7 +221,7 @@ def files_blueprint(files: FileService) -> Blueprint:
         filesystem = files.get(name)
         if filesystem is None:
             known = ", ".join(files.filesystems)
-            raise ApiError(404, f"unknown filesystem {name!r} (known: {known})", {"field": "storage"})
+            raise ApiError(404, f"unknown filesystem {name!r} (known: {known})", field="storage")
         return filesystem
 
     # --- /memfs ---------------------------------------------------------------------------------------
@@ -240,7 +240,7 @@ def files_blueprint(files: FileService) -> Blueprint:
                 507,
                 "memfs is full and nothing was freed since the last refused write "
                 "(storage.memory.max_size_mbytes; storage.memory.purge is off)",
-                {"field": "body"},
+                field="body",
             )
         _require_memfs_credentials(files)
         return await _receive(files.mem, path)
@@ -268,13 +268,13 @@ def files_blueprint(files: FileService) -> Blueprint:
         sort = request.args.get("sort", "none")
         order = request.args.get("order", "asc")
         if sort not in SORT_KEYS:
-            raise ApiError(400, f"sort: must be one of {', '.join(SORT_KEYS)}", {"field": "sort"})
+            raise ApiError(400, f"sort: must be one of {', '.join(SORT_KEYS)}", field="sort")
         if order not in ("asc", "desc"):
-            raise ApiError(400, "order: must be asc or desc", {"field": "order"})
+            raise ApiError(400, "order: must be asc or desc", field="order")
         try:
             found = filesystem.list(request.args.get("glob", ""))
         except ValueError as exc:
-            raise ApiError(400, f"glob: {exc}", {"field": "glob"}) from None
+            raise ApiError(400, f"glob: {exc}", field="glob") from None
         key = SORT_KEYS[sort]
         if key is not None:
             found.sort(key=key, reverse=order == "desc")
