@@ -278,6 +278,8 @@ class NotifySocket:
             self._stop.set()
             self._thread.join()
             self._sock.close()
+
+
 # --- files (memfs, diskfs) ----------------------------------------------------------------------------------
 
 # x264's default GOP is 250 frames (10 s at 25 fps); the issue's HLS output sets no -g. This pattern flips to
