@@ -68,10 +68,13 @@ def typecheck(session: nox.Session) -> None:
 def e2e(session: nox.Session) -> None:
     """The admin UI and the WHEP player in headless Debian Chromium, driven by Playwright for Python.
 
-    Chromium comes from Debian (installed here when /usr/bin/chromium is missing), never from Playwright's
+    Chromium (and npm, for hls.js) come from Debian (installed here when missing), never from Playwright's
     own download; ``UPDATE_DOC_SCREENSHOTS=1 nox -s e2e`` also refreshes the README's screenshots.
     """
-    apt_install_missing(session, {CHROMIUM: "chromium", "/usr/bin/chromedriver": "chromium-driver"})
+    # npm installs hls.js for the HLS test, into a cache directory (never into the repository)
+    apt_install_missing(
+        session, {CHROMIUM: "chromium", "/usr/bin/chromedriver": "chromium-driver", "/usr/bin/npm": "npm"}
+    )
     session.install("-e", ".[test]", "playwright")
     session.run("pytest", "-ra", "--durations=10", "-m", "e2e", "tests/e2e", *session.posargs)
 

@@ -39,11 +39,25 @@ class DbSettings(_Section):
 
 
 class DiskStorageSettings(_Section):
-    dir: str = Field("", description="Directory {diskfs} expands to; empty means <db.dir>/data")
+    dir: str = Field("", description="Directory {diskfs} expands to, served at /; empty means <db.dir>/data")
+    max_size_mbytes: int = Field(0, ge=0, description="Largest total size uploads may fill; 0 is unlimited")
+
+
+class MemoryAuthSettings(_Section):
+    enable: bool = Field(True, description="Require HTTP Basic auth for PUT/POST/DELETE on /memfs")
+    username: str = "admin"
+    password: str = Field("", description="Empty means a random password per start")
+
+
+class MemoryStorageSettings(_Section):
+    max_size_mbytes: int = Field(0, ge=0, description="Largest total size of /memfs; 0 is unlimited")
+    purge: bool = Field(False, description="When /memfs is full, drop the oldest files instead of refusing")
+    auth: MemoryAuthSettings = MemoryAuthSettings()
 
 
 class StorageSettings(_Section):
     disk: DiskStorageSettings = DiskStorageSettings()
+    memory: MemoryStorageSettings = MemoryStorageSettings()
 
 
 class JwtSettings(_Section):

@@ -6,13 +6,15 @@ The HTTP layer calls into these; nothing here imports ``dragonfork.http``. The c
 
 from __future__ import annotations
 
+import secrets
 import socket
 import time
 import uuid
 from dataclasses import dataclass, field
 
 from dragonfork import metrics
-from dragonfork.config import LoadedSettings, Settings
+from dragonfork.config import LoadedSettings, Settings, host_port, is_loopback_host
+from dragonfork.files.service import FileService, MemfsWriteAuth
 from dragonfork.metrics_history import MetricsHistory, SystemMetrics
 from dragonfork.process.access import AccessPolicy
 from dragonfork.process.child import ChildLedger
@@ -34,6 +36,7 @@ class Core:
     directory: StreamDirectory
     whep: WhepServer
     metrics_history: MetricsHistory
+    files: FileService
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -52,10 +55,38 @@ class Core:
         return str(uuid.uuid5(uuid.NAMESPACE_URL, f"dragonfork:{installation}"))
 
 
+def loopback_base_url(address: str) -> str:
+    """How this server reaches itself over HTTP: ``http://127.0.0.1:PORT`` unless it listens on one
+    specific non-loopback address only."""
+    host, port = host_port(address)
+    if host in ("0.0.0.0", "::") or is_loopback_host(host):
+        host = "[::1]" if host == "::1" else "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def build_files(settings: Settings) -> FileService:
+    memory = settings.storage.memory
+    return FileService(
+        disk_dir=settings.disk_dir,
+        disk_max_mbytes=settings.storage.disk.max_size_mbytes,
+        memory_max_mbytes=memory.max_size_mbytes,
+        memory_purge=memory.purge,
+        memfs_auth=MemfsWriteAuth(
+            enable=memory.auth.enable,
+            username=memory.auth.username,
+            password=memory.auth.password or secrets.token_urlsafe(18),
+        ),
+        http_base=loopback_base_url(settings.address),
+    )
+
+
 def build_core(loaded: LoadedSettings) -> Core:
     settings = loaded.settings
     webrtc = settings.webrtc
     directory = StreamDirectory()
+    files = build_files(settings)
     runtime = ProcessRuntime(
         ffmpeg_binary=settings.ffmpeg_binary,
         stop_timeout=settings.ffmpeg.stop_timeout_seconds,
@@ -64,6 +95,7 @@ def build_core(loaded: LoadedSettings) -> Core:
         log_max_history=settings.ffmpeg.log.max_history,
         max_processes=settings.ffmpeg.max_processes,
         webrtc_enabled=webrtc.enable,
+        cleaner=files.cleaner,
         stream=StreamSettings(
             subscriber_buffer_frames=webrtc.subscriber_buffer_frames,
             keyframe_cache_enabled=webrtc.keyframe_cache_enable,
@@ -84,7 +116,8 @@ def build_core(loaded: LoadedSettings) -> Core:
         Store(settings.data_dir),
         runtime,
         access,
-        diskfs=str(settings.disk_dir),
+        diskfs=files.diskfs_base,
+        memfs=files.memfs_base,
         seed_demo=settings.demo,
     )
     ice_servers = [
@@ -132,5 +165,6 @@ def build_core(loaded: LoadedSettings) -> Core:
         directory=directory,
         whep=whep,
         metrics_history=history,
+        files=files,
         started_at=started_at,
     )

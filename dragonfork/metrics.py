@@ -189,8 +189,56 @@ def forget_process(process_id: str) -> None:
     for gauge in _PER_PROCESS:
         with contextlib.suppress(KeyError):
             gauge.remove(process_id)
-    labelled: tuple[Gauge | Counter, ...] = (PROCESS_STATE, PROCESS_RESTARTS, SOURCE_IDLE_SECONDS)
+    labelled: tuple[Gauge | Counter, ...] = (
+        PROCESS_STATE,
+        PROCESS_RESTARTS,
+        SOURCE_IDLE_SECONDS,
+        FILES_CLEANUP_FAILURES,
+    )
     for metric in labelled:
         for labels in list(metric._metrics):  # prometheus_client has no public label listing
             if labels[0] == process_id:
                 metric.remove(*labels)
+
+
+# --- files (memfs, diskfs) -------------------------------------------------------------------------------
+
+FILESYSTEM_USED = Gauge(
+    "dragonfork_filesystem_used_bytes",
+    "Bytes stored in a filesystem (memfs: uploads in flight included)",
+    ["filesystem"],
+    registry=REGISTRY,
+)
+FILESYSTEM_LIMIT = Gauge(
+    "dragonfork_filesystem_limit_bytes",
+    "max_size_mbytes of a filesystem in bytes (0 is unlimited)",
+    ["filesystem"],
+    registry=REGISTRY,
+)
+FILESYSTEM_FILES = Gauge(
+    "dragonfork_filesystem_files", "Files stored in a filesystem", ["filesystem"], registry=REGISTRY
+)
+FILES_CLEANED = Counter(
+    "dragonfork_filesystem_removed_files_total",
+    "Files removed by cleanup rules (rule), purge on delete (purge) or memfs purge when full (full)",
+    ["filesystem", "reason"],
+    registry=REGISTRY,
+)
+FILES_CLEANUP_FAILURES = Counter(
+    "dragonfork_filesystem_cleanup_failures_total",
+    "Cleanup rule checks that failed (a file could not be removed), by process",
+    ["process"],
+    registry=REGISTRY,
+)
+FILES_REFUSED = Counter(
+    "dragonfork_filesystem_refused_writes_total",
+    "Writes refused, by reason (full, auth, path)",
+    ["filesystem", "reason"],
+    registry=REGISTRY,
+)
+FILES_SERVED_BYTES = Counter(
+    "dragonfork_filesystem_served_bytes_total",
+    "Bytes of files served over HTTP",
+    ["filesystem"],
+    registry=REGISTRY,
+)

@@ -28,6 +28,7 @@ from dragonfork.config import LoadedSettings, host_port, is_loopback_host
 from dragonfork.core import Core, build_core
 from dragonfork.http.app import create_app
 from dragonfork.http.body_guard import UnreadBodyGuard
+from dragonfork.http.expect_continue import challenge_memfs_writes_first
 from dragonfork.systemd import notify_systemd, watch_event_loop
 
 log = structlog.get_logger("dragonfork.server")
@@ -138,6 +139,9 @@ async def _serve_http(
     config.graceful_timeout = 2
     config.h11_max_incomplete_size = api.max_header_bytes
     config.keep_alive_timeout = api.keep_alive_timeout_seconds
+    config.backlog = 1024  # hundreds of players connecting at once must not wait for SYN retransmits
+    if core.files.memfs_auth.enable:
+        challenge_memfs_writes_first()
     app = UnreadBodyGuard(
         create_app(core), drain_max_bytes=api.drain_max_bytes, body_timeout=api.body_timeout_seconds
     )

@@ -278,3 +278,51 @@ class NotifySocket:
             self._stop.set()
             self._thread.join()
             self._sock.close()
+
+
+# --- files (memfs, diskfs) ----------------------------------------------------------------------------------
+
+# x264's default GOP is 250 frames (10 s at 25 fps); the issue's HLS output sets no -g. This pattern flips to
+# its negative every second, so x264's scene-cut detection starts a new GOP there and 2 s segments can be cut.
+SCENE_CUT_VIDEO = "testsrc2=size=320x240:rate=25,negate=enable='lt(mod(t\\,2)\\,1)'"
+
+
+def restreamer_hls_process(process_id: str) -> dict[str, Any]:
+    """The Restreamer-style HLS output of issue 11, unchanged, fed by the scene-cut test pattern."""
+    return {
+        "id": process_id,
+        "input": [{"id": "in", "address": SCENE_CUT_VIDEO, "options": ["-re", "-f", "lavfi"]}],
+        "output": [
+            {
+                "id": "hls",
+                "address": "{memfs}/{processid}.m3u8",
+                "options": [
+                    "-c:v",
+                    "libx264",
+                    "-f",
+                    "hls",
+                    "-hls_time",
+                    "2",
+                    "-hls_list_size",
+                    "6",
+                    "-hls_flags",
+                    "append_list+delete_segments",
+                    "-hls_segment_filename",
+                    "{memfs}/{processid}_%04d.ts",
+                    "-method",
+                    "PUT",
+                ],  # fmt: skip
+                "cleanup": [
+                    {"pattern": "memfs:/{processid}_*.ts", "max_files": 12, "purge_on_delete": True},
+                    {"pattern": "memfs:/{processid}.m3u8", "purge_on_delete": True},
+                ],
+            }
+        ],
+        "autostart": True,
+    }
+
+
+def file_names(server: Server, storage: str, glob: str = "") -> list[str]:
+    response = server.api("GET", f"/api/v3/fs/{storage}", params={"glob": glob} if glob else None)
+    response.raise_for_status()
+    return [entry["name"] for entry in response.json()]

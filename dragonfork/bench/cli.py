@@ -2,7 +2,8 @@
 
 Runs, on this machine, against dragonfork and then Janus with the same FFmpeg command and the same viewers:
 fan-out capacity, server-hop latency, time to first frame (dragonfork with the keyframe cache on and off),
-signalling times, and a py-spy profile of dragonfork at 100 viewers. Writes ``results.json``, ``README.md``
+signalling times, a py-spy profile of dragonfork at 100 viewers, and dragonfork's memfs under 200 concurrent
+HLS clients (``--memfs-only`` runs just that and prints its figures). Writes ``results.json``, ``README.md``
 (the tables) and PNG plots into ``--out``. About 10 minutes; ``--quick`` is a short smoke run.
 """
 
@@ -75,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="a short smoke run (small steps, few joins)")
     parser.add_argument("--no-janus", action="store_true", help="skip Janus")
+    parser.add_argument(
+        "--memfs-only", action="store_true", help="only the memfs HLS read benchmark; print its figures"
+    )
     parser.add_argument("--steps", help="comma-separated viewer counts (default 1,10,25,50,100,200)")
     parser.add_argument(
         "--render-only", action="store_true", help="rewrite README.md and the plots from OUT/results.json"
@@ -105,6 +109,9 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dragonfork-bench-") as workdir:
         settings.workdir = Path(workdir)
+        if args.memfs_only:
+            print(json.dumps(trio.run(run_memfs_reads, settings), indent=2))
+            return 0
         results = trio.run(run_suite, settings, not args.no_janus)
         _write(results, out)
     print(f"wrote {out / 'README.md'} and {out / 'results.json'}", file=sys.stderr)
@@ -112,7 +119,22 @@ def main(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+async def run_memfs_reads(settings: Any) -> dict[str, Any]:
+    from dragonfork.bench.hls_reads import memfs_reads
+    from dragonfork.bench.media import make_clip
+    from dragonfork.bench.servers import dragonfork_server
+
+    clip = make_clip(Path.home() / ".cache" / "dragonfork" / "bench")
+    load_before = os.getloadavg()[0]
+    async with dragonfork_server(
+        settings.workdir, clip, keyframe_cache=True, cpus=settings.server_cpus
+    ) as server:
+        figures = await memfs_reads(server)
+    return {**figures, "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
+
+
 async def run_suite(settings: Any, with_janus: bool) -> dict[str, Any]:
+    from dragonfork.bench.hls_reads import memfs_reads
     from dragonfork.bench.media import DESCRIPTION, make_clip
     from dragonfork.bench.servers import ServerFailed, dragonfork_server, janus_server
     from dragonfork.bench.suite import fan_out, first_frames, say
@@ -131,6 +153,8 @@ async def run_suite(settings: Any, with_janus: bool) -> dict[str, Any]:
                 feed = server.feed_command
                 ours["first_frames_cache_on"] = await first_frames(server, settings)
                 ours["fan_out"] = await fan_out(server, settings)
+                say("dragonfork: memfs under HLS clients")
+                ours["memfs_reads"] = await memfs_reads(server)
             say("dragonfork: restarting with the keyframe cache off")
             async with dragonfork_server(workdir, clip, keyframe_cache=False, cpus=cpus) as server:
                 ours["first_frames_cache_off"] = await first_frames(server, settings)

@@ -296,6 +296,24 @@ def _capacity_sentence(derived: dict[str, Any]) -> str:
     )
 
 
+def _memfs_reads_table(reads: dict[str, Any]) -> list[str]:
+    lines = [
+        "Each client plays the live stream as an HLS player does (a playlist reload per target duration, "
+        f"every new segment once, from 3 segments behind the live edge) for {reads['seconds']} s; "
+        "`GET /ping` is probed every 20 ms meanwhile from a process of its own. "
+        f"{reads['requests']} requests, **{reads['requests_per_second']} requests/s**, "
+        f"{reads['megabytes_per_second']} MB/s, server CPU {reads['server_cpu_percent']} % of a core, "
+        f"errors: {reads['errors'] or 'none'}.",
+        "",
+        "| request | p50 ms | p95 ms | p99 ms | max ms |",
+        "|---|---|---|---|---|",
+    ]
+    for label, key in (("playlist", "playlist_ms"), ("segment", "segment_ms"), ("GET /ping", "ping_ms")):
+        figures = reads.get(key) or {}
+        lines.append(_row(label, *(_cell(figures.get(point)) for point in ("p50", "p95", "p99", "max"))))
+    return lines
+
+
 def markdown(results: dict[str, Any], method: str) -> str:
     info = results["run"]
     lines = [
@@ -344,6 +362,10 @@ def markdown(results: dict[str, Any], method: str) -> str:
     if figures and "error" not in figures:
         lines += ["", f"## Where dragonfork's per-packet time goes ({figures['viewers']} viewers)", ""]
         lines += _profile_table(figures)
+    reads = _get(results, "dragonfork", "memfs_reads")
+    if reads:
+        lines += ["", f"## memfs under {reads['clients']} concurrent HLS clients (dragonfork only)", ""]
+        lines += _memfs_reads_table(reads)
     lines += ["", "## Plots", ""]
     lines += [f"![{plot}]({plot})" for plot in results.get("plots", [])]
     lines += ["", "## Method", "", method]

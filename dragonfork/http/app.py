@@ -17,6 +17,7 @@ from dragonfork.http.cors import cors_blueprint
 from dragonfork.http.errors import ApiError, error_response
 from dragonfork.http.routes.about import about_blueprint
 from dragonfork.http.routes.docs import docs_blueprint
+from dragonfork.http.routes.files import FileUploadRequest, files_blueprint, serve_from_diskfs
 from dragonfork.http.routes.monitor import monitor_blueprint
 from dragonfork.http.routes.process import process_blueprint
 from dragonfork.http.routes.ui import ui_blueprint
@@ -27,6 +28,7 @@ log = structlog.get_logger("dragonfork.http")
 
 def create_app(core: Core) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
+    app.request_class = FileUploadRequest
     app.config["MAX_CONTENT_LENGTH"] = core.settings.api.max_body_bytes
     app.config["BODY_TIMEOUT"] = core.settings.api.body_timeout_seconds
     app.config["JSON_SORT_KEYS"] = False
@@ -56,6 +58,8 @@ def create_app(core: Core) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
         code = exc.code or 500
+        if code == 404 and (file := await serve_from_diskfs(core.files)) is not None:
+            return file  # diskfs at /: after every route of the app
         message = {
             404: f"no route {request.method} {request.path}",
             405: f"method {request.method} not allowed on {request.path}",
@@ -76,6 +80,7 @@ def create_app(core: Core) -> QuartTrio:
     app.register_blueprint(process_blueprint(core))
     app.register_blueprint(monitor_blueprint(core))
     app.register_blueprint(whep_blueprint(core))
+    app.register_blueprint(files_blueprint(core.files))
     app.register_blueprint(docs_blueprint())
     app.register_blueprint(ui_blueprint())
     return app

@@ -67,12 +67,14 @@ class Registry:
         access: AccessPolicy,
         *,
         diskfs: str,
+        memfs: str,
         seed_demo: bool,
     ) -> None:
         self.store = store
         self.runtime = runtime
         self.access = access
         self.diskfs = diskfs
+        self.memfs = memfs
         self.seed_demo = seed_demo
         self.slots = ProcessSlots(runtime.max_processes)
         self.processes: dict[str, ManagedProcess] = {}
@@ -149,7 +151,7 @@ class Registry:
         return config
 
     def resolve(self, config: ProcessConfig) -> ProcessConfig:
-        return expand_config(config, self.diskfs)
+        return expand_config(config, diskfs=self.diskfs, memfs=self.memfs)
 
     def _new_process(
         self,
@@ -237,6 +239,9 @@ class Registry:
                     await self._persist()
             finally:
                 self._reserved_ids.discard(new_id)
+        kept = {(pattern.filesystem, pattern.glob) for pattern in replacement.cleanup_patterns()}
+        dropped = [p for p in process.cleanup_patterns() if (p.filesystem, p.glob) not in kept]
+        self.runtime.cleaner.purge(dropped, process_id)
         if was_started:
             async with replacement.operation:
                 if self._is_registered(replacement):
@@ -253,6 +258,7 @@ class Registry:
                 del self.processes[process_id]
                 process.forget_metrics()
                 await self._persist()
+        self.runtime.cleaner.purge(process.cleanup_patterns(), process_id)
         log.info("process deleted", process=process_id)
 
     async def command(self, process_id: str, command: Command) -> None:

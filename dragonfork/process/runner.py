@@ -29,6 +29,7 @@ import structlog
 import trio
 
 from dragonfork import metrics
+from dragonfork.files.cleanup import Cleaner, CleanupPattern
 from dragonfork.process.child import ChildLedger, ChildProcess, spawn
 from dragonfork.process.command import WebRTCPlanError, build_command, plan_webrtc, webrtc_legs
 from dragonfork.process.probe import ProbeError, probe_inputs
@@ -54,8 +55,9 @@ EXEC_STATES: tuple[ExecState, ...] = ("finished", "starting", "running", "finish
 
 @dataclass
 class ProcessRuntime:
-    """What every process of one server shares: binaries, limits, stream settings, the stream directory
-    its runs publish in and the ledger of FFmpeg children (``None``: not recorded, e.g. in unit tests)."""
+    """What every process of one server shares: binaries, limits, stream settings, the cleanup rules'
+    runner, the stream directory its runs publish in and the ledger of FFmpeg children (``None``: not
+    recorded, e.g. in unit tests)."""
 
     ffmpeg_binary: str
     stop_timeout: float
@@ -66,6 +68,7 @@ class ProcessRuntime:
     webrtc_enabled: bool
     stream: StreamSettings
     rtp: RtpIngestSettings
+    cleaner: Cleaner
     directory: StreamDirectory = field(default_factory=StreamDirectory)
     ledger: ChildLedger | None = None
 
@@ -205,6 +208,20 @@ class ManagedProcess:
     def id(self) -> str:
         return self.config.id
 
+    def cleanup_patterns(self) -> list[CleanupPattern]:
+        """The outputs' cleanup rules, placeholders expanded."""
+        return [
+            CleanupPattern(
+                filesystem=rule.filesystem,
+                glob=rule.glob,
+                max_files=rule.max_files,
+                max_file_age_seconds=rule.max_file_age_seconds,
+                purge_on_delete=rule.purge_on_delete,
+            )
+            for output in self.resolved.output
+            for rule in output.cleanup
+        ]
+
     # -- orders ------------------------------------------------------------------------------------
 
     async def start(self, nursery: trio.Nursery) -> None:
@@ -323,6 +340,8 @@ class ManagedProcess:
             run.nursery.start_soon(self._watch_resources, run, process.pid)
             if self.config.stale_timeout_seconds:
                 run.nursery.start_soon(self._watch_stale, run)
+            if patterns := self.cleanup_patterns():
+                run.nursery.start_soon(self.runtime.cleaner.enforce_forever, patterns, self.id)
             await process.wait()
             with trio.move_on_after(1):  # collect FFmpeg's last words (they explain a failure)
                 await stderr_done.wait()

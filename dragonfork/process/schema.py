@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dragonfork.files.filesystem import compile_glob
+
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:{}=,-]+$")
 
 Order = Literal["start", "stop"]
@@ -26,18 +28,43 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CleanupRule(_Model):
-    pattern: str
-    max_files: int = Field(0, ge=0)
-    max_file_age_seconds: int = Field(0, ge=0)
-    purge_on_delete: bool = False
-
-
 def _no_nul(value: str | list[str]) -> str | list[str]:
     """U+0000 would end the string as FFmpeg (C) reads it: what it runs would not be what was checked."""
     if any("\x00" in text for text in ([value] if isinstance(value, str) else value)):
         raise ValueError("must not contain U+0000")
     return value
+
+
+CLEANUP_FILESYSTEMS = {"mem": "mem", "memfs": "mem", "disk": "disk", "diskfs": "disk"}
+
+
+class CleanupRule(_Model):
+    """datarhei's cleanup rule: ``pattern`` is ``<filesystem>:<glob>`` (``memfs:/{processid}_*.ts``)."""
+
+    pattern: str
+    max_files: int = Field(0, ge=0)
+    max_file_age_seconds: int = Field(0, ge=0)
+    purge_on_delete: bool = False
+
+    @field_validator("pattern")
+    @classmethod
+    def _names_a_filesystem(cls, value: str) -> str:
+        name, sep, glob = value.partition(":")
+        if not sep or name not in CLEANUP_FILESYSTEMS or not glob:
+            raise ValueError("must be <filesystem>:<glob> with filesystem mem, memfs, disk or diskfs")
+        _no_nul(value)
+        compile_glob("/" + glob.lstrip("/"))  # a ValueError names what is wrong with the glob
+        return value
+
+    @property
+    def filesystem(self) -> str:
+        """``mem`` or ``disk`` (datarhei's legacy names ``memfs``/``diskfs`` included)."""
+        return CLEANUP_FILESYSTEMS[self.pattern.partition(":")[0]]
+
+    @property
+    def glob(self) -> str:
+        """The glob part as an absolute path pattern."""
+        return "/" + self.pattern.partition(":")[2].lstrip("/")
 
 
 class IOConfig(_Model):

@@ -35,8 +35,6 @@ NOT_YET = {
     "dragonfork_ingest_publishers_active": "ingest servers (RTMP, SRT, WHIP) are not built yet",
     "dragonfork_ingest_bytes_received_total": "ingest servers (RTMP, SRT, WHIP) are not built yet",
     "dragonfork_ingest_refused_total": "ingest servers (RTMP, SRT, WHIP) are not built yet",
-    "dragonfork_filesystem_used_bytes": "memfs/diskfs (issue 11, branch files) are not on main yet",
-    "dragonfork_filesystem_limit_bytes": "memfs/diskfs (issue 11, branch files) are not on main yet",
 }
 # Grafana's variables as a user selecting "All" processes sees them.
 GRAFANA_VARIABLES = {"$process": ".*", "$__rate_interval": "1m"}

@@ -82,9 +82,7 @@ DATARHEI_IGNORED_KEYS = {
     "api.auth.disable_localhost",
     "api.auth.auth0",
     "tls",
-    "storage.disk.max_size_mbytes",
     "storage.disk.cache",
-    "storage.memory",
     "storage.cors",
     "storage.mimetypes_file",
     "rtmp",
@@ -254,6 +252,10 @@ def test_datarhei_core_config_file_loads(tmp_path: Path) -> None:
     assert settings.log.max_lines == 1000
     assert settings.db.dir == "./config"
     assert settings.storage.disk.dir == "./data"
+    assert settings.storage.disk.max_size_mbytes == 0
+    assert settings.storage.memory.auth.enable is True
+    assert settings.storage.memory.auth.password == "x"
+    assert settings.storage.memory.max_size_mbytes == 0
     assert settings.api.read_only is False
     assert settings.api.auth.enable is True
     assert settings.api.auth.username == "admin"

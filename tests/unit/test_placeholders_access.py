@@ -16,6 +16,7 @@ from dragonfork.process.placeholders import expand, expand_config
 from dragonfork.process.schema import ProcessConfig
 
 DISKFS = "/srv/dragonfork/data"
+MEMFS = "http://127.0.0.1:8080/memfs"
 
 
 def process(
@@ -47,7 +48,7 @@ def test_placeholders_in_ids_addresses_and_options() -> None:
         reference="lobby",
         options=["-loglevel", "level+info", "-metadata", "comment={processid}:{reference}:{diskfs}"],
     )
-    resolved = expand_config(config, DISKFS)
+    resolved = expand_config(config, diskfs=DISKFS, memfs=MEMFS)
 
     assert resolved.input[0].id == "in_cam1"
     assert resolved.input[0].address == "rtmp://127.0.0.1/live/lobby"
@@ -67,7 +68,7 @@ def test_io_placeholders_are_scoped() -> None:
         outputs=[{"id": "b", "address": "rtmp://127.0.0.1/live/{inputid}"}],
         options=["-metadata", "x={inputid}{outputid}"],
     )
-    resolved = expand_config(config, DISKFS)
+    resolved = expand_config(config, diskfs=DISKFS, memfs=MEMFS)
     assert resolved.input[0].address == "srt://127.0.0.1:6000?streamid={outputid}"
     assert resolved.output[0].address == "rtmp://127.0.0.1/live/{inputid}"
     assert resolved.options == ["-metadata", "x={inputid}{outputid}"]
@@ -75,7 +76,8 @@ def test_io_placeholders_are_scoped() -> None:
 
 def test_each_io_sees_its_own_id() -> None:
     outputs = [{"id": f"o{index}", "address": "{diskfs}/{outputid}.mp4"} for index in range(3)]
-    resolved = expand_config(process(inputs=[{"id": "in", "address": "x"}], outputs=outputs), DISKFS)
+    config = process(inputs=[{"id": "in", "address": "x"}], outputs=outputs)
+    resolved = expand_config(config, diskfs=DISKFS, memfs=MEMFS)
     assert [io.address for io in resolved.output] == [f"{DISKFS}/o{index}.mp4" for index in range(3)]
 
 
@@ -97,7 +99,7 @@ def test_unknown_braces_untouched(text: str) -> None:
 def test_text_without_placeholder_names_is_unchanged(text: str) -> None:
     values = {"processid": "P", "reference": "R", "inputid": "I", "outputid": "O", "diskfs": "D"}
     expected = text
-    for name, value in values.items():
+    for name, value in (*values.items(), ("fs:disk", "D")):
         expected = expected.replace("{" + name + "}", value)
     assert expand(text, values) == expected
 
@@ -284,8 +286,8 @@ def test_access_rules_still_apply_to_lavfi_inputs(data_dir: Path) -> None:
 def test_local_file_check_applies_after_placeholders(data_dir: Path) -> None:
     """The registry checks the expanded config: ``{diskfs}`` inside the data directory passes."""
     config = process(inputs=[{"id": "in", "address": "{diskfs}/videos/clip.mp4"}])
-    policy(data_dir).check(expand_config(config, str(data_dir)))
-    denied(policy(data_dir), expand_config(config, str(data_dir.parent)))
+    policy(data_dir).check(expand_config(config, diskfs=str(data_dir), memfs=MEMFS))
+    denied(policy(data_dir), expand_config(config, diskfs=str(data_dir.parent), memfs=MEMFS))
 
 
 @pytest.mark.parametrize(

@@ -181,7 +181,7 @@ def test_only_ffmpeg_type() -> None:
         ({"input": [{"id": "in"}]}, ("input", 0, "address")),
         ({"input": [{"id": "in", "address": "x"}, {"id": "bad id", "address": "y"}]}, ("input", 1, "id")),
         ({"input": [{"id": "in", "address": "x", "options": "-re"}]}, ("input", 0, "options")),
-        ({"output": [{"id": "out", "address": "-", "cleanup": [{"pattern": "x", "max_files": -1}]}]},
+        ({"output": [{"id": "out", "address": "-", "cleanup": [{"pattern": "memfs:/x", "max_files": -1}]}]},
          ("output", 0, "cleanup", 0, "max_files")),
         ({"id": "has/slash"}, ("id",)),
         ({"id": "x" * 129}, ("id",)),

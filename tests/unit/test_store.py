@@ -116,6 +116,7 @@ def test_server_refuses_to_start_on_a_corrupt_database(tmp_path: Path) -> None:
     (db_dir / "db.json").write_text(corrupt)
     env = {key: value for key, value in os.environ.items() if not key.startswith("CORE_")}
     env.update({"CORE_DB_DIR": str(db_dir), "CORE_ADDRESS": "127.0.0.1:0", "CORE_DEMO": "false"})
+    env["CORE_STORAGE_DISK_DIR"] = str(tmp_path / "disk")  # created at start, like the database directory
     result = subprocess.run(
         [sys.executable, "-m", "dragonfork", "serve"],
         env=env,

@@ -47,6 +47,28 @@ function present(...children) {
   return children.filter((child) => child || child === 0);
 }
 
+/** Where the server serves a file a process writes: {memfs}/x → /memfs/x, {diskfs}/x → /x (or null). */
+function servedUrl(address, process, outputId) {
+  const names = { processid: process.id, reference: process.reference || "", outputid: outputId };
+  const expanded = address.replace(/\{(processid|reference|outputid)\}/g, (_, name) => names[name]);
+  const match = expanded.match(/^\{(memfs|fs:mem|diskfs|fs:disk)\}(\/.*)$/);
+  if (!match) return null;
+  return (match[1] === "memfs" || match[1] === "fs:mem" ? "/memfs" : "") + match[2];
+}
+
+const THUMBNAIL_REFRESH_MS = 5000; // a snapshot output is typically -update 1 -r 0.2
+
+/** The live thumbnail of a process: the URL of its snapshot output (an image it writes into memfs or diskfs),
+ * changed every THUMBNAIL_REFRESH_MS so the browser fetches the new picture. */
+function thumbnailUrl(process) {
+  for (const output of process.config.output || []) {
+    const url = servedUrl(output.address, process, output.id);
+    const fresh = Math.floor(Date.now() / THUMBNAIL_REFRESH_MS);
+    if (url && /\.(jpe?g|png|webp)$/i.test(url)) return `${url}?t=${fresh}`;
+  }
+  return null;
+}
+
 function whepUrl(id) {
   return `${location.origin}/api/v3/whep/${encodeURIComponent(id)}`;
 }
@@ -110,6 +132,13 @@ function buildRow(id) {
     ),
     remove: el("button", { type: "button", class: "danger", onclick: () => confirmDelete(id) }, "Delete"),
   };
+  const thumb = el("img", {
+    class: "thumb",
+    alt: `thumbnail of ${id}`,
+    hidden: true,
+    onload: () => (thumb.hidden = false),
+    onerror: () => ((thumb.failed = thumb.dataset.src), (thumb.hidden = true)), // not written yet
+  });
   const webrtc = el("input", {
     type: "checkbox",
     role: "switch",
@@ -132,7 +161,7 @@ function buildRow(id) {
   );
   cells.webrtc.append(el("label", { class: "switch" }, webrtc, el("span", { "aria-hidden": "true" })));
   cells.actions.append(el("div", { class: "actions" }, ...Object.values(buttons)));
-  return { tr, cells, buttons, webrtc };
+  return { tr, cells, buttons, webrtc, thumb };
 }
 
 function renderRow(row, process) {
@@ -143,8 +172,15 @@ function renderRow(row, process) {
     ...present(
       el("strong", {}, process.id),
       process.reference && el("small", { class: "muted" }, process.reference),
+      row.thumb,
     ),
   );
+  const thumb = thumbnailUrl(process);
+  row.thumb.hidden = !thumb || row.thumb.failed === thumb;
+  if (thumb && row.thumb.dataset.src !== thumb) {
+    row.thumb.dataset.src = thumb;
+    row.thumb.src = thumb;
+  }
   row.cells.state.replaceChildren(
     ...present(
       el("span", { class: `badge state-${state.exec}`, title: `order: ${state.order}` }, state.exec),
@@ -197,6 +233,7 @@ async function refresh() {
   processes.clear();
   for (const process of list) processes.set(process.id, process);
   render();
+  await refreshFiles();
   $("#updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   $("#banner").hidden = true;
 }
@@ -215,6 +252,65 @@ async function poll() {
 function showBanner(message) {
   $("#banner").textContent = message;
   $("#banner").hidden = false;
+}
+
+// --- the files view -------------------------------------------------------------------------------------
+
+function size(bytes) {
+  if (bytes >= 1048576) return `${(bytes / 1048576).toFixed(1)} MiB`;
+  if (bytes >= 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+  return `${bytes} B`;
+}
+
+let filesystems = []; // [{name, type, mount}] from /api/v3/fs
+
+async function refreshFiles() {
+  if (!filesystems.length) {
+    filesystems = await api.request("GET", "/api/v3/fs");
+    $("#filesystem").replaceChildren(
+      ...filesystems.map((fs) => el("option", { value: fs.name }, `${fs.name} (${fs.mount})`)),
+    );
+  }
+  const fs = filesystems.find((candidate) => candidate.name === $("#filesystem").value) || filesystems[0];
+  const files = await api.request("GET", `/api/v3/fs/${encodeURIComponent(fs.name)}?sort=name`);
+  const now = Date.now() / 1000;
+  const mount = fs.mount === "/" ? "" : fs.mount;
+  $("#file-rows").replaceChildren(
+    ...files.map((file) =>
+      el(
+        "tr",
+        { "data-name": file.name },
+        el(
+          "td",
+          { "data-label": "Name", "data-cell": "name" },
+          el("a", { href: `${mount}${file.name}`, target: "_blank", rel: "noopener" }, file.name),
+        ),
+        el("td", { "data-label": "Size", "data-cell": "size" }, size(file.size_bytes)),
+        el("td", { "data-label": "Age", "data-cell": "age" }, duration(now - file.last_modified)),
+        el(
+          "td",
+          { "data-label": "Actions", "data-cell": "actions" },
+          el(
+            "div",
+            { class: "actions" },
+            el(
+              "button",
+              { type: "button", class: "danger", onclick: () => deleteFile(fs.name, file.name) },
+              "Delete",
+            ),
+          ),
+        ),
+      ),
+    ),
+  );
+  const total = files.reduce((sum, file) => sum + file.size_bytes, 0);
+  $("#files-summary").textContent = `${files.length} files, ${size(total)}`;
+  $("#no-files").hidden = files.length > 0;
+}
+
+function deleteFile(storage, name) {
+  const path = name.split("/").map(encodeURIComponent).join("/");
+  return act(() => api.request("DELETE", `/api/v3/fs/${encodeURIComponent(storage)}${path}`), `Deleted ${name}`);
 }
 
 // --- actions --------------------------------------------------------------------------------------------
@@ -321,6 +417,7 @@ function showLogin(message = "") {
   trends.stop();
   for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
   $("#processes").hidden = true;
+  $("#files").hidden = true;
   $("#user").hidden = true;
   const form = $("#login");
   form.hidden = false;
@@ -331,6 +428,7 @@ function showLogin(message = "") {
 function showApp() {
   $("#login").hidden = true;
   $("#processes").hidden = false;
+  $("#files").hidden = false;
   $("#user").hidden = !api.loggedIn;
   $("#user-name").textContent = api.username;
   poll();
@@ -353,6 +451,7 @@ $("#logout").addEventListener("click", () => {
   showLogin("Logged out.");
 });
 $("#new-process").addEventListener("click", () => editor.open());
+$("#filesystem").addEventListener("change", () => act(refreshFiles));
 for (const dialog of [$("#report"), $("#watch")]) {
   dialog.querySelector("[data-action=close]").addEventListener("click", () => dialog.close());
 }
