@@ -61,8 +61,8 @@ CORS_HEADERS = {
 
 class FileUploadRequest(TrioRequest):
     """Uploads to a filesystem are not bounded by ``api.max_body_bytes`` but by the filesystem's size limit
-    (checked as the body streams in), nor by ``api.body_timeout_seconds``: FFmpeg streams a segment while it
-    encodes it, so a ``-hls_time 10`` segment's PUT lasts ten seconds. Every other request keeps both bounds."""
+    (checked as the body streams in), nor by ``api.body_timeout_seconds``: FFmpeg streams a segment while
+    it encodes it, so a ``-hls_time 10`` segment's PUT lasts ten seconds. Other requests keep both bounds."""
 
     def __init__(self, method: str, scheme: str, path: str, *args: Any, **kwargs: Any) -> None:
         if method in ("PUT", "POST") and path.startswith(UPLOAD_PREFIXES):
