@@ -19,6 +19,7 @@ from dragonfork.http.routes.about import about_blueprint
 from dragonfork.http.routes.docs import docs_blueprint
 from dragonfork.http.routes.monitor import monitor_blueprint
 from dragonfork.http.routes.process import process_blueprint
+from dragonfork.http.routes.sessions import WIDGET_PREFIX, sessions_blueprint
 from dragonfork.http.routes.ui import ui_blueprint
 from dragonfork.http.routes.whep import whep_blueprint
 
@@ -34,7 +35,8 @@ def create_app(core: Core) -> QuartTrio:
     @app.before_request
     async def _before() -> None:
         g.started = time.perf_counter()
-        if request.path.startswith("/api/v3"):
+        public = request.path.startswith(WIDGET_PREFIX)  # datarhei's widget needs no auth
+        if request.path.startswith("/api/v3") and not public:
             issuer.require()
 
     @app.after_request
@@ -72,6 +74,7 @@ def create_app(core: Core) -> QuartTrio:
     app.register_blueprint(process_blueprint(core))
     app.register_blueprint(monitor_blueprint(core))
     app.register_blueprint(whep_blueprint(core))
+    app.register_blueprint(sessions_blueprint(core))
     app.register_blueprint(docs_blueprint())
     app.register_blueprint(ui_blueprint())
     return app

@@ -1,7 +1,8 @@
 """The layout keeps the data flow visible: imports only go down the layers, and no module imports in a circle.
 
-http → core → services (servers/*, process) → webrtc → stream. Read from the sources (every import, also the
-ones under ``TYPE_CHECKING`` or inside functions), so a new module is covered as soon as it exists.
+http → core → sessions → services (servers/*, process) → webrtc → stream. Read from the sources (every
+import, also the ones under ``TYPE_CHECKING`` or inside functions), so a new module is covered as soon as it
+exists.
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ ALLOWED: dict[str, set[str]] = {
     "dragonfork.webrtc": {"dragonfork.stream"},
     "dragonfork.process": {"dragonfork.stream"},
     "dragonfork.servers": {"dragonfork.stream", "dragonfork.webrtc"},
-    "dragonfork.core": {"dragonfork.stream", "dragonfork.webrtc", "dragonfork.process", "dragonfork.servers"},
+    # who watches what: it observes the services (viewers of servers/whep, processes' network I/O)
+    "dragonfork.sessions": {"dragonfork.process", "dragonfork.servers"},
+    "dragonfork.core": {
+        "dragonfork.stream",
+        "dragonfork.webrtc",
+        "dragonfork.process",
+        "dragonfork.servers",
+        "dragonfork.sessions",
+    },
 }
 """For each layer, the layers below it that it may import (besides itself and the foundation)."""
 

@@ -13,8 +13,9 @@ import dataclasses
 import functools
 import hashlib
 from collections.abc import Callable
+from typing import Any
 
-from dragonfork.servers.whep.sessions import ViewerCapReached, ViewerSessions
+from dragonfork.servers.whep.sessions import ViewerCapReached, ViewerObserver, ViewerRefused, ViewerSessions
 from dragonfork.stream.directory import StreamDirectory, StreamNotLive
 from dragonfork.stream.stream import StreamEnded
 from dragonfork.webrtc.sdp import SdpRejected
@@ -79,17 +80,20 @@ class WhepServer:
         directory: StreamDirectory,
         settings: WhepSettings,
         publisher_status: Callable[[str], PublisherStatus | None],
+        *,
+        viewer_observer: ViewerObserver | None = None,
     ) -> None:
         self.directory = directory
         self.settings = settings
-        self.sessions = ViewerSessions()
+        self.sessions = ViewerSessions(viewer_observer)
         self._publisher_status = publisher_status
 
     def viewer_count(self, name: str) -> int:
         return self.sessions.count(name)
 
-    async def new_session(self, name: str, offer_sdp: str) -> WhepSession:
-        """Answer ``offer_sdp`` with a viewer of stream ``name``; raises ``WhepRefused``."""
+    async def new_session(self, name: str, offer_sdp: str, client: Any = None) -> WhepSession:
+        """Answer ``offer_sdp`` with a viewer of stream ``name``; raises ``WhepRefused``. ``client`` (who
+        asks, as the caller identified it) goes to the viewer observer."""
         status = self._publisher_status(name)
         if status is None:
             raise WhepRefused(404, f"process {name!r} not found", field="processID")
@@ -107,7 +111,7 @@ class WhepServer:
             ) from None
         viewer = Viewer(name, self.settings.viewer)
         cap = self.settings.max_viewers_per_stream
-        reader = functools.partial(self.sessions.run_viewer, viewer, max_viewers=cap)
+        reader = functools.partial(self.sessions.run_viewer, viewer, max_viewers=cap, client=client)
         try:
             answer: str = await stream.start_reader(reader, offer_sdp)
         except ViewerCapReached:
@@ -118,6 +122,8 @@ class WhepServer:
                 field="webrtc.max_peers_per_stream",
                 retry_after=RETRY_AFTER_FULL,
             ) from None
+        except ViewerRefused as exc:
+            raise WhepRefused(503, exc.message, field=exc.setting, retry_after=exc.retry_after) from None
         except SdpRejected as exc:
             raise WhepRefused(exc.status, exc.message, field="offer") from None
         except AnswerTimeout as exc:
