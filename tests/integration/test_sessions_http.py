@@ -41,7 +41,7 @@ def widget(server: Server, process_id: str) -> dict[str, Any]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with running_server(tmp_path_factory.mktemp("sessions"), **COLLECT_LOOPBACK) as server:
         response = server.api("POST", "/api/v3/process", json=lavfi_process("cam", webrtc=True))
-        assert response.status_code == 201, response.text
+        assert response.is_success, response.text
         wait_live(server, "cam")
         yield server
 
@@ -118,7 +118,7 @@ def test_ffmpeg_pushing_to_the_network_is_a_session(server: Server) -> None:
         port = receiver.getsockname()[1]
         output = [{"id": "udp", "address": f"udp://127.0.0.1:{port}", "options": ["-f", "mpegts"]}]
         config = lavfi_process("pusher", audio=False, output=output)
-        assert server.api("POST", "/api/v3/process", json=config).status_code == 201
+        assert server.api("POST", "/api/v3/process", json=config).is_success
         try:
             server.wait_for(
                 lambda: any(s["bytes_tx"] > 0 for s in active(server, "ffmpeg")), 15, "an ffmpeg session"
