@@ -9,6 +9,7 @@ accepted too. ``load_settings`` remembers where each value came from, for ``drag
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -202,6 +203,35 @@ class WebRTCSettings(_Section):
         return self
 
 
+class SessionsSettings(_Section):
+    """Who watches what (datarhei Core's ``sessions`` block): HLS, WebRTC, RTMP, SRT and FFmpeg clients."""
+
+    enable: bool = Field(True, description="Collect sessions (and enforce the limits below)")
+    ip_ignorelist: list[str] = Field(
+        ["127.0.0.1/32", "::1/128"],
+        description="Client addresses (CIDR) whose sessions are neither collected nor limited",
+    )
+    session_timeout_sec: int = Field(30, ge=1, description="An HLS session without a request this long ends")
+    persist: bool = Field(False, description="Keep the session totals across restarts (<db.dir>/sessions)")
+    persist_interval_sec: int = Field(300, ge=0, description="How often the totals are written; 0: at stop")
+    max_bitrate_mbit: float = Field(
+        0, ge=0, description="New HLS/WebRTC viewers get 503 while the outgoing bitrate is above; 0: no limit"
+    )
+    max_sessions: int = Field(
+        0, ge=0, description="Simultaneous HLS (and WebRTC) sessions at most, each; 0: no limit"
+    )
+
+    @field_validator("ip_ignorelist")
+    @classmethod
+    def _cidrs(cls, ranges: list[str]) -> list[str]:
+        for cidr in ranges:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an IP range in CIDR notation: {cidr!r}") from exc
+        return ranges
+
+
 class Settings(_Section):
     """The effective configuration of one server."""
 
@@ -216,6 +246,7 @@ class Settings(_Section):
     ffmpeg: FfmpegSettings = FfmpegSettings()
     metrics: MetricsSettings = MetricsSettings()
     webrtc: WebRTCSettings = WebRTCSettings()
+    sessions: SessionsSettings = SessionsSettings()
 
     @field_validator("address")
     @classmethod
@@ -304,11 +335,20 @@ def leaf_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> dict[tup
     return leaves
 
 
+# datarhei names that follow neither spelling rule of ``env_names``.
+_ENV_ALIASES: dict[tuple[str, ...], str] = {
+    ("sessions", "max_bitrate_mbit"): "CORE_SESSIONS_MAXBITRATE_MBIT",
+}
+
+
 def env_names(path: tuple[str, ...]) -> list[str]:
     """``CORE_FFMPEG_LOG_MAX_LINES`` and datarhei's ``CORE_FFMPEG_LOG_MAXLINES`` for ffmpeg.log.max_lines."""
     primary = ENV_PREFIX + "_".join(path).upper()
     compact = ENV_PREFIX + "_".join(part.replace("_", "") for part in path).upper()
-    return [primary] if compact == primary else [primary, compact]
+    names = [primary] if compact == primary else [primary, compact]
+    if path in _ENV_ALIASES:
+        names.append(_ENV_ALIASES[path])
+    return names
 
 
 def _env_value(raw: str, annotation: Any) -> Any:

@@ -22,6 +22,9 @@ from dragonfork.process.registry import Registry
 from dragonfork.process.runner import ProcessRuntime
 from dragonfork.process.store import Store
 from dragonfork.servers.whep import PublisherStatus, WhepServer, WhepSettings
+from dragonfork.sessions.ffmpeg import FfmpegSessions
+from dragonfork.sessions.registry import SessionRegistry
+from dragonfork.sessions.webrtc import WebrtcSessions
 from dragonfork.stream.directory import StreamDirectory
 from dragonfork.stream.ingest.rtp_udp import RtpIngestSettings
 from dragonfork.stream.stream import StreamSettings
@@ -37,6 +40,7 @@ class Core:
     whep: WhepServer
     metrics_history: MetricsHistory
     files: FileService
+    client_sessions: SessionRegistry  # who watches what: /api/v3/session, limits for new viewers
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -143,6 +147,8 @@ def build_core(loaded: LoadedSettings) -> Core:
             state=process.state,
         )
 
+    client_sessions = SessionRegistry(settings.sessions, settings.data_dir / "sessions")
+    client_sessions.add_sampler(FfmpegSessions(client_sessions, registry.processes.values).sample)
     whep = WhepServer(
         directory,
         WhepSettings(
@@ -151,6 +157,7 @@ def build_core(loaded: LoadedSettings) -> Core:
             viewer=viewer_settings,
         ),
         publisher_status,
+        viewer_observer=WebrtcSessions(client_sessions),
     )
     started_at = time.time()
     history = MetricsHistory(
@@ -166,5 +173,6 @@ def build_core(loaded: LoadedSettings) -> Core:
         whep=whep,
         metrics_history=history,
         files=files,
+        client_sessions=client_sessions,
         started_at=started_at,
     )

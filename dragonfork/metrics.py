@@ -174,6 +174,33 @@ SOURCE_RECEIVED_PACKETS = Counter(
     registry=REGISTRY,
 )
 
+# --- sessions (who is watching what) ---------------------------------------------------------------------
+
+SESSIONS_ACTIVE = Gauge(
+    "dragonfork_sessions_active",
+    "Active sessions by collector (hls, webrtc, rtmp, srt, ffmpeg)",
+    ["collector"],
+    registry=REGISTRY,
+)
+SESSIONS_TOTAL = Counter(
+    "dragonfork_sessions_total",
+    "Sessions that became active since the start, by collector",
+    ["collector"],
+    registry=REGISTRY,
+)
+SESSION_BYTES = Counter(
+    "dragonfork_session_bytes_total",
+    "Bytes sent (tx) to and received (rx) from session clients",
+    ["collector", "direction"],
+    registry=REGISTRY,
+)
+SESSIONS_REFUSED = Counter(
+    "dragonfork_sessions_refused_total",
+    "New viewers refused by a sessions.* limit (max_sessions, max_bitrate_mbit)",
+    ["collector", "limit"],
+    registry=REGISTRY,
+)
+
 _PER_PROCESS = (
     PROCESS_FPS,
     PROCESS_BITRATE,

@@ -6,6 +6,7 @@ trio.run(serve)
     └── root nursery
         ├── registry.run      → one supervisor (and one nursery per FFmpeg run) per process
         ├── metrics_history   → samples the metrics for /api/v3/metrics (when metrics.enable)
+        ├── client_sessions.run → the session collectors' tick (expiry, counters, persisted totals)
         ├── hypercorn.trio    → the QuartTrio app
         ├── watch_event_loop  → event-loop lag metric; systemd WATCHDOG=1 pings while the loop is healthy
         └── signal watcher    → SIGINT/SIGTERM: stop HTTP, stop every FFmpeg child, persist, exit 0
@@ -102,6 +103,7 @@ async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None
         await root.start(core.registry.run)
         if loaded.settings.metrics.enable:
             await root.start(core.metrics_history.run)
+        await root.start(core.client_sessions.run)
         http_stopped = trio.Event()
         await root.start(_serve_http, core, http_stopped)
         log.info(

@@ -20,6 +20,7 @@ from dragonfork.http.routes.docs import docs_blueprint
 from dragonfork.http.routes.files import FileUploadRequest, files_blueprint, serve_from_diskfs
 from dragonfork.http.routes.monitor import monitor_blueprint
 from dragonfork.http.routes.process import process_blueprint
+from dragonfork.http.routes.sessions import WIDGET_PREFIX, sessions_blueprint
 from dragonfork.http.routes.ui import ui_blueprint
 from dragonfork.http.routes.whep import whep_blueprint
 
@@ -37,7 +38,8 @@ def create_app(core: Core) -> QuartTrio:
     @app.before_request
     async def _before() -> None:
         g.started = time.perf_counter()
-        if request.path.startswith("/api/v3"):
+        public = request.path.startswith(WIDGET_PREFIX)  # datarhei's widget needs no auth
+        if request.path.startswith("/api/v3") and not public:
             issuer.require()
         elif request.path == "/metrics" and core.settings.metrics.protect:
             issuer.require_for_metrics()
@@ -81,6 +83,7 @@ def create_app(core: Core) -> QuartTrio:
     app.register_blueprint(monitor_blueprint(core))
     app.register_blueprint(whep_blueprint(core))
     app.register_blueprint(files_blueprint(core.files))
+    app.register_blueprint(sessions_blueprint(core))
     app.register_blueprint(docs_blueprint())
     app.register_blueprint(ui_blueprint())
     return app

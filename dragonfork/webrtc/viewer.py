@@ -124,6 +124,7 @@ class Viewer:
         self.id = secrets.token_urlsafe(24)
         self.process_id = process_id
         self.settings = settings or ViewerSettings()
+        self.bytes_sent = 0  # RTP to the peer, from aiortc's stats (read once a second while connected)
         self.created_at = time.time()
         self.state = ViewerState.NEW
         self.close_reason: CloseReason | None = None
@@ -236,6 +237,10 @@ class Viewer:
             candidates.append(None)
         await aio_as_trio(_add_ice_candidates)(pc, candidates)  # one trio → asyncio hop for the whole PATCH
 
+    def traffic(self) -> tuple[int, int]:
+        """(received, sent) bytes so far, the session collector's counter (media flows one way: rx is 0)."""
+        return 0, self.bytes_sent
+
     # --- the steps of run() ----------------------------------------------------------------------------
 
     async def _answer(self, pc: RTCPeerConnection, offer: Offer, tracks: list[FrameTrack]) -> str:
@@ -312,7 +317,7 @@ class Viewer:
         last_heard = trio.current_time()
         while True:
             await trio.sleep(LIVENESS_INTERVAL)
-            report = await aio_as_trio(_latest_receiver_reports)(pc)
+            report, self.bytes_sent = await aio_as_trio(_sender_stats)(pc)
             if report != last_report or video.first_frame_at is None:
                 last_report, last_heard = report, trio.current_time()
             elif trio.current_time() - last_heard > self.settings.disconnect_grace:
@@ -375,11 +380,14 @@ async def _add_ice_candidates(pc: RTCPeerConnection, candidates: list[RTCIceCand
         await pc.addIceCandidate(candidate)
 
 
-async def _latest_receiver_reports(pc: RTCPeerConnection) -> tuple[object, ...]:
-    """The timestamps of the last receiver report per sender: they change whenever the peer reports."""
+async def _sender_stats(pc: RTCPeerConnection) -> tuple[tuple[object, ...], int]:
+    """The timestamps of the last receiver report per sender (they change whenever the peer reports) and
+    the bytes sent by every sender."""
     stamps = []
+    sent = 0
     for sender in pc.getSenders():
         if sender.track is not None:
             stats = await sender.getStats()
             stamps += [s.timestamp for s in stats.values() if s.type == "remote-inbound-rtp"]
-    return tuple(stamps)
+            sent += sum(s.bytesSent for s in stats.values() if s.type == "outbound-rtp")
+    return tuple(stamps), sent

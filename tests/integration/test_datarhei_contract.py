@@ -265,6 +265,14 @@ def test_every_shared_route_answers_as_datarhei_describes(swagger: Spec, core: S
     call("POST", "/api/v3/metrics", 400, json={"metrics": [{"name": "x", "labels": {"process": "("}}]})
     call("POST", "/api/v3/metrics", 400, json={"timerange_sec": "soon"})
 
+    assert set(call("GET", "/api/v3/session?collectors=hls,webrtc", 200)) == {"hls", "webrtc"}
+    assert "ffmpeg" in call("GET", "/api/v3/session/active", 200)
+    call("GET", "/api/v3/session", 401, token=None)
+    call("GET", "/api/v3/session/active", 401, token=None)
+    widget = call("GET", "/api/v3/widget/process/contract", 200, token=None)
+    assert set(widget) == {"current_sessions", "total_sessions", "uptime"}
+    call("GET", "/api/v3/widget/process/nope", 404, token=None)
+
     call("DELETE", "/api/v3/process/contract", 200)
     call("DELETE", "/api/v3/process/contract", 404)
 

@@ -89,7 +89,6 @@ DATARHEI_IGNORED_KEYS = {
     "srt",
     "playout",
     "debug",
-    "sessions",
     "service",
     "router",
 }
@@ -271,6 +270,7 @@ def test_datarhei_core_config_file_loads(tmp_path: Path) -> None:
     assert settings.metrics.enable is False
     assert settings.metrics.enable_prometheus is False
     assert (settings.metrics.range_sec, settings.metrics.interval_sec) == (300, 2)
+    assert settings.sessions.ip_ignorelist == ["127.0.0.1/32"]
 
     assert set(loaded.ignored_file_keys) == DATARHEI_IGNORED_KEYS
     assert loaded.sources["api.auth.jwt.secret"] == "file"
@@ -425,3 +425,35 @@ def test_cli_serve_with_bad_environment_value_exits_2(tmp_path: Path) -> None:
     assert "CORE_FFMPEG_MAXPROCESSES='abc'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "db").exists()
+
+
+# --- sessions -----------------------------------------------------------------------------------------------
+
+
+def test_sessions_defaults_ignore_loopback_as_datarhei() -> None:
+    sessions = load_settings(None, environ={}).settings.sessions
+    assert sessions.enable is True
+    assert sessions.ip_ignorelist == ["127.0.0.1/32", "::1/128"]
+    assert sessions.session_timeout_sec == 30
+    assert (sessions.max_sessions, sessions.max_bitrate_mbit, sessions.persist) == (0, 0, False)
+
+
+def test_sessions_datarhei_variable_names() -> None:
+    environ = {
+        "CORE_SESSIONS_MAXBITRATE_MBIT": "250",
+        "CORE_SESSIONS_MAXSESSIONS": "40",
+        "CORE_SESSIONS_SESSION_TIMEOUT_SEC": "12",
+        "CORE_SESSIONS_IP_IGNORELIST": "10.0.0.0/8,192.168.1.0/24",
+    }
+    sessions = load_settings(None, environ=environ).settings.sessions
+    assert sessions.max_bitrate_mbit == 250
+    assert sessions.max_sessions == 40
+    assert sessions.session_timeout_sec == 12
+    assert sessions.ip_ignorelist == ["10.0.0.0/8", "192.168.1.0/24"]
+
+
+def test_sessions_bad_cidr_names_the_variable_and_value() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings(None, environ={"CORE_SESSIONS_IP_IGNORELIST": "127.0.0.1/32 not-a-range"})
+    assert "CORE_SESSIONS_IP_IGNORELIST" in str(error.value)
+    assert "not-a-range" in str(error.value)

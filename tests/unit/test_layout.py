@@ -1,9 +1,9 @@
 """The layout keeps the data flow visible: imports only go down the layers, and no module imports in a circle.
 
-http → core → services (servers/*, process) → webrtc → stream; files (memfs, diskfs, cleanup) is a service
-that imports nothing of ours, and process uses it to run its outputs' cleanup rules. Read from the sources
-(every import, also the ones under ``TYPE_CHECKING`` or inside functions), so a new module is covered as soon
-as it exists.
+http → core → sessions → services (servers/*, process) → webrtc → stream; files (memfs, diskfs,
+cleanup) is a service that imports nothing of ours, and process uses it to run its outputs' cleanup
+rules. Read from the sources (every import, also the ones under ``TYPE_CHECKING`` or inside
+functions), so a new module is covered as soon as it exists.
 """
 
 from __future__ import annotations
@@ -31,12 +31,15 @@ ALLOWED: dict[str, set[str]] = {
     "dragonfork.webrtc": {"dragonfork.stream"},
     "dragonfork.process": {"dragonfork.stream", "dragonfork.files"},
     "dragonfork.servers": {"dragonfork.stream", "dragonfork.webrtc"},
+    # who watches what: it observes the services (viewers of servers/whep, processes' network I/O)
+    "dragonfork.sessions": {"dragonfork.process", "dragonfork.servers"},
     "dragonfork.core": {
         "dragonfork.stream",
         "dragonfork.webrtc",
         "dragonfork.process",
         "dragonfork.servers",
         "dragonfork.files",
+        "dragonfork.sessions",
     },
 }
 """For each layer, the layers below it that it may import (besides itself and the foundation)."""

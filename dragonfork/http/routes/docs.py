@@ -58,6 +58,13 @@ def _array(items: Schema) -> Schema:
 _STRING: Schema = {"type": "string"}
 _INTEGER: Schema = {"type": "integer"}
 _NUMBER: Schema = {"type": "number"}
+
+
+def _map(values: Schema) -> Schema:
+    return {"type": "object", "additionalProperties": values}
+
+
+_SESSION_STATS = _object({"sessions": _INTEGER, "traffic_rx_mb": _INTEGER, "traffic_tx_mb": _INTEGER})
 _BOOLEAN: Schema = {"type": "boolean"}
 _ANY: Schema = {}
 
@@ -309,6 +316,52 @@ SCHEMAS: dict[str, Schema] = {
             "ignored_file_keys": _array(_STRING),
         }
     ),
+    # datarhei's api.Session* and api.WidgetProcess
+    "api.Session": _object(
+        {
+            "id": _STRING,
+            "reference": _STRING,
+            "created_at": _INTEGER,
+            "local": _STRING,
+            "remote": _STRING,
+            "extra": _STRING,
+            "bytes_rx": _INTEGER,
+            "bytes_tx": _INTEGER,
+            "bandwidth_rx_kbit": _NUMBER,
+            "bandwidth_tx_kbit": _NUMBER,
+        }
+    ),
+    "api.SessionStats": _SESSION_STATS,
+    "api.SessionSummary": _object(
+        {
+            "active": _object(
+                {
+                    "list": _array(_ref("api.Session")),
+                    "sessions": _INTEGER,
+                    "bandwidth_rx_mbit": _NUMBER,
+                    "bandwidth_tx_mbit": _NUMBER,
+                    "max_sessions": _INTEGER,
+                    "max_bandwidth_rx_mbit": _NUMBER,
+                    "max_bandwidth_tx_mbit": _NUMBER,
+                }
+            ),
+            "summary": _object(
+                {
+                    "remote": _map(
+                        _object({**_SESSION_STATS["properties"], "local": _map(_ref("api.SessionStats"))})
+                    ),
+                    "local": _map(_ref("api.SessionStats")),
+                    "reference": _map(_ref("api.SessionStats")),
+                    **_SESSION_STATS["properties"],
+                }
+            ),
+        }
+    ),
+    "api.SessionsSummary": _map(_ref("api.SessionSummary")),
+    "api.SessionsActive": _map(_array(_ref("api.Session"))),
+    "api.WidgetProcess": _object(
+        {"current_sessions": _INTEGER, "total_sessions": _INTEGER, "uptime": _INTEGER}
+    ),
 }
 # The process config's components, generated from the pydantic models, under datarhei's names.
 _MODEL_NAMES = {
@@ -332,6 +385,7 @@ class Route:
     errors: tuple[int, ...] = ()  # besides the derived ones
     query: tuple[tuple[str, str], ...] = ()
     not_found: bool = True  # whether an unknown path parameter is a 404
+    public: bool = False  # under /api/v3 but without auth (datarhei's widget)
 
     def error_statuses(self) -> list[int]:
         derived = set(self.errors)
@@ -339,7 +393,7 @@ class Route:
             derived |= {400, 413, 415}  # unparsable or invalid, too large, wrong Content-Type
         if self.not_found and "{" in self.path:
             derived.add(404)
-        if self.path.startswith("/api/v3"):
+        if self.path.startswith("/api/v3") and not self.public:
             derived.add(401)
         return sorted(derived)
 
@@ -495,6 +549,31 @@ ROUTES: tuple[Route, ...] = (
         "The effective configuration and where each value came from",
         response="EffectiveConfig",
     ),
+    *(
+        Route(
+            "get",
+            path,
+            summary,
+            response=schema,
+            errors=(400,),
+            query=(("collectors", "Comma-separated: hls, webrtc, rtmp, srt, ffmpeg (default all)"),),
+        )
+        for path, summary, schema in (
+            (
+                "/api/v3/session",
+                "Sessions per collector: active ones and totals",
+                "api.SessionsSummary",
+            ),
+            ("/api/v3/session/active", "The active sessions per collector", "api.SessionsActive"),
+        )
+    ),
+    Route(
+        "get",
+        "/api/v3/widget/process/{id}",
+        "Public: a process's current and total viewers and its uptime",
+        response="api.WidgetProcess",
+        public=True,
+    ),
     Route(
         "post",
         "/api/v3/whep/{id}",
@@ -563,7 +642,7 @@ def _operation(route: Route) -> Schema:
     }
     if route.body is not None:
         operation["requestBody"] = {"required": True, "content": _content(route.body)}
-    if route.path.startswith("/api/v3"):
+    if route.path.startswith("/api/v3") and not route.public:
         operation["security"] = [{"bearer": []}]
     return operation
 

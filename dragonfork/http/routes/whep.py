@@ -17,6 +17,7 @@ from quart_trio.wrappers import TrioResponse as Response
 from dragonfork import metrics
 from dragonfork.core import Core
 from dragonfork.http.errors import ApiError, read_body
+from dragonfork.http.viewers import request_client
 from dragonfork.servers.whep import WhepRefused
 
 PREFIX = "/api/v3/whep"
@@ -97,7 +98,7 @@ def whep_blueprint(core: Core) -> Blueprint:
     async def offer(process_id: str):  # type: ignore[no-untyped-def]
         offer_sdp = (await read_body("application/sdp")).decode("utf-8", "replace")
         try:
-            session = await core.whep.new_session(process_id, offer_sdp)
+            session = await core.whep.new_session(process_id, offer_sdp, request_client())
         except WhepRefused as refused:
             raise _api_error(refused) from None
         headers = {

@@ -13,8 +13,9 @@ import dataclasses
 import functools
 import hashlib
 from collections.abc import Callable
+from typing import Any
 
-from dragonfork.servers.whep.sessions import ViewerCapReached, ViewerSessions
+from dragonfork.servers.whep.sessions import ViewerCapReached, ViewerObserver, ViewerRefused, ViewerSessions
 from dragonfork.stream.directory import StreamDirectory, StreamNotLive
 from dragonfork.stream.stream import StreamEnded
 from dragonfork.webrtc.sdp import SdpRejected
@@ -81,10 +82,12 @@ class WhepServer:
         directory: StreamDirectory,
         settings: WhepSettings,
         publisher_status: Callable[[str], PublisherStatus | None],
+        *,
+        viewer_observer: ViewerObserver | None = None,
     ) -> None:
         self.directory = directory
         self.settings = settings
-        self.sessions = ViewerSessions()
+        self.sessions = ViewerSessions(viewer_observer)
         self._publisher_status = publisher_status
 
     def viewer_count(self, name: str) -> int:
@@ -109,8 +112,9 @@ class WhepServer:
         """The ETag of a session (GET/HEAD on it); ``WhepRefused`` 404 when there is none."""
         return self._session(name, resource_id).entity_tag
 
-    async def new_session(self, name: str, offer_sdp: str) -> WhepSession:
-        """Answer ``offer_sdp`` with a viewer of stream ``name``; raises ``WhepRefused``."""
+    async def new_session(self, name: str, offer_sdp: str, client: Any = None) -> WhepSession:
+        """Answer ``offer_sdp`` with a viewer of stream ``name``; raises ``WhepRefused``. ``client`` (who
+        asks, as the caller identified it) goes to the viewer observer."""
         status = self.check_endpoint(name)
         wait = self.settings.publisher_wait if status.started else 0.0
         try:
@@ -124,7 +128,7 @@ class WhepServer:
             ) from None
         viewer = Viewer(name, self.settings.viewer)
         cap = self.settings.max_viewers_per_stream
-        reader = functools.partial(self.sessions.run_viewer, viewer, max_viewers=cap)
+        reader = functools.partial(self.sessions.run_viewer, viewer, max_viewers=cap, client=client)
         try:
             answer: str = await stream.start_reader(reader, offer_sdp)
         except ViewerCapReached:
@@ -135,6 +139,8 @@ class WhepServer:
                 field="webrtc.max_peers_per_stream",
                 retry_after=RETRY_AFTER_FULL,
             ) from None
+        except ViewerRefused as exc:
+            raise WhepRefused(503, exc.message, field=exc.setting, retry_after=exc.retry_after) from None
         except SdpRejected as exc:
             raise WhepRefused(exc.status, exc.message, field="offer") from None
         except AnswerTimeout as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -17,16 +17,38 @@ class ViewerCapReached(Exception):
     """The process already has its maximum number of viewers (the WHEP layer answers 503 + Retry-After)."""
 
 
+class ViewerRefused(Exception):
+    """An observer turned a new viewer away (a ``sessions.*`` limit); the WHEP layer answers 503."""
+
+    def __init__(self, message: str, *, setting: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.setting = setting
+        self.retry_after = retry_after
+
+
+class ViewerObserver(Protocol):
+    """Told of every viewer that enters and leaves the table (the session collectors' ``webrtc`` side)."""
+
+    def opened(self, viewer: Viewer, client: Any) -> None:
+        """A viewer is starting; ``client`` is how the caller identified its client. Raises
+        ``ViewerRefused`` to turn it away."""
+
+    def closed(self, viewer: Viewer) -> None: ...
+
+
 class ViewerSessions:
     """Every viewer that is answering or running, by its unguessable id.
 
     A viewer enters the table when its task starts (so viewers still building their answer count against the
-    cap, and concurrent POSTs cannot overshoot it) and leaves it when its task ends, however it ends.
+    cap, and concurrent POSTs cannot overshoot it) and leaves it when its task ends, however it ends. The
+    ``observer`` hears both; it may refuse a viewer (``ViewerRefused`` from ``opened``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, observer: ViewerObserver | None = None) -> None:
         self._viewers: dict[str, Viewer] = {}
         self._per_process: collections.Counter[str] = collections.Counter()
+        self._observer = observer
 
     def get(self, viewer_id: str) -> Viewer | None:
         return self._viewers.get(viewer_id)
@@ -40,10 +62,13 @@ class ViewerSessions:
     def __len__(self) -> int:
         return len(self._viewers)
 
-    def add(self, viewer: Viewer, *, max_viewers: int | None = None) -> None:
-        """Register a viewer; raise ``ViewerCapReached`` if its process already has ``max_viewers``."""
+    def add(self, viewer: Viewer, *, max_viewers: int | None = None, client: Any = None) -> None:
+        """Register a viewer; raise ``ViewerCapReached`` if its process already has ``max_viewers``, or
+        ``ViewerRefused`` from the observer."""
         if max_viewers is not None and self.count(viewer.process_id) >= max_viewers:
             raise ViewerCapReached(f"process {viewer.process_id!r} has {max_viewers} viewers already")
+        if self._observer is not None:
+            self._observer.opened(viewer, client)
         self._viewers[viewer.id] = viewer
         self._per_process[viewer.process_id] += 1
 
@@ -53,6 +78,8 @@ class ViewerSessions:
             self._per_process[viewer.process_id] -= 1
             if not self._per_process[viewer.process_id]:
                 del self._per_process[viewer.process_id]
+            if self._observer is not None:
+                self._observer.closed(viewer)
 
     async def run_viewer(
         self,
@@ -61,13 +88,15 @@ class ViewerSessions:
         offer_sdp: str,
         *,
         max_viewers: int | None = None,
+        client: Any = None,
         task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """``Viewer.run`` with the viewer in the table for its whole life (a ``Stream.start_reader`` reader).
 
-        Raises out of ``start_reader`` what ``Viewer.run`` raises before its answer and ``ViewerCapReached``.
+        Raises out of ``start_reader`` what ``Viewer.run`` raises before its answer, ``ViewerCapReached``
+        and what the observer raises to refuse the viewer (``ViewerRefused``).
         """
-        self.add(viewer, max_viewers=max_viewers)
+        self.add(viewer, max_viewers=max_viewers, client=client)
         try:
             await viewer.run(stream, offer_sdp, task_status=task_status)
         finally:

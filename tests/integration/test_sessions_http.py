@@ -1,0 +1,224 @@
+"""Sessions against the real server: real aiortc WHEP viewers, real FFmpeg, the API datarhei clients read."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from harness import Server, free_port, lavfi_process, metric, running_server, wait_live, whep_url
+from whep_peers import aiortc_offer, start_client
+
+SDP = {"Content-Type": "application/sdp"}
+# Test clients are on loopback, which datarhei (and so dragonfork) ignores by default.
+COLLECT_LOOPBACK = {
+    "CORE_SESSIONS_IP_IGNORELIST": "",
+    "CORE_WEBRTC_HANDSHAKE_TIMEOUT_SECONDS": "3",
+    "CORE_WEBRTC_DISCONNECT_GRACE_SECONDS": "2",
+}
+
+
+def active(server: Server, collector: str) -> list[dict[str, Any]]:
+    response = server.api("GET", "/api/v3/session/active", params={"collectors": collector})
+    assert response.status_code == 200, response.text
+    return list(response.json()[collector])
+
+
+def summary(server: Server, collector: str) -> dict[str, Any]:
+    response = server.api("GET", "/api/v3/session", params={"collectors": collector})
+    assert response.status_code == 200, response.text
+    return dict(response.json()[collector])
+
+
+def widget(server: Server, process_id: str) -> dict[str, Any]:
+    response = server.api("GET", f"/api/v3/widget/process/{process_id}")
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(tmp_path_factory.mktemp("sessions"), **COLLECT_LOOPBACK) as server:
+        response = server.api("POST", "/api/v3/process", json=lavfi_process("cam", webrtc=True))
+        assert response.is_success, response.text
+        wait_live(server, "cam")
+        yield server
+
+
+def test_whep_viewer_is_a_session_while_connected(server: Server) -> None:
+    before = summary(server, "webrtc")["summary"]["sessions"]
+    client = start_client(whep_url(server, "cam"), duration=6)
+    server.wait_for(
+        lambda: any(s["bytes_tx"] > 0 for s in active(server, "webrtc")),
+        15,
+        "the viewer's session to be active",
+    )
+    [session] = active(server, "webrtc")
+    assert session["reference"] == "cam"
+    assert session["local"] == "/api/v3/whep/cam"
+    assert session["remote"] == "127.0.0.1"
+    assert session["bandwidth_tx_kbit"] > 0
+    assert len(session["id"]) == 16  # not the WHEP resource id, which is a capability
+    assert widget(server, "cam")["current_sessions"] == 1
+    assert metric(server, "dragonfork_sessions_active", collector="webrtc") == 1
+
+    report = client.report()
+    assert report["error"] is None, report
+    server.wait_for(lambda: not active(server, "webrtc"), 10, "the session to end with the viewer")
+    totals = summary(server, "webrtc")
+    assert totals["active"]["sessions"] == 0
+    assert totals["summary"]["sessions"] == before + 1
+    assert totals["summary"]["reference"]["cam"]["sessions"] >= 1
+    assert metric(server, "dragonfork_sessions_active", collector="webrtc") == 0
+    assert metric(server, "dragonfork_sessions_total", collector="webrtc") >= 1
+    assert metric(server, "dragonfork_session_bytes_total", collector="webrtc", direction="tx") > 0
+    counts = widget(server, "cam")
+    assert counts["current_sessions"] == 0 and counts["total_sessions"] == before + 1
+    assert counts["uptime"] > 0
+
+
+def test_summary_and_active_cover_every_collector_in_datarhei_shape(server: Server) -> None:
+    everything = server.api("GET", "/api/v3/session").json()
+    assert set(everything) == {"hls", "webrtc", "rtmp", "srt", "ffmpeg"}
+    for entry in everything.values():
+        assert set(entry) == {"active", "summary"}
+        assert set(entry["active"]) == {
+            "list",
+            "sessions",
+            "bandwidth_rx_mbit",
+            "bandwidth_tx_mbit",
+            "max_sessions",
+            "max_bandwidth_rx_mbit",
+            "max_bandwidth_tx_mbit",
+        }
+        assert set(entry["summary"]) == {
+            "remote",
+            "local",
+            "reference",
+            "sessions",
+            "traffic_rx_mb",
+            "traffic_tx_mb",
+        }
+    assert set(server.api("GET", "/api/v3/session/active").json()) == set(everything)
+    both = server.api("GET", "/api/v3/session/active", params={"collectors": "rtmp,srt"}).json()
+    assert both == {"rtmp": [], "srt": []}
+    bad = server.api("GET", "/api/v3/session", params={"collectors": "hls,../x"})
+    assert bad.status_code == 400 and "collectors" in bad.json()["message"]
+
+
+def test_widget_of_unknown_process_is_404(server: Server) -> None:
+    response = server.api("GET", "/api/v3/widget/process/nope")
+    assert response.status_code == 404 and "nope" in response.json()["message"]
+
+
+def test_ffmpeg_pushing_to_the_network_is_a_session(server: Server) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(("127.0.0.1", 0))
+        port = receiver.getsockname()[1]
+        output = [{"id": "udp", "address": f"udp://127.0.0.1:{port}", "options": ["-f", "mpegts"]}]
+        config = lavfi_process("pusher", audio=False, output=output)
+        assert server.api("POST", "/api/v3/process", json=config).is_success
+        try:
+            server.wait_for(
+                lambda: any(s["bytes_tx"] > 0 for s in active(server, "ffmpeg")), 15, "an ffmpeg session"
+            )
+            [session] = active(server, "ffmpeg")
+            assert session["id"] == "pusher" and session["remote"] == "127.0.0.1"
+            assert server.api("PUT", "/api/v3/process/pusher/command", json={"command": "stop"}).is_success
+            server.wait_for(lambda: not active(server, "ffmpeg"), 10, "the ffmpeg session to end")
+        finally:
+            server.api("DELETE", "/api/v3/process/pusher")
+    assert summary(server, "ffmpeg")["summary"]["reference"][""]["sessions"] == 1
+
+
+def test_max_sessions_answers_503_for_a_new_viewer(tmp_path: Any) -> None:
+    env = {**COLLECT_LOOPBACK, "CORE_SESSIONS_MAX_SESSIONS": "1"}
+    with running_server(tmp_path, **env) as limited:
+        assert limited.api("POST", "/api/v3/process", json=lavfi_process("cam", webrtc=True)).is_success
+        wait_live(limited, "cam")
+        first = limited.api("POST", "/api/v3/whep/cam", content=aiortc_offer(), headers=SDP)
+        assert first.status_code == 201, first.text
+        second = limited.api("POST", "/api/v3/whep/cam", content=aiortc_offer(), headers=SDP)
+        assert second.status_code == 503, second.text
+        assert second.headers["Retry-After"] == "5"
+        assert "sessions.max_sessions" in second.json()["message"]
+        limited.wait_state("cam", "running")  # the refusal broke nothing
+        assert (
+            metric(limited, "dragonfork_sessions_refused_total", collector="webrtc", limit="max_sessions")
+            == 1
+        )
+        assert limited.api("DELETE", first.headers["Location"]).status_code == 204
+        limited.wait_for(
+            lambda: (
+                limited.api("POST", "/api/v3/whep/cam", content=aiortc_offer(), headers=SDP).status_code
+                == 201
+            ),
+            10,
+            "a viewer to be admitted again",
+        )
+
+
+def test_max_bitrate_answers_503_while_the_server_sends_more(tmp_path: Any) -> None:
+    env = {**COLLECT_LOOPBACK, "CORE_SESSIONS_MAXBITRATE_MBIT": "0.01"}  # 10 kbit/s: one viewer is over it
+    with running_server(tmp_path, **env) as limited:
+        assert limited.api("POST", "/api/v3/process", json=lavfi_process("cam", webrtc=True)).is_success
+        wait_live(limited, "cam")
+        watching = start_client(whep_url(limited, "cam"), duration=8)
+        limited.wait_for(
+            lambda: summary(limited, "webrtc")["active"]["bandwidth_tx_mbit"] > 0.01,
+            15,
+            "traffic over 10 kbit/s",
+        )
+        refused = limited.api("POST", "/api/v3/whep/cam", content=aiortc_offer(), headers=SDP)
+        assert refused.status_code == 503, refused.text
+        assert "sessions.max_bitrate_mbit" in refused.json()["message"]
+        assert refused.headers["Retry-After"] == "5"
+        assert watching.report()["error"] is None  # the viewer already watching is not cut off
+
+
+def test_loopback_viewers_are_ignored_by_default(tmp_path: Any) -> None:
+    with running_server(tmp_path, CORE_SESSIONS_MAX_SESSIONS="1") as default:
+        assert default.api("POST", "/api/v3/process", json=lavfi_process("cam", webrtc=True)).is_success
+        wait_live(default, "cam")
+        for _ in range(2):  # neither collected nor limited
+            response = default.api("POST", "/api/v3/whep/cam", content=aiortc_offer(), headers=SDP)
+            assert response.status_code == 201, response.text
+        assert default.api("GET", "/api/v3/session/active").json()["webrtc"] == []
+
+
+def test_session_api_needs_auth_and_the_widget_does_not(tmp_path: Any) -> None:
+    env = {
+        "CORE_API_AUTH_ENABLE": "true",
+        "CORE_API_AUTH_USERNAME": "admin",
+        "CORE_API_AUTH_PASSWORD": "pw-sessions",
+        "CORE_ADDRESS": f"127.0.0.1:{free_port()}",
+    }
+    with running_server(tmp_path, **env) as secured:
+        assert secured.api("GET", "/api/v3/session").status_code == 401
+        assert secured.api("GET", "/api/v3/session/active").status_code == 401
+        secured.login("admin", "pw-sessions")
+        assert secured.api("POST", "/api/v3/process", json=lavfi_process("cam")).is_success
+        secured.token = None
+        counts = secured.api("GET", "/api/v3/widget/process/cam")
+        assert counts.status_code == 200, counts.text
+        assert counts.json() == {
+            "current_sessions": 0,
+            "total_sessions": 0,
+            "uptime": counts.json()["uptime"],
+        }
+        assert secured.api("GET", "/api/v3/process/cam").status_code == 401
+
+
+def test_persisted_totals_survive_a_restart(tmp_path: Any) -> None:
+    env = {**COLLECT_LOOPBACK, "CORE_SESSIONS_PERSIST": "true"}
+    with running_server(tmp_path, **env) as first:
+        assert first.api("POST", "/api/v3/process", json=lavfi_process("cam", webrtc=True)).is_success
+        wait_live(first, "cam")
+        assert start_client(whep_url(first, "cam"), duration=2).report()["error"] is None
+        first.wait_for(lambda: summary(first, "webrtc")["summary"]["sessions"] == 1, 10, "one ended session")
+    stored = tmp_path / "data" / "sessions" / "webrtc.json"
+    assert "cam" in stored.read_text()
+    with running_server(tmp_path, **env) as second:
+        assert summary(second, "webrtc")["summary"]["reference"]["cam"]["sessions"] == 1
+        assert widget(second, "cam")["total_sessions"] == 1
