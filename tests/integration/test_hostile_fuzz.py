@@ -115,7 +115,7 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with running_server(tmp_path_factory.mktemp("hostile-fuzz"), **SERVER_ENV) as server:
         server.login(USERNAME, PASSWORD)
         assert (
-            server.api("POST", "/api/v3/process", json=lavfi_process("cam", webrtc=True)).status_code == 201
+            server.api("POST", "/api/v3/process", json=lavfi_process("cam", webrtc=True)).status_code == 200
         )
         wait_live(server, "cam")
         yield server

@@ -21,7 +21,7 @@ def sdp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         tmp_path_factory.mktemp("hostile-sdp"), CORE_WEBRTC_HANDSHAKE_TIMEOUT_SECONDS="3"
     ) as server:
         assert (
-            server.api("POST", "/api/v3/process", json=lavfi_process("cam", webrtc=True)).status_code == 201
+            server.api("POST", "/api/v3/process", json=lavfi_process("cam", webrtc=True)).status_code == 200
         )
         wait_live(server, "cam")
         yield server

@@ -44,7 +44,7 @@ def test_disk_directory_is_created_and_the_readme_diskfs_example_runs(tmp_path: 
                 }
             ],
         }
-        assert server.api("POST", "/api/v3/process", json=config).status_code == 201
+        assert server.api("POST", "/api/v3/process", json=config).status_code == 200
         server.wait_state("pattern", "running")
         server.wait_for(
             lambda: (disk / "pattern.m3u8").exists(), 15, "the HLS playlist in the disk directory"
@@ -62,7 +62,7 @@ def test_last_error_is_the_cause_not_conversion_failed(tmp_path: Path) -> None:
         "reconnect": False,
     }
     with running_server(tmp_path) as server:
-        assert server.api("POST", "/api/v3/process", json=config).status_code == 201
+        assert server.api("POST", "/api/v3/process", json=config).status_code == 200
         state = server.wait_state("bad-rate", "failed")
         assert "Error while opening encoder" in state["last_error"], state["last_error"]
         log = server.api("GET", "/api/v3/process/bad-rate/report").text

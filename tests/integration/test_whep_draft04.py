@@ -18,7 +18,7 @@ RESTART = "a=ice-ufrag:newuf\r\na=ice-pwd:newpasswordnewpasswordxx\r\n"
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str, str]]:
     with running_server(tmp_path_factory.mktemp("whep-draft04")) as server:
         assert (
-            server.api("POST", "/api/v3/process", json=lavfi_process("cam", webrtc=True)).status_code == 201
+            server.api("POST", "/api/v3/process", json=lavfi_process("cam", webrtc=True)).status_code == 200
         )
         wait_live(server, "cam")
         response = server.api("POST", "/api/v3/whep/cam", content=aiortc_offer(), headers=SDP)
