@@ -83,10 +83,13 @@ def _startup_failure(exc: BaseException, loaded: LoadedSettings) -> tuple[str, i
     """A message and exit code for failures a user can fix; None for anything else (a bug: traceback)."""
     from dragonfork.process.store import DatabaseError
     from dragonfork.server import UnsafeBind
+    from dragonfork.servers import ListenFailed
 
     for leaf in _leaves(exc):
         if isinstance(leaf, UnsafeBind):
             return str(leaf), EXIT_CONFIG
+        if isinstance(leaf, ListenFailed):
+            return str(leaf), EXIT_FAILED
         if isinstance(leaf, DatabaseError):
             return str(leaf), EXIT_FAILED
         if isinstance(leaf, OSError) and leaf.errno == errno.EADDRINUSE:

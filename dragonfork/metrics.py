@@ -181,3 +181,37 @@ def forget_process(process_id: str) -> None:
         for labels in list(metric._metrics):  # prometheus_client has no public label listing
             if labels[0] == process_id:
                 metric.remove(*labels)
+
+
+# --- ingest servers (RTMP today; WHIP and SRT use the same series with their protocol label) -------------
+
+INGEST_PUBLISHERS = Gauge(
+    "dragonfork_ingest_publishers",
+    "Publishers live now (publishing into the hub), by protocol",
+    ["protocol"],
+    registry=REGISTRY,
+)
+INGEST_BYTES = Counter(
+    "dragonfork_ingest_bytes_total",
+    "Bytes received from publishers (wire bytes), by protocol",
+    ["protocol"],
+    registry=REGISTRY,
+)
+INGEST_PACKETS = Counter(
+    "dragonfork_ingest_packets_total",
+    "Media packets received from publishers (RTMP: audio/video messages), by protocol and kind",
+    ["protocol", "kind"],
+    registry=REGISTRY,
+)
+INGEST_READERS = Gauge(
+    "dragonfork_ingest_players",
+    "Players reading a stream through an ingest server's own protocol (RTMP play), by protocol",
+    ["protocol"],
+    registry=REGISTRY,
+)
+INGEST_REFUSALS = Counter(
+    "dragonfork_ingest_refusals_total",
+    "Clients refused by an ingest server (bad handshake or chunks, token, name taken, codec), by reason",
+    ["protocol", "reason"],
+    registry=REGISTRY,
+)

@@ -1,42 +1,90 @@
-"""datarhei Core placeholders: ``{processid} {reference} {inputid} {outputid} {diskfs}``.
+"""datarhei Core placeholders: ``{processid} {reference} {inputid} {outputid} {diskfs} {rtmp,name=NAME}``.
 
 They are expanded in input/output ids, addresses and options (and the global options) when a process config is
 accepted, so the stored config, the FFmpeg command and the access checks all see the same final strings.
 An unknown ``{name}`` is left as it is: FFmpeg filter graphs legitimately contain braces.
+
+``{rtmp,name=NAME}`` is this server's own RTMP server, as datarhei writes it:
+``rtmp://HOST:PORT[app]/NAME[?token=T]`` (HOST from ``rtmp.address``, ``localhost`` when empty; the app
+only when it is not ``/``). FFmpeg plays it in an input and publishes to it in an output.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
+from dragonfork.process.access import AddressDenied
 from dragonfork.process.schema import IOConfig, ProcessConfig
 
-_PLACEHOLDER = re.compile(r"\{(processid|reference|inputid|outputid|diskfs)\}")
+_PLACEHOLDER = re.compile(r"\{(processid|reference|inputid|outputid|diskfs)\}|\{rtmp,name=([^{}]*)\}")
+_RTMP = re.compile(r"\{rtmp,name=[^{}]*\}")
 
 
-def expand(text: str, values: dict[str, str]) -> str:
-    return _PLACEHOLDER.sub(lambda match: values.get(match.group(1), match.group(0)), text)
+@dataclasses.dataclass(frozen=True)
+class IngestAddresses:
+    """Where FFmpeg reaches this server's own ingest servers; None for a server that is not enabled."""
+
+    rtmp: str | None = None
+    """``rtmp://HOST:PORT[app]``, the base of every ``{rtmp,name=NAME}``."""
+    rtmp_token: str = ""
+
+    @classmethod
+    def for_rtmp(cls, address: str, app: str, token: str) -> IngestAddresses:
+        host, _, port = address.rpartition(":")
+        base = f"rtmp://{host.strip('[]') or 'localhost'}:{port}{'' if app == '/' else app}"
+        return cls(rtmp=base, rtmp_token=token)
+
+    def rtmp_url(self, name: str) -> str | None:
+        if self.rtmp is None:
+            return None
+        return f"{self.rtmp}/{name}" + (f"?token={self.rtmp_token}" if self.rtmp_token else "")
 
 
-def _expand_io(io: IOConfig, values: dict[str, str], own_id_key: str) -> IOConfig:
+def expand(text: str, values: dict[str, str], ingest: IngestAddresses | None = None) -> str:
+    def replace(match: re.Match[str]) -> str:
+        if match.group(1) is not None:
+            return values.get(match.group(1), match.group(0))
+        url = ingest.rtmp_url(match.group(2)) if ingest is not None else None
+        return match.group(0) if url is None else url
+
+    return _PLACEHOLDER.sub(replace, text)
+
+
+def _expand_io(io: IOConfig, values: dict[str, str], own_id_key: str, ingest: IngestAddresses) -> IOConfig:
     io_id = expand(io.id, values)
     scoped = {**values, own_id_key: io_id}
     return io.model_copy(
         update={
             "id": io_id,
-            "address": expand(io.address, scoped),
-            "options": [expand(option, scoped) for option in io.options],
+            "address": expand(io.address, scoped, ingest),
+            "options": [expand(option, scoped, ingest) for option in io.options],
         }
     )
 
 
-def expand_config(config: ProcessConfig, diskfs: str) -> ProcessConfig:
+NO_INGEST = IngestAddresses()
+
+
+def expand_config(config: ProcessConfig, diskfs: str, ingest: IngestAddresses = NO_INGEST) -> ProcessConfig:
     """A copy of the config with every placeholder expanded."""
     values = {"processid": config.id, "reference": config.reference, "diskfs": diskfs}
     return config.model_copy(
         update={
-            "input": [_expand_io(io, values, "inputid") for io in config.input],
-            "output": [_expand_io(io, values, "outputid") for io in config.output],
-            "options": [expand(option, values) for option in config.options],
+            "input": [_expand_io(io, values, "inputid", ingest) for io in config.input],
+            "output": [_expand_io(io, values, "outputid", ingest) for io in config.output],
+            "options": [expand(option, values, ingest) for option in config.options],
         }
     )
+
+
+def check_ingest_available(resolved: ProcessConfig) -> None:
+    """Refuse an address still holding ``{rtmp,...}`` after expansion: its server is not enabled."""
+    for kind, ios in (("input", resolved.input), ("output", resolved.output)):
+        for index, io in enumerate(ios):
+            if _RTMP.search(io.address):
+                raise AddressDenied(
+                    f"{kind}.{index}.address",
+                    io.address,
+                    "{rtmp,name=...} needs the RTMP server: set rtmp.enable (CORE_RTMP_ENABLE=true)",
+                )

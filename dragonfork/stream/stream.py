@@ -16,7 +16,7 @@ from typing import Any
 import trio
 
 from dragonfork.stream.keyframe_cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_PACKETS, KeyframeCache
-from dragonfork.stream.track import H264, OPUS, Track
+from dragonfork.stream.track import H264, OPUS, Codec, Track
 
 
 @dataclasses.dataclass
@@ -38,7 +38,9 @@ class StreamEnded(Exception):
 class Stream:
     """The video (and optional audio) track of one publisher, and the readers' nursery."""
 
-    def __init__(self, name: str, settings: StreamSettings, *, has_audio: bool) -> None:
+    def __init__(
+        self, name: str, settings: StreamSettings, *, has_audio: bool, audio_codec: Codec = OPUS
+    ) -> None:
         self.name = name
         self.has_audio = has_audio
         self.live = trio.Event()
@@ -50,7 +52,7 @@ class Stream:
         )
         buffer = settings.subscriber_buffer_frames
         self.video = Track(H264, cache=cache, subscriber_buffer=buffer, on_first_keyframe=self.live.set)
-        self.audio = Track(OPUS, cache=None, subscriber_buffer=buffer) if has_audio else None
+        self.audio = Track(audio_codec, cache=None, subscriber_buffer=buffer) if has_audio else None
         self.ending = False
         """Set by ``end``: the publisher is going; a reader that ends now ends because of that."""
         self._nursery: trio.Nursery | None = None

@@ -32,6 +32,8 @@ class Codec:
 
 H264 = Codec("video", "H264", VIDEO_CLOCK_RATE)
 OPUS = Codec("audio", "opus", AUDIO_CLOCK_RATE)
+AAC = Codec("audio", "AAC", VIDEO_CLOCK_RATE)
+"""AAC as RTMP and MPEG-TS publishers carry it; timestamps on the 90 kHz MPEG clock (milliseconds × 90)."""
 
 
 class Subscription:
@@ -86,6 +88,10 @@ class Track:
         self._ended = False
         self._on_first_keyframe = on_first_keyframe
         self._resync_after_loss = codec.kind == "video"
+        self.config: bytes | None = None
+        """The decoder configuration when the publisher sends it out of band (H.264: the
+        AVCDecoderConfigurationRecord; AAC: the AudioSpecificConfig), for readers whose format carries it
+        out of band too (RTMP, MP4). None when it only travels in band (SPS/PPS in the keyframes)."""
         self.frames = 0
         self.keyframes = 0
         kind = codec.kind
