@@ -17,6 +17,7 @@ from dragonfork.http.cors import cors_blueprint
 from dragonfork.http.errors import ApiError, error_response
 from dragonfork.http.routes.about import about_blueprint
 from dragonfork.http.routes.docs import docs_blueprint
+from dragonfork.http.routes.ingest import ingest_blueprint
 from dragonfork.http.routes.monitor import monitor_blueprint
 from dragonfork.http.routes.process import process_blueprint
 from dragonfork.http.routes.ui import ui_blueprint
@@ -72,6 +73,7 @@ def create_app(core: Core) -> QuartTrio:
     app.register_blueprint(process_blueprint(core))
     app.register_blueprint(monitor_blueprint(core))
     app.register_blueprint(whep_blueprint(core))
+    app.register_blueprint(ingest_blueprint(core))
     app.register_blueprint(docs_blueprint())
     app.register_blueprint(ui_blueprint())
     return app

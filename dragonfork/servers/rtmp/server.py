@@ -18,7 +18,14 @@ import trio
 
 from dragonfork import metrics
 from dragonfork.servers import ListenFailed
-from dragonfork.servers.rtmp.session import PROTOCOL, RtmpRefused, RtmpSession, RtmpSessionSettings
+from dragonfork.servers.rtmp.session import (
+    PROTOCOL,
+    RtmpRefused,
+    RtmpSession,
+    RtmpSessionSettings,
+    client_gone,
+    single_cause,
+)
 from dragonfork.stream.directory import StreamDirectory, StreamNameTaken
 
 log = structlog.get_logger(__name__)
@@ -132,22 +139,22 @@ class RtmpServer:
         self.sessions[session.id] = session
         try:
             await session.run()
-        except RtmpRefused as exc:
-            metrics.INGEST_REFUSALS.labels(PROTOCOL, exc.reason).inc()
-            log.warning(
-                "rtmp_refused",
-                session=session.id,
-                remote=session.remote,
-                path=session.path.path if session.path else None,
-                reason=exc.reason,
-                error=exc.message,
-            )
-        except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away
-        except Exception as exc:
-            # A bug in a session must end that client only, never the server or other sessions.
-            log.exception("rtmp_session_failed", session=session.id, remote=session.remote)
-            metrics.FAILURES.labels("rtmp_session", type(exc).__name__).inc()
+        except Exception as raised:
+            exc = single_cause(raised)
+            if isinstance(exc, RtmpRefused):
+                metrics.INGEST_REFUSALS.labels(PROTOCOL, exc.reason).inc()
+                log.warning(
+                    "rtmp_refused",
+                    session=session.id,
+                    remote=session.remote,
+                    path=session.path.path if session.path else None,
+                    reason=exc.reason,
+                    error=exc.message,
+                )
+            elif not client_gone(exc):
+                # A bug in a session must end that client only, never the server or other sessions.
+                log.exception("rtmp_session_failed", session=session.id, remote=session.remote)
+                metrics.FAILURES.labels("rtmp_session", type(exc).__name__).inc()
         finally:
             del self.sessions[session.id]
             if session.path is not None and self._publishers.get(session.path.name) is session:

@@ -330,13 +330,19 @@ class RtmpSession:
         log.info("rtmp_publish_start", session=self.id, path=path.path, remote=self.remote)
         gauge = metrics.INGEST_PUBLISHERS.labels(PROTOCOL)
         gauge.inc()
+        failure: Exception | None = None
         try:
             async with trio.open_nursery() as nursery:
-                await Publisher(self, path.name).run(nursery)
+                try:
+                    await Publisher(self, path.name).run(nursery)
+                except Exception as exc:  # raised after the nursery, not wrapped in its exception group
+                    failure = exc
                 nursery.cancel_scope.cancel()
         finally:
             gauge.dec()
             log.info("rtmp_publish_stop", session=self.id, path=path.path)
+        if failure is not None:
+            raise failure
 
     # -- playing --------------------------------------------------------------------------------------
 
@@ -539,8 +545,11 @@ class Player:
                         nursery.start_soon(self._pump_audio, audio)
                     await self._pump_video(stream.video, video)
                     nursery.cancel_scope.cancel()
-        except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        except Exception as exc:
+            # A reader runs in the stream's nursery: whatever ends this player must not reach the stream.
+            if not client_gone(exc):
+                log.exception("rtmp_player_failed", session=session.id)
+                metrics.FAILURES.labels("rtmp_player", type(single_cause(exc)).__name__).inc()
         finally:
             self.on_end()
 
@@ -589,6 +598,23 @@ class Player:
     async def _send_media(self, type_id: int, timestamp: int, payload: bytes) -> None:
         chunk_stream = msg.VIDEO_CHUNK_STREAM if type_id == msg.VIDEO else msg.AUDIO_CHUNK_STREAM
         await self.session.send(Message(type_id, msg.MEDIA_STREAM_ID, timestamp, payload, chunk_stream))
+
+
+DISCONNECTS = (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def single_cause(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) exception groups of one leaf; the exception itself otherwise."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def client_gone(exc: BaseException) -> bool:
+    """True when ``exc`` (or every exception in its groups) only says the client's connection ended."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(client_gone(inner) for inner in exc.exceptions)
+    return isinstance(exc, DISCONNECTS)
 
 
 def _milliseconds(frame: MediaFrame) -> int:

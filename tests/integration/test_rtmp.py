@@ -1,0 +1,131 @@
+"""The RTMP server against real FFmpeg publishers and players, and the issue's process read from it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import Server, free_port, metric, running_server, wait_live, whep_url
+from rtmp_helpers import Publisher, decoded_frames, play, wait_until
+from whep_peers import play as whep_play
+
+ISSUE_PROCESS = {
+    "id": "live",
+    "input": [{"address": "{rtmp,name=live.stream}", "options": []}],
+    "output": [],
+    "webrtc": {"enabled": True},
+}
+
+
+@pytest.fixture(scope="module")
+def rtmp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port = free_port()
+    with running_server(
+        tmp_path_factory.mktemp("rtmp"), CORE_RTMP_ENABLE="true", CORE_RTMP_ADDRESS=f":{port}"
+    ) as server:
+        server.rtmp_port = port  # type: ignore[attr-defined]
+        yield server
+
+
+def rtmp_url(server: Server, name: str, query: str = "") -> str:
+    return f"rtmp://127.0.0.1:{server.rtmp_port}/{name}{query}"  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def live_stream(rtmp_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Publisher]:
+    """FFmpeg publishing rtmp://127.0.0.1:PORT/live.stream for the whole module."""
+    log = tmp_path_factory.mktemp("publisher") / "ffmpeg.log"
+    with Publisher(rtmp_url(rtmp_server, "live.stream"), log) as publisher:
+        wait_until(
+            lambda: rtmp_server.api("GET", "/api/v3/rtmp").json() == [{"name": "/live.stream"}],
+            20,
+            "the publisher to be listed",
+        )
+        yield publisher
+
+
+def test_issue_process_goes_live_and_plays_over_whep(rtmp_server: Server, live_stream: Publisher) -> None:
+    response = rtmp_server.api("POST", "/api/v3/process", json=ISSUE_PROCESS)
+    assert response.is_success, response.text
+    wait_live(rtmp_server, "live")
+    report = whep_play(whep_url(rtmp_server, "live"), duration=3)
+    assert report["error"] is None, report
+    assert report["video_frames_decoded"] >= 40, report
+    assert report["audio_frames"] >= 100, report
+    assert metric(rtmp_server, "dragonfork_ingest_publishers", protocol="rtmp") == 1
+    assert metric(rtmp_server, "dragonfork_ingest_bytes_total", protocol="rtmp") > 10_000
+    assert metric(rtmp_server, "dragonfork_ingest_packets_total", protocol="rtmp", kind="video") > 25
+    assert metric(rtmp_server, "dragonfork_ingest_packets_total", protocol="rtmp", kind="audio") > 25
+
+
+def test_ffmpeg_plays_the_published_stream(rtmp_server: Server, live_stream: Publisher) -> None:
+    result = play(rtmp_url(rtmp_server, "live.stream"), 3)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Video: h264" in result.stderr and "Audio: aac" in result.stderr, result.stderr[-2000:]
+    assert decoded_frames(result.stderr) >= 50, result.stderr[-2000:]
+    ingest = rtmp_server.api("GET", "/api/v3/ingest").json()["rtmp"]
+    assert ingest["enabled"] and ingest["port"] == rtmp_server.rtmp_port  # type: ignore[attr-defined]
+    (publisher,) = ingest["publishers"]
+    assert publisher["name"] == "live.stream" and publisher["bytes_received"] > 10_000
+
+
+def test_second_publisher_of_a_live_name_is_refused(
+    rtmp_server: Server, live_stream: Publisher, tmp_path: Path
+) -> None:
+    before = metric(rtmp_server, "dragonfork_ingest_refusals_total", protocol="rtmp", reason="name_taken")
+    with Publisher(rtmp_url(rtmp_server, "live.stream"), tmp_path / "second.log") as second:
+        assert second.proc.wait(30) != 0
+    assert "already being published" in second.log(), second.log()
+    assert metric(rtmp_server, "dragonfork_ingest_refusals_total", protocol="rtmp", reason="name_taken") == (
+        before + 1
+    )
+    assert live_stream.proc.poll() is None
+    assert rtmp_server.api("GET", "/api/v3/rtmp").json() == [{"name": "/live.stream"}]
+    assert decoded_frames(play(rtmp_url(rtmp_server, "live.stream"), 1).stderr) >= 20
+
+
+def test_play_of_an_unpublished_name_fails_clearly(rtmp_server: Server) -> None:
+    result = play(rtmp_url(rtmp_server, "nobody.home"), 1)
+    assert result.returncode != 0
+    assert "is not being published" in result.stderr, result.stderr[-2000:]
+
+
+def test_enhanced_rtmp_hevc_is_refused_clearly(rtmp_server: Server, tmp_path: Path) -> None:
+    with Publisher(
+        rtmp_url(rtmp_server, "hevc.stream"), tmp_path / "hevc.log", video_codec="libx265"
+    ) as hevc:
+        assert hevc.proc.wait(30) != 0
+    assert metric(rtmp_server, "dragonfork_ingest_refusals_total", protocol="rtmp", reason="codec") >= 1
+    assert "FourCC 'hvc1'" in rtmp_server.log()
+    assert rtmp_server.api("GET", "/api/v3/rtmp").json() == [{"name": "/live.stream"}]
+
+
+def test_rtmp_placeholder_needs_the_rtmp_server(server: Server) -> None:
+    response = server.api("POST", "/api/v3/process", json={**ISSUE_PROCESS, "id": "no-rtmp"})
+    assert response.status_code == 400
+    assert "rtmp.enable" in response.text
+
+
+def test_token_is_required_and_never_logged(tmp_path: Path) -> None:
+    port = free_port()
+    token = "t0k3n-Sekr1t"
+    with running_server(
+        tmp_path, CORE_RTMP_ENABLE="true", CORE_RTMP_ADDRESS=f"127.0.0.1:{port}", CORE_RTMP_TOKEN=token
+    ) as server:
+        server.rtmp_port = port  # type: ignore[attr-defined]
+        for index, query in enumerate(("", "?token=wrong")):
+            with Publisher(
+                rtmp_url(server, "cam.stream", query), tmp_path / f"refused{index}.log"
+            ) as refused:
+                assert refused.proc.wait(30) != 0
+            assert "invalid token" in refused.log(), refused.log()
+        assert metric(server, "dragonfork_ingest_refusals_total", protocol="rtmp", reason="token") == 2
+        with Publisher(rtmp_url(server, "cam.stream", f"?token={token}"), tmp_path / "ok.log"):
+            wait_until(
+                lambda: server.api("GET", "/api/v3/rtmp").json() == [{"name": "/cam.stream"}], 20, "publisher"
+            )
+            assert play(rtmp_url(server, "cam.stream"), 1).returncode != 0
+            result = play(rtmp_url(server, "cam.stream", f"?token={token}"), 1)
+            assert decoded_frames(result.stderr) >= 20, result.stderr[-2000:]
+        assert token not in server.log()
