@@ -202,13 +202,13 @@ class RtmpSession:
     async def run(self) -> None:
         """Serve the client until it leaves or is refused; raises ``RtmpRefused`` for a refusal."""
         try:
-            with trio.fail_after(self.settings.handshake_timeout):
-                await self._handshake()
-        except trio.TooSlowError:
-            raise RtmpRefused(
-                "handshake", f"handshake not completed in {self.settings.handshake_timeout:g} s"
-            ) from None
-        try:
+            try:
+                with trio.fail_after(self.settings.handshake_timeout):
+                    await self._handshake()
+            except trio.TooSlowError:
+                raise RtmpRefused(
+                    "handshake", f"handshake not completed in {self.settings.handshake_timeout:g} s"
+                ) from None
             await self._commands()
         except ChunkError as exc:
             raise RtmpRefused("bad_chunk", str(exc)) from None
