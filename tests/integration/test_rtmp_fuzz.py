@@ -113,7 +113,7 @@ def test_a_thousand_mutated_sessions_refused_alone(tmp_path: Path) -> None:
         )
         frames = decoded_frames(player_log)
         print(
-            f"{SESSIONS} mutated sessions in {fuzz_seconds:.1f} s, {refusals:.0f} refused, player {frames} frames"
+            f"{SESSIONS} mutated sessions in {fuzz_seconds:.1f} s, {refusals:.0f} refused, {frames} played"
         )
         assert refusals >= SESSIONS // 3
         failures = [
