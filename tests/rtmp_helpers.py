@@ -91,15 +91,18 @@ def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no
 # --- a raw publishing session (the fuzzer's seed) ----------------------------------------------------------
 
 AVC_RECORD = bytes.fromhex("0142c01effe1000a6742c01ed9005a1e880001000468ce3c80")
-IDR_AVCC = (6).to_bytes(4, "big") + bytes.fromhex("6588840021ff")
 
 
-def publish_session(name: str = "fuzz", *, chunk_size: int = 128, start_ms: int = 0) -> tuple[bytes, bytes]:
+def publish_session(
+    name: str = "fuzz", *, chunk_size: int = 128, start_ms: int = 0, frame_size: int = 6
+) -> tuple[bytes, bytes]:
     """(handshake bytes C0 C1 C2, chunk stream bytes) of a valid publish with a few media messages.
 
     The chunk part changes the chunk size, sends timestamps that cross the 32-bit wrap when ``start_ms``
-    is near 2**32 (extended timestamps), and a window acknowledgement size.
+    is near 2**32 (extended timestamps), and a window acknowledgement size of 4096 bytes.
     """
+    idr = bytes.fromhex("658884") + b"\x21" * (frame_size - 3)
+    idr_avcc = len(idr).to_bytes(4, "big") + idr
     handshake = b"\x03" + bytes(HANDSHAKE_SIZE) + bytes(HANDSHAKE_SIZE)
     writer = ChunkWriter(128)
     parts = [
@@ -125,7 +128,7 @@ def publish_session(name: str = "fuzz", *, chunk_size: int = 128, start_ms: int 
     ]
     for index in range(8):
         timestamp = (start_ms + index * 40) & 0xFFFFFFFF
-        parts.append(writer.encode(Message(msg.VIDEO, 1, timestamp, bytes([0x17, 1, 0, 0, 0]) + IDR_AVCC, 7)))
+        parts.append(writer.encode(Message(msg.VIDEO, 1, timestamp, bytes([0x17, 1, 0, 0, 0]) + idr_avcc, 7)))
     return handshake, b"".join(parts)
 
 
