@@ -19,8 +19,13 @@ from dragonfork.servers.rtmp.handshake import HANDSHAKE_SIZE
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def publish_command(url: str, *, video_codec: str = "libx264", bitrate: str | None = None) -> list[str]:
-    """FFmpeg publishing the small test pattern and tone in real time, as OBS would (H.264 + AAC in FLV)."""
+def publish_command(
+    url: str, *, video_codec: str = "libx264", bitrate: str | None = None, ca_file: str | None = None
+) -> list[str]:
+    """FFmpeg publishing the small test pattern and tone in real time, as OBS would (H.264 + AAC in FLV).
+
+    ``ca_file`` is the certificate an ``rtmps://`` URL must verify against (FFmpeg verifies by default).
+    """
     video = ["-c:v", video_codec, "-preset", "ultrafast", "-g", "25"]
     if video_codec == "libx264":
         video += ["-profile:v", "baseline", "-tune", "zerolatency"]
@@ -29,14 +34,14 @@ def publish_command(url: str, *, video_codec: str = "libx264", bitrate: str | No
     return [
         FFMPEG, "-hide_banner", "-nostats", "-loglevel", "warning",
         "-re", "-f", "lavfi", "-i", TEST_VIDEO, "-re", "-f", "lavfi", "-i", TEST_AUDIO,
-        *video, "-c:a", "aac", "-b:a", "64k", "-f", "flv", url,
+        *video, "-c:a", "aac", "-b:a", "64k", *(["-ca_file", ca_file] if ca_file else []), "-f", "flv", url,
     ]  # fmt: skip
 
 
 class Publisher:
     """A background FFmpeg publisher; its stderr goes to a file for the assertions."""
 
-    def __init__(self, url: str, log: Path, **options: str) -> None:
+    def __init__(self, url: str, log: Path, **options: str | None) -> None:
         self.log_path = log
         self._log = log.open("w")
         self.proc = subprocess.Popen(
@@ -63,10 +68,13 @@ class Publisher:
         self.stop()
 
 
-def play(url: str, seconds: float, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def play(
+    url: str, seconds: float, timeout: float = 60, ca_file: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """FFmpeg playing ``url`` for ``seconds`` into the null muxer (decoding everything)."""
+    tls = ["-ca_file", ca_file] if ca_file and url.startswith("rtmps:") else []
     return subprocess.run(
-        [FFMPEG, "-hide_banner", "-i", url, "-t", str(seconds), "-f", "null", "-"],
+        [FFMPEG, "-hide_banner", *tls, "-i", url, "-t", str(seconds), "-f", "null", "-"],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -102,7 +102,8 @@ def test_enhanced_rtmp_hevc_is_refused_clearly(rtmp_server: Server, tmp_path: Pa
 
 
 def test_rtmp_placeholder_needs_the_rtmp_server(server: Server) -> None:
-    response = server.api("POST", "/api/v3/process", json={**ISSUE_PROCESS, "id": "no-rtmp"})
+    config = {**ISSUE_PROCESS, "id": "no-rtmp", "input": [{"id": "in", "address": "{rtmp,name=live.stream}"}]}
+    response = server.api("POST", "/api/v3/process", json=config)
     assert response.status_code == 400
     assert "rtmp.enable" in response.text
 
@@ -129,3 +130,72 @@ def test_token_is_required_and_never_logged(tmp_path: Path) -> None:
             result = play(rtmp_url(server, "cam.stream", f"?token={token}"), 1)
             assert decoded_frames(result.stderr) >= 20, result.stderr[-2000:]
         assert token not in server.log()
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 made here (``cryptography`` comes with aiortc)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+def test_rtmps_publish_and_play(tmp_path: Path) -> None:
+    cert_file, key_file = self_signed_certificate(tmp_path)
+    port, tls_port = free_port(), free_port()
+    with running_server(
+        tmp_path,
+        CORE_RTMP_ENABLE="true",
+        CORE_RTMP_ENABLE_TLS="true",
+        CORE_RTMP_ADDRESS=f"127.0.0.1:{port}",
+        CORE_RTMP_ADDRESS_TLS=f"127.0.0.1:{tls_port}",
+        CORE_TLS_CERT_FILE=str(cert_file),
+        CORE_TLS_KEY_FILE=str(key_file),
+    ) as server:
+        assert server.api("GET", "/api/v3/ingest").json()["rtmp"]["tls_port"] == tls_port
+        with Publisher(
+            f"rtmps://127.0.0.1:{tls_port}/secure.stream", tmp_path / "rtmps.log", ca_file=str(cert_file)
+        ) as publisher:
+            wait_until(
+                lambda: server.api("GET", "/api/v3/rtmp").json() == [{"name": "/secure.stream"}],
+                20,
+                "the RTMPS publisher",
+            )
+            for url in (
+                f"rtmps://127.0.0.1:{tls_port}/secure.stream",
+                f"rtmp://127.0.0.1:{port}/secure.stream",
+            ):
+                result = play(url, 1, ca_file=str(cert_file))
+                assert decoded_frames(result.stderr) >= 20, result.stderr[-2000:]
+            # An rtmps:// client on the plain port is refused at the handshake, clearly.
+            assert play(f"rtmps://127.0.0.1:{port}/secure.stream", 1, ca_file=str(cert_file)).returncode != 0
+            assert "not an RTMP client (an rtmps:// client on the plain port?)" in server.log()
+            assert publisher.proc.poll() is None

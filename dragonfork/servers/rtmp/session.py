@@ -29,7 +29,7 @@ from dragonfork import metrics
 from dragonfork.servers.rtmp import amf0, flv
 from dragonfork.servers.rtmp import messages as msg
 from dragonfork.servers.rtmp.chunks import ChunkError, ChunkReader, ChunkWriter, Message
-from dragonfork.servers.rtmp.handshake import HANDSHAKE_SIZE, HandshakeError, server_reply
+from dragonfork.servers.rtmp.handshake import HANDSHAKE_SIZE, HandshakeError, check_version, server_reply
 from dragonfork.stream.directory import StreamDirectory, StreamNameTaken, StreamNotLive
 from dragonfork.stream.frames import VIDEO_CLOCK_RATE, MediaFrame
 from dragonfork.stream.ingest.rtp import Unwrapper
@@ -155,11 +155,10 @@ class RtmpSession:
         return data
 
     async def _receive_exactly(self, size: int, buffer: bytearray) -> bytes:
+        """The first ``size`` bytes of ``buffer``, receiving until it has them (they stay in it)."""
         while len(buffer) < size:
             buffer += await self._receive()
-        head: bytes = bytes(buffer[:size])
-        del buffer[:size]
-        return head
+        return bytes(buffer[:size])
 
     async def send(self, *messages: Message) -> None:
         data = b"".join(self._writer.encode(message) for message in messages)
@@ -217,14 +216,16 @@ class RtmpSession:
 
     async def _handshake(self) -> None:
         buffer = bytearray()
-        c0c1 = await self._receive_exactly(1 + HANDSHAKE_SIZE, buffer)
         try:
+            check_version((await self._receive_exactly(1, buffer))[0])
+            c0c1 = await self._receive_exactly(1 + HANDSHAKE_SIZE, buffer)
             reply = server_reply(c0c1[0], c0c1[1:], int(trio.current_time() * 1000))
         except HandshakeError as exc:
             raise RtmpRefused("handshake", str(exc)) from None
+        del buffer[: 1 + HANDSHAKE_SIZE]
         await self._connection.send_all(reply)
         await self._receive_exactly(HANDSHAKE_SIZE, buffer)  # C2
-        self._feed(bytes(buffer))
+        self._feed(bytes(buffer[HANDSHAKE_SIZE:]))
 
     async def _commands(self) -> None:
         while True:
@@ -238,7 +239,9 @@ class RtmpSession:
                 await self._connect(transaction, args)
             elif name == "createStream":
                 await self.send(msg.command("_result", transaction, None, msg.MEDIA_STREAM_ID))
-            elif name in ("releaseStream", "FCPublish", "getStreamLength", "_checkbw"):
+            elif name == "getStreamLength":  # a live stream has no length: 0, as FFmpeg reads it
+                await self.send(msg.command("_result", transaction, None, 0))
+            elif name in ("releaseStream", "FCPublish", "_checkbw"):
                 if transaction:
                     await self.send(msg.command("_result", transaction, None, None))
             elif name == "publish":
