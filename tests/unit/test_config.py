@@ -81,13 +81,15 @@ DATARHEI_IGNORED_KEYS = {
     "api.access",
     "api.auth.disable_localhost",
     "api.auth.auth0",
-    "tls",
+    "tls.address",
+    "tls.enable",
+    "tls.auto",
+    "tls.email",
     "storage.disk.max_size_mbytes",
     "storage.disk.cache",
     "storage.memory",
     "storage.cors",
     "storage.mimetypes_file",
-    "rtmp",
     "srt",
     "playout",
     "debug",
@@ -201,7 +203,7 @@ def test_datarhei_variables() -> None:
 
 
 def test_environment_variables_of_unknown_settings_are_ignored() -> None:
-    loaded = load_settings(None, environ={"CORE_RTMP_ENABLE": "true", "CORE_NOT_A_THING": "x"})
+    loaded = load_settings(None, environ={"CORE_SRT_ENABLE": "true", "CORE_NOT_A_THING": "x"})
     assert loaded.settings == Settings()
 
 
@@ -423,3 +425,16 @@ def test_cli_serve_with_bad_environment_value_exits_2(tmp_path: Path) -> None:
     assert "CORE_FFMPEG_MAXPROCESSES='abc'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "db").exists()
+
+
+def test_rtmp_settings_use_datarhei_names_and_need_a_certificate_for_rtmps() -> None:
+    loaded = load_settings(
+        None,
+        environ={"CORE_RTMP_ENABLE": "true", "CORE_RTMP_APP": "/live/", "CORE_RTMP_ADDRESS_TLS": ":1937"},
+    )
+    rtmp = loaded.settings.rtmp
+    assert (rtmp.enable, rtmp.app, rtmp.address, rtmp.address_tls) == (True, "/live", ":1935", ":1937")
+    with pytest.raises(ConfigError, match="tls.cert_file and tls.key_file"):
+        load_settings(None, environ={"CORE_RTMP_ENABLE": "true", "CORE_RTMP_ENABLETLS": "true"})
+    with pytest.raises(ConfigError, match="app must be a path"):
+        load_settings(None, environ={"CORE_RTMP_APP": "live"})

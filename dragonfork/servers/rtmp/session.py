@@ -336,10 +336,13 @@ class RtmpSession:
         failure: Exception | None = None
         try:
             async with trio.open_nursery() as nursery:
+                publisher = Publisher(self, path.name)
                 try:
-                    await Publisher(self, path.name).run(nursery)
+                    await publisher.run(nursery)
                 except Exception as exc:  # raised after the nursery, not wrapped in its exception group
                     failure = exc
+                if publisher.stream is not None:
+                    publisher.stream.end()  # its players end now, because the publisher did
                 nursery.cancel_scope.cancel()
         finally:
             gauge.dec()
@@ -559,8 +562,6 @@ class Player:
     async def _pump_video(self, track: Track, subscription: Subscription) -> None:
         async for frame in subscription.frames:
             await self._send_video(track, frame)
-        with trio.move_on_after(1):
-            await self.session.send(msg.status("status", "NetStream.Play.UnpublishNotify", "Stream ended."))
 
     async def _pump_audio(self, track: Track) -> None:
         with track.subscribe() as subscription:
