@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Server, free_port, metric, running_server, wait_live, whep_url
+from harness import Server, free_port, metric, running_server, server_env, wait_live, whep_url
 from rtmp_helpers import Publisher, decoded_frames, play, wait_until
 from whep_peers import play as whep_play
 
@@ -199,3 +202,16 @@ def test_rtmps_publish_and_play(tmp_path: Path) -> None:
             assert play(f"rtmps://127.0.0.1:{port}/secure.stream", 1, ca_file=str(cert_file)).returncode != 0
             assert "not an RTMP client (an rtmps:// client on the plain port?)" in server.log()
             assert publisher.proc.poll() is None
+
+
+def test_rtmp_port_in_use_stops_the_start_with_a_clear_message(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = server_env(tmp_path, CORE_RTMP_ENABLE="true", CORE_RTMP_ADDRESS=f"127.0.0.1:{port}")
+        result = subprocess.run(
+            [sys.executable, "-m", "dragonfork", "serve"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 1
+    assert f"rtmp.address '127.0.0.1:{port}' cannot be used: Address already in use" in result.stderr
