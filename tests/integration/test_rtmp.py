@@ -66,6 +66,8 @@ def test_ffmpeg_plays_the_published_stream(rtmp_server: Server, live_stream: Pub
     result = play(rtmp_url(rtmp_server, "live.stream"), 3)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Video: h264" in result.stderr and "Audio: aac" in result.stderr, result.stderr[-2000:]
+    # The publisher's @setDataFrame onMetaData reaches the player (FFmpeg's muxer names itself in it).
+    assert "encoder" in result.stderr.partition("Stream mapping")[0], result.stderr[-2000:]
     assert decoded_frames(result.stderr) >= 50, result.stderr[-2000:]
     ingest = rtmp_server.api("GET", "/api/v3/ingest").json()["rtmp"]
     assert ingest["enabled"] and ingest["port"] == rtmp_server.rtmp_port  # type: ignore[attr-defined]

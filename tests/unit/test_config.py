@@ -416,7 +416,7 @@ def test_cli_config_prints_values_and_sources(tmp_path: Path) -> None:
     assert "do-not-print-me" not in result.stdout
     assert "datarhei" not in lines["api.auth.password"]
     assert f"# config file: {config_file}" in result.stdout
-    assert "# ignored (no such feature here): rtmp" in result.stdout
+    assert "# ignored (no such feature here): srt" in result.stdout
 
 
 def test_cli_serve_with_bad_environment_value_exits_2(tmp_path: Path) -> None:
