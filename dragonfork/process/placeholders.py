@@ -32,7 +32,10 @@ class IngestAddresses:
     @classmethod
     def for_rtmp(cls, address: str, app: str, token: str) -> IngestAddresses:
         host, _, port = address.rpartition(":")
-        base = f"rtmp://{host.strip('[]') or 'localhost'}:{port}{'' if app == '/' else app}"
+        host = host.strip("[]") or "localhost"
+        if ":" in host:
+            host = f"[{host}]"  # an IPv6 address
+        base = f"rtmp://{host}:{port}{'' if app == '/' else app}"
         return cls(rtmp=base, rtmp_token=token)
 
     def rtmp_url(self, name: str) -> str | None:

@@ -146,3 +146,5 @@ def test_rtmp_placeholder_expands_as_datarhei() -> None:
     app = IngestAddresses.for_rtmp("127.0.0.1:1936", "/live", "T")
     assert expand("x {rtmp,name=cam} y", {}, app) == "x rtmp://127.0.0.1:1936/live/cam?token=T y"
     assert expand("{rtmp,name=cam}", {}, IngestAddresses()) == "{rtmp,name=cam}"
+    ipv6 = IngestAddresses.for_rtmp("[::1]:1935", "/", "")
+    assert expand("{rtmp,name=cam}", {}, ipv6) == "rtmp://[::1]:1935/cam"
