@@ -102,7 +102,12 @@ AVC_RECORD = bytes.fromhex("0142c01effe1000a6742c01ed9005a1e880001000468ce3c80")
 
 
 def publish_session(
-    name: str = "fuzz", *, chunk_size: int = 128, start_ms: int = 0, frame_size: int = 6
+    name: str = "fuzz",
+    *,
+    chunk_size: int = 128,
+    start_ms: int = 0,
+    frame_size: int = 6,
+    tc_url: str = "rtmp://127.0.0.1/",
 ) -> tuple[bytes, bytes]:
     """(handshake bytes C0 C1 C2, chunk stream bytes) of a valid publish with a few media messages.
 
@@ -115,7 +120,7 @@ def publish_session(
     writer = ChunkWriter(128)
     parts = [
         writer.encode(msg.window_ack_size(4096)),
-        writer.encode(msg.command("connect", 1, {"app": "", "tcUrl": "rtmp://127.0.0.1/"})),
+        writer.encode(msg.command("connect", 1, {"app": "", "tcUrl": tc_url})),
     ]
     writer.chunk_size = chunk_size
     parts.append(ChunkWriter(128).encode(msg.set_chunk_size(chunk_size)))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from harness import Server, free_port, metric, running_server, server_env, wait_live, whep_url
-from rtmp_helpers import Publisher, decoded_frames, play, wait_until
+from rtmp_helpers import Publisher, decoded_frames, play, publish_session, send_session, wait_until
 from whep_peers import play as whep_play
 
 ISSUE_PROCESS = {
@@ -126,7 +126,10 @@ def test_token_is_required_and_never_logged(tmp_path: Path) -> None:
             ) as refused:
                 assert refused.proc.wait(30) != 0
             assert "invalid token" in refused.log(), refused.log()
-        assert metric(server, "dragonfork_ingest_refusals_total", protocol="rtmp", reason="token") == 2
+        # A token in the connect URL is checked at connect: refused with NetConnection.Connect.Rejected.
+        handshake, chunks = publish_session("cam.stream", tc_url=f"rtmp://127.0.0.1:{port}/?token=nope")
+        assert b"NetConnection.Connect.Rejected" in send_session(port, handshake + chunks)
+        assert metric(server, "dragonfork_ingest_refusals_total", protocol="rtmp", reason="token") == 3
         with Publisher(rtmp_url(server, "cam.stream", f"?token={token}"), tmp_path / "ok.log"):
             wait_until(
                 lambda: server.api("GET", "/api/v3/rtmp").json() == [{"name": "/cam.stream"}], 20, "publisher"
