@@ -41,6 +41,7 @@ log = structlog.get_logger(__name__)
 PROTOCOL = "rtmp"
 RECEIVE_SIZE = 65_536
 MS_TO_CLOCK = VIDEO_CLOCK_RATE // 1000
+PING_REQUEST = msg.USER_PING_REQUEST.to_bytes(2, "big")
 _session_ids = itertools.count(1)
 
 
@@ -181,7 +182,7 @@ class RtmpSession:
             self._reader.abort(_uint32(message, "Abort"))
         elif message.type_id == msg.WINDOW_ACK_SIZE:
             self._peer_window = _uint32(message, "Window Acknowledgement Size")
-        elif message.type_id == msg.USER_CONTROL and message.payload[:2] == b"\x00\x06":
+        elif message.type_id == msg.USER_CONTROL and message.payload[:2] == PING_REQUEST:
             await self.send(msg.user_control(msg.USER_PING_RESPONSE, _uint32_at(message, 2)))
         return message
 
