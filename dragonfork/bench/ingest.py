@@ -52,7 +52,7 @@ WIDTH, HEIGHT, FPS = 640, 360, 30
 BITRATE = 4_000_000
 BLOCK = WIDTH // 32  # 20 px: one timecode bit
 STREAM = "bench.stream"
-OUT_CHUNK_SIZE = 65_536
+OUT_CHUNK_SIZE = 4096  # what OBS (librtmp) and FFmpeg publish with
 
 
 # --- the timecode ------------------------------------------------------------------------------------------
