@@ -1,10 +1,11 @@
 """A live stream: the tracks one publisher writes into, and the nursery its readers run in.
 
-A ``Stream`` is protocol-neutral: its publisher (FFmpeg's RTP legs today, see ``stream.ingest.rtp_udp``)
-writes whole frames into its tracks, and readers (WHEP viewers, later HLS or RTMP readers) subscribe to them.
-``Stream.run`` is started in the publisher's nursery (a process run, later a publisher session) and holds the
-nursery every reader runs in (``start_reader``), so cancelling the publisher ends every reader with it, in
-one place. A stream runs once: a restarted publisher makes a new one (see docs/hub.md for why).
+A ``Stream`` is protocol-neutral: its publisher (FFmpeg's RTP legs, see ``stream.ingest.rtp_udp``, or an
+RTMP publisher session in ``servers/rtmp``) writes whole frames into its tracks, and readers (WHEP viewers,
+RTMP players, later HLS) subscribe to them. Its audio codec is the publisher's (Opus from the RTP legs, AAC
+from RTMP). ``Stream.run`` is started in the publisher's nursery (a process run, a publisher session) and
+holds the nursery every reader runs in (``start_reader``), so cancelling the publisher ends every reader with
+it, in one place. A stream runs once: a restarted publisher makes a new one (see docs/hub.md for why).
 """
 
 from __future__ import annotations

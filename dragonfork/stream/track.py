@@ -1,10 +1,10 @@
 """One track of a stream (video or audio): what its publisher writes, fanned out to every subscriber.
 
-The track knows nothing about where frames come from (FFmpeg's RTP legs today; RTMP, SRT, WHIP later): a
+The track knows nothing about where frames come from (FFmpeg's RTP legs, RTMP; SRT and WHIP later): a
 publisher calls ``write`` with whole frames and ``lost`` when it had to drop one. Fan-out never waits: each
 subscriber has a bounded memory channel and a frame that does not fit is dropped for that subscriber only. A
 video subscriber that lost a frame (or joined mid-GOP) skips frames until the next keyframe so its decoder
-restarts cleanly; audio needs no such care (every Opus packet decodes alone). The video track keeps a
+restarts cleanly; audio needs no such care (every Opus or AAC frame decodes alone). The video track keeps a
 ``KeyframeCache`` so a new subscriber starts on the latest IDR at once.
 """
 
