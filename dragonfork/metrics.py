@@ -186,13 +186,13 @@ def forget_process(process_id: str) -> None:
 # --- ingest servers (RTMP today; WHIP and SRT use the same series with their protocol label) -------------
 
 INGEST_PUBLISHERS = Gauge(
-    "dragonfork_ingest_publishers",
+    "dragonfork_ingest_publishers_active",
     "Publishers live now (publishing into the hub), by protocol",
     ["protocol"],
     registry=REGISTRY,
 )
 INGEST_BYTES = Counter(
-    "dragonfork_ingest_bytes_total",
+    "dragonfork_ingest_bytes_received_total",
     "Bytes received from publishers (wire bytes), by protocol",
     ["protocol"],
     registry=REGISTRY,
@@ -210,7 +210,7 @@ INGEST_READERS = Gauge(
     registry=REGISTRY,
 )
 INGEST_REFUSALS = Counter(
-    "dragonfork_ingest_refusals_total",
+    "dragonfork_ingest_refused_total",
     "Clients refused by an ingest server (bad handshake or chunks, token, name taken, codec), by reason",
     ["protocol", "reason"],
     registry=REGISTRY,

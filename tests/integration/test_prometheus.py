@@ -32,9 +32,9 @@ DASHBOARD = REPO / "deploy" / "grafana" / "dragonfork.json"
 
 # Metric name → why it has no series on this server yet.
 NOT_YET = {
-    "dragonfork_ingest_publishers_active": "ingest servers (RTMP, SRT, WHIP) are not built yet",
-    "dragonfork_ingest_bytes_received_total": "ingest servers (RTMP, SRT, WHIP) are not built yet",
-    "dragonfork_ingest_refused_total": "ingest servers (RTMP, SRT, WHIP) are not built yet",
+    "dragonfork_ingest_publishers_active": "the RTMP server is off on this test server",
+    "dragonfork_ingest_bytes_received_total": "the RTMP server is off on this test server",
+    "dragonfork_ingest_refused_total": "the RTMP server is off on this test server",
     "dragonfork_filesystem_used_bytes": "memfs/diskfs (issue 11, branch files) are not on main yet",
     "dragonfork_filesystem_limit_bytes": "memfs/diskfs (issue 11, branch files) are not on main yet",
 }

@@ -56,8 +56,8 @@ def test_issue_process_goes_live_and_plays_over_whep(rtmp_server: Server, live_s
     assert report["error"] is None, report
     assert report["video_frames_decoded"] >= 40, report
     assert report["audio_frames"] >= 100, report
-    assert metric(rtmp_server, "dragonfork_ingest_publishers", protocol="rtmp") == 1
-    assert metric(rtmp_server, "dragonfork_ingest_bytes_total", protocol="rtmp") > 10_000
+    assert metric(rtmp_server, "dragonfork_ingest_publishers_active", protocol="rtmp") == 1
+    assert metric(rtmp_server, "dragonfork_ingest_bytes_received_total", protocol="rtmp") > 10_000
     assert metric(rtmp_server, "dragonfork_ingest_packets_total", protocol="rtmp", kind="video") > 25
     assert metric(rtmp_server, "dragonfork_ingest_packets_total", protocol="rtmp", kind="audio") > 25
 
@@ -78,11 +78,11 @@ def test_ffmpeg_plays_the_published_stream(rtmp_server: Server, live_stream: Pub
 def test_second_publisher_of_a_live_name_is_refused(
     rtmp_server: Server, live_stream: Publisher, tmp_path: Path
 ) -> None:
-    before = metric(rtmp_server, "dragonfork_ingest_refusals_total", protocol="rtmp", reason="name_taken")
+    before = metric(rtmp_server, "dragonfork_ingest_refused_total", protocol="rtmp", reason="name_taken")
     with Publisher(rtmp_url(rtmp_server, "live.stream"), tmp_path / "second.log") as second:
         assert second.proc.wait(30) != 0
     assert "already being published" in second.log(), second.log()
-    assert metric(rtmp_server, "dragonfork_ingest_refusals_total", protocol="rtmp", reason="name_taken") == (
+    assert metric(rtmp_server, "dragonfork_ingest_refused_total", protocol="rtmp", reason="name_taken") == (
         before + 1
     )
     assert live_stream.proc.poll() is None
@@ -101,7 +101,7 @@ def test_enhanced_rtmp_hevc_is_refused_clearly(rtmp_server: Server, tmp_path: Pa
         rtmp_url(rtmp_server, "hevc.stream"), tmp_path / "hevc.log", video_codec="libx265"
     ) as hevc:
         assert hevc.proc.wait(30) != 0
-    assert metric(rtmp_server, "dragonfork_ingest_refusals_total", protocol="rtmp", reason="codec") >= 1
+    assert metric(rtmp_server, "dragonfork_ingest_refused_total", protocol="rtmp", reason="codec") >= 1
     assert "FourCC 'hvc1'" in rtmp_server.log()
     assert rtmp_server.api("GET", "/api/v3/rtmp").json() == [{"name": "/live.stream"}]
 
@@ -129,7 +129,7 @@ def test_token_is_required_and_never_logged(tmp_path: Path) -> None:
         # A token in the connect URL is checked at connect: refused with NetConnection.Connect.Rejected.
         handshake, chunks = publish_session("cam.stream", tc_url=f"rtmp://127.0.0.1:{port}/?token=nope")
         assert b"NetConnection.Connect.Rejected" in send_session(port, handshake + chunks)
-        assert metric(server, "dragonfork_ingest_refusals_total", protocol="rtmp", reason="token") == 3
+        assert metric(server, "dragonfork_ingest_refused_total", protocol="rtmp", reason="token") == 3
         with Publisher(rtmp_url(server, "cam.stream", f"?token={token}"), tmp_path / "ok.log"):
             wait_until(
                 lambda: server.api("GET", "/api/v3/rtmp").json() == [{"name": "/cam.stream"}], 20, "publisher"

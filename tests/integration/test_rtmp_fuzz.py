@@ -111,7 +111,7 @@ def test_a_thousand_mutated_sessions_refused_alone(tmp_path: Path) -> None:
             assert server.api("GET", "/api/v3/rtmp").json() == [{"name": "/live.stream"}]
 
         refusals = sum(
-            metric(server, "dragonfork_ingest_refusals_total", protocol="rtmp", reason=reason)
+            metric(server, "dragonfork_ingest_refused_total", protocol="rtmp", reason=reason)
             for reason in ("handshake", "bad_chunk", "bad_command", "bad_name", "codec", "idle")
         )
         frames = decoded_frames(player_log)
