@@ -86,11 +86,12 @@ def _startup_failure(exc: BaseException, loaded: LoadedSettings) -> tuple[str, i
     from dragonfork.process.registry import DiskDirUnavailable
     from dragonfork.process.store import DatabaseError
     from dragonfork.server import StartupRefused, UnsafeBind
+    from dragonfork.servers import ListenFailed
 
     for leaf in _leaves(exc):
         if isinstance(leaf, UnsafeBind):
             return str(leaf), EXIT_CONFIG
-        if isinstance(leaf, StartupRefused):
+        if isinstance(leaf, StartupRefused | ListenFailed):
             return str(leaf), EXIT_FAILED
         if isinstance(leaf, DatabaseError | DiskDirUnavailable):
             return str(leaf), EXIT_FAILED

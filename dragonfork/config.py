@@ -232,6 +232,37 @@ class SessionsSettings(_Section):
         return ranges
 
 
+class RtmpSettings(_Section):
+    """datarhei Core's ``rtmp`` block: the RTMP (and RTMPS) server publishers push to and players read."""
+
+    enable: bool = Field(False, description="Run the RTMP server")
+    enable_tls: bool = Field(False, description="Also serve RTMPS (needs tls.cert_file and tls.key_file)")
+    address: str = Field(":1935", description="RTMP listen address (empty host: every interface)")
+    address_tls: str = Field(":1936", description="RTMPS listen address")
+    app: str = Field("/", description="Path prefix every published stream must start with")
+    token: str = Field("", description="Publishers and players must add ?token=<token>; empty: no token")
+
+    @field_validator("address", "address_tls")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host_port(value)
+        return value
+
+    @field_validator("app")
+    @classmethod
+    def _app_path(cls, value: str) -> str:
+        if not value.startswith("/") or "?" in value or "//" in value:
+            raise ValueError(f"app must be a path starting with / (e.g. / or /live), got {value!r}")
+        return value.rstrip("/") or "/"
+
+
+class TlsSettings(_Section):
+    """datarhei Core's ``tls`` certificate (used by RTMPS; the HTTP API itself is served without TLS)."""
+
+    cert_file: str = Field("", description="PEM certificate (chain) file")
+    key_file: str = Field("", description="PEM private key file")
+
+
 class Settings(_Section):
     """The effective configuration of one server."""
 
@@ -247,12 +278,20 @@ class Settings(_Section):
     metrics: MetricsSettings = MetricsSettings()
     webrtc: WebRTCSettings = WebRTCSettings()
     sessions: SessionsSettings = SessionsSettings()
+    rtmp: RtmpSettings = RtmpSettings()
+    tls: TlsSettings = TlsSettings()
 
     @field_validator("address")
     @classmethod
     def _host_port(cls, value: str) -> str:
         host_port(value)
         return value
+
+    @model_validator(mode="after")
+    def _rtmps_certificate(self) -> Settings:
+        if self.rtmp.enable and self.rtmp.enable_tls and not (self.tls.cert_file and self.tls.key_file):
+            raise ValueError("rtmp.enable_tls needs a certificate: set tls.cert_file and tls.key_file")
+        return self
 
     # -- derived values ------------------------------------------------------------------------------
 
@@ -477,6 +516,6 @@ def settings_value(settings: Settings, dotted: str) -> Any:
 
 def redacted(key: str, value: Any) -> Any:
     """Secrets are shown as set/unset, never printed."""
-    if value and re.search(r"(password|secret|credential)$", key):
+    if value and re.search(r"(password|secret|credential|token)$", key):
         return "********"
     return value

@@ -18,9 +18,11 @@ from dragonfork.files.service import FileService, MemfsWriteAuth
 from dragonfork.metrics_history import MetricsHistory, SystemMetrics
 from dragonfork.process.access import AccessPolicy
 from dragonfork.process.child import ChildLedger
+from dragonfork.process.placeholders import IngestAddresses
 from dragonfork.process.registry import Registry
 from dragonfork.process.runner import ProcessRuntime
 from dragonfork.process.store import Store
+from dragonfork.servers.rtmp import RtmpServer, RtmpSessionSettings, RtmpSettings
 from dragonfork.servers.whep import PublisherStatus, WhepServer, WhepSettings
 from dragonfork.sessions.ffmpeg import FfmpegSessions
 from dragonfork.sessions.registry import SessionRegistry
@@ -41,6 +43,8 @@ class Core:
     metrics_history: MetricsHistory
     files: FileService
     client_sessions: SessionRegistry  # who watches what: /api/v3/session, limits for new viewers
+    rtmp: RtmpServer | None = None
+    """The RTMP server when ``rtmp.enable`` is set."""
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -89,8 +93,15 @@ def build_files(settings: Settings) -> FileService:
 def build_core(loaded: LoadedSettings) -> Core:
     settings = loaded.settings
     webrtc = settings.webrtc
+    rtmp = settings.rtmp
     directory = StreamDirectory()
     files = build_files(settings)
+    stream_settings = StreamSettings(
+        subscriber_buffer_frames=webrtc.subscriber_buffer_frames,
+        keyframe_cache_enabled=webrtc.keyframe_cache_enable,
+        keyframe_cache_max_packets=webrtc.keyframe_cache_max_packets,
+        keyframe_cache_max_bytes=webrtc.keyframe_cache_max_bytes,
+    )
     runtime = ProcessRuntime(
         ffmpeg_binary=settings.ffmpeg_binary,
         stop_timeout=settings.ffmpeg.stop_timeout_seconds,
@@ -100,12 +111,7 @@ def build_core(loaded: LoadedSettings) -> Core:
         max_processes=settings.ffmpeg.max_processes,
         webrtc_enabled=webrtc.enable,
         cleaner=files.cleaner,
-        stream=StreamSettings(
-            subscriber_buffer_frames=webrtc.subscriber_buffer_frames,
-            keyframe_cache_enabled=webrtc.keyframe_cache_enable,
-            keyframe_cache_max_packets=webrtc.keyframe_cache_max_packets,
-            keyframe_cache_max_bytes=webrtc.keyframe_cache_max_bytes,
-        ),
+        stream=stream_settings,
         rtp=RtpIngestSettings(port_first=webrtc.port_first, port_last=webrtc.port_last),
         directory=directory,
         ledger=ChildLedger(settings.data_dir),
@@ -123,6 +129,9 @@ def build_core(loaded: LoadedSettings) -> Core:
         diskfs=files.diskfs_base,
         memfs=files.memfs_base,
         seed_demo=settings.demo,
+        ingest=IngestAddresses.for_rtmp(rtmp.address, rtmp.app, rtmp.token)
+        if rtmp.enable
+        else IngestAddresses(),
     )
     ice_servers = [
         {"urls": url, "username": webrtc.ice_username, "credential": webrtc.ice_credential}
@@ -166,6 +175,18 @@ def build_core(loaded: LoadedSettings) -> Core:
         interval_seconds=settings.metrics.interval_sec,
         system=SystemMetrics(started_at=started_at, disk_path=settings.disk_dir),
     )
+    rtmp_server = None
+    if rtmp.enable:
+        rtmp_server = RtmpServer(
+            RtmpSettings(
+                address=rtmp.address,
+                tls_address=rtmp.address_tls if rtmp.enable_tls else None,
+                cert_file=settings.tls.cert_file,
+                key_file=settings.tls.key_file,
+                session=RtmpSessionSettings(app=rtmp.app, token=rtmp.token, stream=stream_settings),
+            ),
+            directory,
+        )
     return Core(
         loaded=loaded,
         registry=registry,
@@ -174,5 +195,6 @@ def build_core(loaded: LoadedSettings) -> Core:
         metrics_history=history,
         files=files,
         client_sessions=client_sessions,
+        rtmp=rtmp_server,
         started_at=started_at,
     )

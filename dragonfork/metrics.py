@@ -269,3 +269,35 @@ FILES_SERVED_BYTES = Counter(
     ["filesystem"],
     registry=REGISTRY,
 )
+# --- ingest servers (RTMP today; WHIP and SRT use the same series with their protocol label) -------------
+
+INGEST_PUBLISHERS = Gauge(
+    "dragonfork_ingest_publishers_active",
+    "Publishers live now (publishing into the hub), by protocol",
+    ["protocol"],
+    registry=REGISTRY,
+)
+INGEST_BYTES = Counter(
+    "dragonfork_ingest_bytes_received_total",
+    "Bytes received from publishers (wire bytes), by protocol",
+    ["protocol"],
+    registry=REGISTRY,
+)
+INGEST_PACKETS = Counter(
+    "dragonfork_ingest_packets_total",
+    "Media packets received from publishers (RTMP: audio/video messages), by protocol and kind",
+    ["protocol", "kind"],
+    registry=REGISTRY,
+)
+INGEST_READERS = Gauge(
+    "dragonfork_ingest_players",
+    "Players reading a stream through an ingest server's own protocol (RTMP play), by protocol",
+    ["protocol"],
+    registry=REGISTRY,
+)
+INGEST_REFUSALS = Counter(
+    "dragonfork_ingest_refused_total",
+    "Clients refused by an ingest server (bad handshake or chunks, token, name taken, codec), by reason",
+    ["protocol", "reason"],
+    registry=REGISTRY,
+)

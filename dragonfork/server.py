@@ -4,6 +4,7 @@
 trio.run(serve)
 └── trio_asyncio loop (aiortc runs on it)
     └── root nursery
+        ├── rtmp.run          → (rtmp.enable) listeners and one task per RTMP session
         ├── registry.run      → one supervisor (and one nursery per FFmpeg run) per process
         ├── metrics_history   → samples the metrics for /api/v3/metrics (when metrics.enable)
         ├── client_sessions.run → the session collectors' tick (expiry, counters, persisted totals)
@@ -100,6 +101,8 @@ async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None
     async with trio_asyncio.open_loop() as loop, trio.open_nursery() as root:
         loop.set_exception_handler(log_asyncio_error)
         root.start_soon(watch_event_loop, loaded.settings.metrics.interval_sec)
+        if core.rtmp is not None:
+            await root.start(core.rtmp.run)
         await root.start(core.registry.run)
         if loaded.settings.metrics.enable:
             await root.start(core.metrics_history.run)

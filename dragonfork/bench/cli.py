@@ -160,6 +160,8 @@ async def run_suite(settings: Any, with_janus: bool) -> dict[str, Any]:
                 ours["first_frames_cache_off"] = await first_frames(server, settings)
         except ServerFailed as exc:
             ours["error"] = str(exc)
+        say("ingest: RTMP publisher → WHEP viewer latency, CPU per publisher")
+        results["ingest"] = await ingest_figures(settings.server_cpus)
         if with_janus and feed is not None:
             for key, event_loops, with_first_frames in JANUS_RUNS:
                 theirs: dict[str, Any] = {}
@@ -183,6 +185,18 @@ async def run_suite(settings: Any, with_janus: bool) -> dict[str, Any]:
         "stream": DESCRIPTION,
     }
     return results
+
+
+async def ingest_figures(server_cpus: set[int] | None) -> dict[str, Any]:
+    """``python -m dragonfork.bench.ingest --json`` in its own process (its viewer runs plain asyncio)."""
+    command = [sys.executable, "-m", "dragonfork.bench.ingest", "--json"]
+    if server_cpus:
+        command += ["--server-cpus", ",".join(str(cpu) for cpu in sorted(server_cpus))]
+    result = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
+    if result.returncode != 0:
+        return {"error": result.stderr.decode(errors="replace")[-1500:]}
+    figures: dict[str, Any] = json.loads(result.stdout)
+    return figures
 
 
 def _write(results: dict[str, Any], out: Path) -> None:

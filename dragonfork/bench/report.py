@@ -314,6 +314,36 @@ def _memfs_reads_table(reads: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ingest_lines(ingest: dict[str, Any] | None) -> list[str]:
+    """Latency per ingest protocol (median/p95) and the server's CPU per publisher."""
+    if not ingest:
+        return ["Not measured in this run."]
+    if "error" in ingest:
+        return [f"Failed: `{ingest['error']}`"]
+    lines = [
+        _row("protocol", "path", "median ms", "p95 ms", "frames", "server CPU per publisher (% of a core)"),
+        _row("---", "---", "---:", "---:", "---:", "---:"),
+    ]
+    for protocol, figures in ingest.items():
+        latency, cpu = figures.get("latency", {}), figures.get("cpu", {})
+        if "error" in latency:
+            lines.append(_row(protocol, f"failed: {latency['error']}", "", "", "", ""))
+            continue
+        lines.append(
+            _row(
+                protocol.upper(),
+                latency["path"],
+                latency["median_ms"],
+                latency["p95_ms"],
+                latency["frames_measured"],
+                f"{cpu.get('server_cpu_percent_per_publisher')} "
+                f"at {cpu.get('publisher_mbit_per_second')} Mbit/s",
+            )
+        )
+    streams = {figures.get("stream") for figures in ingest.values()}
+    return [*lines, "", f"Stream: {', '.join(sorted(str(stream) for stream in streams))}."]
+
+
 def markdown(results: dict[str, Any], method: str) -> str:
     info = results["run"]
     lines = [
@@ -366,6 +396,8 @@ def markdown(results: dict[str, Any], method: str) -> str:
     if reads:
         lines += ["", f"## memfs under {reads['clients']} concurrent HLS clients (dragonfork only)", ""]
         lines += _memfs_reads_table(reads)
+    lines += ["", "## Ingest: publisher → viewer (`python -m dragonfork.bench.ingest`)", ""]
+    lines += _ingest_lines(results.get("ingest"))
     lines += ["", "## Plots", ""]
     lines += [f"![{plot}]({plot})" for plot in results.get("plots", [])]
     lines += ["", "## Method", "", method]

@@ -18,6 +18,7 @@ from dragonfork.http.errors import ApiError, error_response
 from dragonfork.http.routes.about import about_blueprint
 from dragonfork.http.routes.docs import docs_blueprint
 from dragonfork.http.routes.files import FileUploadRequest, files_blueprint, serve_from_diskfs
+from dragonfork.http.routes.ingest import ingest_blueprint
 from dragonfork.http.routes.monitor import monitor_blueprint
 from dragonfork.http.routes.process import process_blueprint
 from dragonfork.http.routes.sessions import WIDGET_PREFIX, sessions_blueprint
@@ -84,6 +85,7 @@ def create_app(core: Core) -> QuartTrio:
     app.register_blueprint(whep_blueprint(core))
     app.register_blueprint(files_blueprint(core.files))
     app.register_blueprint(sessions_blueprint(core))
+    app.register_blueprint(ingest_blueprint(core))
     app.register_blueprint(docs_blueprint())
     app.register_blueprint(ui_blueprint())
     return app

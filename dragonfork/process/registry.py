@@ -22,7 +22,12 @@ import trio
 from pydantic import ValidationError
 
 from dragonfork.process.access import AccessPolicy
-from dragonfork.process.placeholders import expand_config
+from dragonfork.process.placeholders import (
+    NO_INGEST,
+    IngestAddresses,
+    check_ingest_available,
+    expand_config,
+)
 from dragonfork.process.runner import ManagedProcess, ProcessRuntime, ProcessSlots, StartRefused
 from dragonfork.process.schema import Command, ProcessConfig
 from dragonfork.process.store import Store
@@ -69,12 +74,14 @@ class Registry:
         diskfs: str,
         memfs: str,
         seed_demo: bool,
+        ingest: IngestAddresses = NO_INGEST,
     ) -> None:
         self.store = store
         self.runtime = runtime
         self.access = access
         self.diskfs = diskfs
         self.memfs = memfs
+        self.ingest = ingest
         self.seed_demo = seed_demo
         self.slots = ProcessSlots(runtime.max_processes)
         self.processes: dict[str, ManagedProcess] = {}
@@ -147,11 +154,13 @@ class Registry:
     def validate(self, raw: dict[str, Any]) -> ProcessConfig:
         """Parse, expand placeholders and check addresses; raises ValidationError or AddressDenied."""
         config = ProcessConfig.model_validate(raw)
-        self.access.check(self.resolve(config))
+        resolved = self.resolve(config)
+        check_ingest_available(resolved)
+        self.access.check(resolved)
         return config
 
     def resolve(self, config: ProcessConfig) -> ProcessConfig:
-        return expand_config(config, diskfs=self.diskfs, memfs=self.memfs)
+        return expand_config(config, diskfs=self.diskfs, memfs=self.memfs, ingest=self.ingest)
 
     def _new_process(
         self,

@@ -1,10 +1,11 @@
 """A live stream: the tracks one publisher writes into, and the nursery its readers run in.
 
-A ``Stream`` is protocol-neutral: its publisher (FFmpeg's RTP legs today, see ``stream.ingest.rtp_udp``)
-writes whole frames into its tracks, and readers (WHEP viewers, later HLS or RTMP readers) subscribe to them.
-``Stream.run`` is started in the publisher's nursery (a process run, later a publisher session) and holds the
-nursery every reader runs in (``start_reader``), so cancelling the publisher ends every reader with it, in
-one place. A stream runs once: a restarted publisher makes a new one (see docs/hub.md for why).
+A ``Stream`` is protocol-neutral: its publisher (FFmpeg's RTP legs, see ``stream.ingest.rtp_udp``, or an
+RTMP publisher session in ``servers/rtmp``) writes whole frames into its tracks, and readers (WHEP viewers,
+RTMP players, later HLS) subscribe to them. Its audio codec is the publisher's (Opus from the RTP legs, AAC
+from RTMP). ``Stream.run`` is started in the publisher's nursery (a process run, a publisher session) and
+holds the nursery every reader runs in (``start_reader``), so cancelling the publisher ends every reader with
+it, in one place. A stream runs once: a restarted publisher makes a new one (see docs/hub.md for why).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import trio
 
 from dragonfork.stream.keyframe_cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_PACKETS, KeyframeCache
-from dragonfork.stream.track import H264, OPUS, Track
+from dragonfork.stream.track import H264, OPUS, Codec, Track
 
 
 @dataclasses.dataclass
@@ -38,7 +39,9 @@ class StreamEnded(Exception):
 class Stream:
     """The video (and optional audio) track of one publisher, and the readers' nursery."""
 
-    def __init__(self, name: str, settings: StreamSettings, *, has_audio: bool) -> None:
+    def __init__(
+        self, name: str, settings: StreamSettings, *, has_audio: bool, audio_codec: Codec = OPUS
+    ) -> None:
         self.name = name
         self.has_audio = has_audio
         self.live = trio.Event()
@@ -50,7 +53,7 @@ class Stream:
         )
         buffer = settings.subscriber_buffer_frames
         self.video = Track(H264, cache=cache, subscriber_buffer=buffer, on_first_keyframe=self.live.set)
-        self.audio = Track(OPUS, cache=None, subscriber_buffer=buffer) if has_audio else None
+        self.audio = Track(audio_codec, cache=None, subscriber_buffer=buffer) if has_audio else None
         self.ending = False
         """Set by ``end``: the publisher is going; a reader that ends now ends because of that."""
         self._nursery: trio.Nursery | None = None

@@ -1,10 +1,10 @@
 """One track of a stream (video or audio): what its publisher writes, fanned out to every subscriber.
 
-The track knows nothing about where frames come from (FFmpeg's RTP legs today; RTMP, SRT, WHIP later): a
+The track knows nothing about where frames come from (FFmpeg's RTP legs, RTMP; SRT and WHIP later): a
 publisher calls ``write`` with whole frames and ``lost`` when it had to drop one. Fan-out never waits: each
 subscriber has a bounded memory channel and a frame that does not fit is dropped for that subscriber only. A
 video subscriber that lost a frame (or joined mid-GOP) skips frames until the next keyframe so its decoder
-restarts cleanly; audio needs no such care (every Opus packet decodes alone). The video track keeps a
+restarts cleanly; audio needs no such care (every Opus or AAC frame decodes alone). The video track keeps a
 ``KeyframeCache`` so a new subscriber starts on the latest IDR at once.
 """
 
@@ -32,6 +32,8 @@ class Codec:
 
 H264 = Codec("video", "H264", VIDEO_CLOCK_RATE)
 OPUS = Codec("audio", "opus", AUDIO_CLOCK_RATE)
+AAC = Codec("audio", "AAC", VIDEO_CLOCK_RATE)
+"""AAC as RTMP and MPEG-TS publishers carry it; timestamps on the 90 kHz MPEG clock (milliseconds × 90)."""
 
 
 class Subscription:
@@ -86,6 +88,10 @@ class Track:
         self._ended = False
         self._on_first_keyframe = on_first_keyframe
         self._resync_after_loss = codec.kind == "video"
+        self.config: bytes | None = None
+        """The decoder configuration when the publisher sends it out of band (H.264: the
+        AVCDecoderConfigurationRecord; AAC: the AudioSpecificConfig), for readers whose format carries it
+        out of band too (RTMP, MP4). None when it only travels in band (SPS/PPS in the keyframes)."""
         self.frames = 0
         self.keyframes = 0
         kind = codec.kind

@@ -18,6 +18,8 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urljoin
 
 import aiortc.rtcrtpreceiver
@@ -83,8 +85,13 @@ async def run_whep_client(
     duration: float,
     decode: bool = True,
     timeout: float = 10.0,
+    on_video_frame: Callable[[Any], None] | None = None,
 ) -> ClientReport:
-    """Play a WHEP stream for ``duration`` seconds after connecting; never raises for server-side failures."""
+    """Play a WHEP stream for ``duration`` seconds after connecting; never raises for server-side failures.
+
+    ``on_video_frame`` sees every decoded video frame (an ``av.VideoFrame``) as it arrives (the ingest
+    benchmark reads the timecode its publisher drew into it).
+    """
     _set_decode_mode(decode)
     report = ClientReport()
     auth = {"Authorization": f"Bearer {token}"} if token is not None else {}
@@ -105,11 +112,13 @@ async def run_whep_client(
     async def consume(track: MediaStreamTrack) -> None:
         try:
             while True:
-                await track.recv()
+                frame = await track.recv()
                 if track.kind == "audio":
                     report.audio_frames += 1
                     continue
                 report.video_frames_decoded += 1
+                if on_video_frame is not None:
+                    on_video_frame(frame)
                 if report.time_to_first_frame_seconds is None:
                     report.time_to_first_frame_seconds = since_post()
         except MediaStreamError:

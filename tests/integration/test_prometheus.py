@@ -32,9 +32,9 @@ DASHBOARD = REPO / "deploy" / "grafana" / "dragonfork.json"
 
 # Metric name → why it has no series on this server yet.
 NOT_YET = {
-    "dragonfork_ingest_publishers_active": "ingest servers (RTMP, SRT, WHIP) are not built yet",
-    "dragonfork_ingest_bytes_received_total": "ingest servers (RTMP, SRT, WHIP) are not built yet",
-    "dragonfork_ingest_refused_total": "ingest servers (RTMP, SRT, WHIP) are not built yet",
+    "dragonfork_ingest_publishers_active": "the RTMP server is off on this test server",
+    "dragonfork_ingest_bytes_received_total": "the RTMP server is off on this test server",
+    "dragonfork_ingest_refused_total": "the RTMP server is off on this test server",
 }
 # Grafana's variables as a user selecting "All" processes sees them.
 GRAFANA_VARIABLES = {"$process": ".*", "$__rate_interval": "1m"}

@@ -81,11 +81,13 @@ DATARHEI_IGNORED_KEYS = {
     "api.access",
     "api.auth.disable_localhost",
     "api.auth.auth0",
-    "tls",
+    "tls.address",
+    "tls.enable",
+    "tls.auto",
+    "tls.email",
     "storage.disk.cache",
     "storage.cors",
     "storage.mimetypes_file",
-    "rtmp",
     "srt",
     "playout",
     "debug",
@@ -198,7 +200,7 @@ def test_datarhei_variables() -> None:
 
 
 def test_environment_variables_of_unknown_settings_are_ignored() -> None:
-    loaded = load_settings(None, environ={"CORE_RTMP_ENABLE": "true", "CORE_NOT_A_THING": "x"})
+    loaded = load_settings(None, environ={"CORE_SRT_ENABLE": "true", "CORE_NOT_A_THING": "x"})
     assert loaded.settings == Settings()
 
 
@@ -416,7 +418,7 @@ def test_cli_config_prints_values_and_sources(tmp_path: Path) -> None:
     assert "do-not-print-me" not in result.stdout
     assert "datarhei" not in lines["api.auth.password"]
     assert f"# config file: {config_file}" in result.stdout
-    assert "# ignored (no such feature here): rtmp" in result.stdout
+    assert "# ignored (no such feature here): srt" in result.stdout
 
 
 def test_cli_serve_with_bad_environment_value_exits_2(tmp_path: Path) -> None:
@@ -457,3 +459,16 @@ def test_sessions_bad_cidr_names_the_variable_and_value() -> None:
         load_settings(None, environ={"CORE_SESSIONS_IP_IGNORELIST": "127.0.0.1/32 not-a-range"})
     assert "CORE_SESSIONS_IP_IGNORELIST" in str(error.value)
     assert "not-a-range" in str(error.value)
+
+
+def test_rtmp_settings_use_datarhei_names_and_need_a_certificate_for_rtmps() -> None:
+    loaded = load_settings(
+        None,
+        environ={"CORE_RTMP_ENABLE": "true", "CORE_RTMP_APP": "/live/", "CORE_RTMP_ADDRESS_TLS": ":1937"},
+    )
+    rtmp = loaded.settings.rtmp
+    assert (rtmp.enable, rtmp.app, rtmp.address, rtmp.address_tls) == (True, "/live", ":1935", ":1937")
+    with pytest.raises(ConfigError, match="tls.cert_file and tls.key_file"):
+        load_settings(None, environ={"CORE_RTMP_ENABLE": "true", "CORE_RTMP_ENABLETLS": "true"})
+    with pytest.raises(ConfigError, match="app must be a path"):
+        load_settings(None, environ={"CORE_RTMP_APP": "live"})

@@ -1,8 +1,10 @@
 // The admin UI: log in, list processes with live figures, create/edit/start/stop/delete them, read their
-// logs, toggle WebRTC and watch a stream in the embedded WHEP player.
+// logs, toggle WebRTC and watch a stream in the embedded WHEP player; the live publishers per protocol and,
+// for a process fed by one, the server URL and stream key to paste into OBS or an encoder.
 
 import { Api, ApiError } from "./api.js";
 import { copyText } from "./clipboard.js";
+import { publisherRows, publishTargets, rtmpServerUrl } from "./ingest.js";
 import { ProcessEditor } from "./process-editor.js";
 import { Trends, sparkline } from "./trends.js";
 import { PlayerView } from "./whep-player.js";
@@ -105,6 +107,7 @@ const processes = new Map(); // id -> the latest {id, reference, config, state}
 const rows = new Map(); // id -> {tr, cells, buttons}
 let pollTimer = null;
 const trends = new Trends(api, () => render());
+let ingest = null; // the latest GET /api/v3/ingest
 
 function command(id, name) {
   return act(
@@ -164,17 +167,49 @@ function buildRow(id) {
   return { tr, cells, buttons, webrtc, thumb };
 }
 
+/** A labelled value with a copy button (a server URL, a stream key). */
+function copyable(label, value) {
+  return el(
+    "div",
+    { class: "copyable" },
+    el("span", { class: "muted" }, label),
+    el("code", {}, value),
+    el("button", { type: "button", class: "link", onclick: (event) => copyText(value, event.currentTarget) }, "Copy"),
+  );
+}
+
+/** "Publish to": what OBS needs for each input of the process a publisher feeds. */
+function publishBlock(targets) {
+  return el(
+    "details",
+    { class: "publish-to" },
+    el("summary", {}, `Publish here (${targets.map((target) => target.protocol).join(", ")})`),
+    ...targets.flatMap((target) => [
+      copyable(`${target.protocol} server`, target.server),
+      copyable("Stream key", target.key),
+      copyable("FFmpeg URL", target.url),
+    ]),
+  );
+}
+
 function renderRow(row, process) {
   const { config, state } = process;
   const live = state.exec === "running" || state.exec === "starting";
   const progress = state.progress || {};
-  row.cells.process.replaceChildren(
-    ...present(
-      el("strong", {}, process.id),
-      process.reference && el("small", { class: "muted" }, process.reference),
-      row.thumb,
-    ),
-  );
+  const targets = publishTargets(config, ingest);
+  const signature = JSON.stringify([process.id, process.reference, targets]);
+  if (row.signature !== signature) {
+    // Rebuilt only when it changes, so an open "Publish here" and a "Copied" button stay as they are.
+    row.signature = signature;
+    row.cells.process.replaceChildren(
+      ...present(
+        el("strong", {}, process.id),
+        process.reference && el("small", { class: "muted" }, process.reference),
+        row.thumb,
+        targets.length > 0 && publishBlock(targets),
+      ),
+    );
+  }
   const thumb = thumbnailUrl(process);
   row.thumb.hidden = !thumb || row.thumb.failed === thumb;
   if (thumb && row.thumb.dataset.src !== thumb) {
@@ -228,12 +263,50 @@ function render() {
   $("#empty").hidden = ids.length > 0;
 }
 
+function renderPublishers() {
+  const server = rtmpServerUrl(ingest?.rtmp);
+  $("#ingest").hidden = !server;
+  if (!server) return;
+  const secure = rtmpServerUrl(ingest.rtmp, true);
+  $("#publish-here").replaceChildren(
+    copyable("RTMP server", server),
+    ...present(secure && copyable("RTMPS server", secure)),
+    el(
+      "p",
+      { class: "muted" },
+      "Stream key: the stream NAME",
+      ingest.rtmp.token ? ` followed by ?token=${ingest.rtmp.token}` : "",
+      ". A process reads it with the input address {rtmp,name=NAME}.",
+    ),
+  );
+  const publishers = publisherRows(ingest);
+  $("#publisher-rows").replaceChildren(
+    ...publishers.map((publisher) =>
+      el(
+        "tr",
+        { "data-publisher": publisher.name },
+        el("td", { "data-label": "Protocol" }, publisher.protocol),
+        el("td", { "data-label": "Stream" }, el("strong", {}, publisher.name)),
+        el("td", { "data-label": "From" }, publisher.remote),
+        el("td", { "data-label": "Uptime" }, duration(publisher.uptime_seconds)),
+        el("td", { "data-label": "Received" }, `${(publisher.bytes_received / 1048576).toFixed(1)} MiB`),
+      ),
+    ),
+  );
+  $("#no-publishers").hidden = publishers.length > 0;
+}
+
 async function refresh() {
-  const list = await api.request("GET", "/api/v3/process?filter=config,state");
+  const [list, ingestNow] = await Promise.all([
+    api.request("GET", "/api/v3/process?filter=config,state"),
+    api.request("GET", "/api/v3/ingest"),
+  ]);
+  ingest = ingestNow;
   processes.clear();
   for (const process of list) processes.set(process.id, process);
   render();
   await refreshFiles();
+  renderPublishers();
   $("#updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   $("#banner").hidden = true;
 }
@@ -418,6 +491,7 @@ function showLogin(message = "") {
   for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
   $("#processes").hidden = true;
   $("#files").hidden = true;
+  $("#ingest").hidden = true;
   $("#user").hidden = true;
   const form = $("#login");
   form.hidden = false;

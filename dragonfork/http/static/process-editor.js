@@ -5,6 +5,7 @@
 // versions) survive an edit. The API is the only validator (the form is novalidate): what it says is shown.
 
 import { ApiError } from "./api.js";
+import { ingestAddress } from "./ingest.js";
 
 /** Split FFmpeg options typed as one line, shell-like: whitespace separates, quotes group. */
 export function splitOptions(text) {
@@ -95,6 +96,23 @@ export class ProcessEditor {
     for (const tab of this.form.querySelectorAll("[data-tab]")) {
       tab.addEventListener("click", () => this.#switchTo(tab.dataset.tab));
     }
+    this.form.querySelector("[data-add=ingest]").addEventListener("click", () => this.#addIngestInput());
+  }
+
+  /** "From a publisher": an input reading {rtmp,name=NAME}, in place of an empty first input. */
+  #addIngestInput() {
+    const elements = this.form.elements;
+    const name = elements["ingest-name"].value.trim();
+    if (!name) {
+      elements["ingest-name"].focus();
+      return;
+    }
+    const address = ingestAddress(elements["ingest-protocol"].value, name);
+    const rows = [...this.form.querySelectorAll("[data-io=input] > .io-row")];
+    const empty = rows.find((row) => !row.querySelector("[name=io-address]").value.trim());
+    if (empty) empty.querySelector("[name=io-address]").value = address;
+    else this.#addRow("input", { address });
+    elements["ingest-name"].value = "";
   }
 
   /** Open for a new process (config null) or to edit `config`. */

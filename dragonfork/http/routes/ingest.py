@@ -1,0 +1,51 @@
+"""Live publishers: ``GET /api/v3/rtmp`` (datarhei's shape) and ``GET /api/v3/ingest`` (the admin UI's).
+
+``/api/v3/ingest`` has one entry per ingest protocol (RTMP today; WHIP and SRT add theirs): whether it is
+enabled, what an encoder needs to publish (port, app, stream key token) and the live publishers with their
+counters. The token is shown here because the admin UI builds OBS's stream key from it; ``/api/v3``
+requires authentication whenever auth is enabled.
+"""
+
+from __future__ import annotations
+
+import trio
+from quart import Blueprint, jsonify
+
+from dragonfork.config import host_port
+from dragonfork.core import Core
+
+
+def ingest_blueprint(core: Core) -> Blueprint:
+    bp = Blueprint("ingest", __name__)
+
+    @bp.get("/api/v3/rtmp")
+    async def rtmp_channels():  # type: ignore[no-untyped-def]
+        publishers = core.rtmp.publishers() if core.rtmp is not None else []
+        return jsonify([{"name": publisher.path} for publisher in publishers])
+
+    @bp.get("/api/v3/ingest")
+    async def ingest():  # type: ignore[no-untyped-def]
+        settings = core.settings.rtmp
+        now = trio.current_time()
+        rtmp: dict[str, object] = {"enabled": core.rtmp is not None}
+        if core.rtmp is not None:
+            rtmp.update(
+                port=host_port(settings.address)[1],
+                tls_port=host_port(settings.address_tls)[1] if settings.enable_tls else None,
+                app=settings.app,
+                token=settings.token,
+                publishers=[
+                    {
+                        "name": publisher.name,
+                        "path": publisher.path,
+                        "remote": publisher.remote,
+                        "uptime_seconds": round(now - publisher.since, 1),
+                        "bytes_received": publisher.bytes_received,
+                        "media_messages": publisher.media_messages,
+                    }
+                    for publisher in core.rtmp.publishers()
+                ],
+            )
+        return jsonify({"rtmp": rtmp})
+
+    return bp
