@@ -99,6 +99,9 @@ class UnreadBodyGuard:
             await self.app(scope, receive, send)
             return
         has_body, declared_length = _declared_body(scope)
+        expects_continue = (b"expect", b"100-continue") in (
+            (name, value.lower()) for name, value in scope.get("headers", ())
+        )
         deadline = trio.current_time() + self.body_timeout
         body = _RequestBody(receive, declared_length, complete=not has_body)
 
@@ -112,7 +115,10 @@ class UnreadBodyGuard:
                     # Read concurrently: the application's own reader may be waiting in receive() too, and
                     # Hypercorn reports the disconnect of a closing connection from inside this send.
                     nursery.start_soon(body.discard_rest)
-                    if not await body.ends_within(self.drain_max_bytes, deadline):
+                    # A client still waiting for ``100 Continue`` sends no body after a final answer (FFmpeg's
+                    # PUT to /memfs before its credentials): nothing will arrive to drain, so close at once.
+                    not_sent = expects_continue and body.received == 0
+                    if not_sent or not await body.ends_within(self.drain_max_bytes, deadline):
                         headers = [*message.get("headers", ()), (b"connection", b"close")]
                         message = {**message, "headers": headers}
                 with trio.CancelScope(shield=True):
