@@ -25,6 +25,7 @@ from dragonfork.process.store import Store
 from dragonfork.servers.rtmp import RtmpServer, RtmpSessionSettings, RtmpSettings
 from dragonfork.servers.whep import PublisherStatus, WhepServer, WhepSettings
 from dragonfork.sessions.ffmpeg import FfmpegSessions
+from dragonfork.sessions.hls import HlsSessions
 from dragonfork.sessions.registry import SessionRegistry
 from dragonfork.sessions.webrtc import WebrtcSessions
 from dragonfork.stream.directory import StreamDirectory
@@ -158,6 +159,9 @@ def build_core(loaded: LoadedSettings) -> Core:
 
     client_sessions = SessionRegistry(settings.sessions, settings.data_dir / "sessions")
     client_sessions.add_sampler(FfmpegSessions(client_sessions, registry.processes.values).sample)
+    hls_sessions = HlsSessions(client_sessions)  # HLS players of /memfs and diskfs
+    files.filter_playlists(hls_sessions.playlist)
+    files.subscribe(hls_sessions.served)
     whep = WhepServer(
         directory,
         WhepSettings(

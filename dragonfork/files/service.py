@@ -40,6 +40,13 @@ class ServedFile:
     path: str  # "/cam1.m3u8"
     client: str  # the client's address, as the HTTP server saw it
     bytes_sent: int
+    url: str = ""  # the request's URL path ("/memfs/cam1.m3u8")
+    query: str = ""  # its query string (an HLS session id travels there)
+    user_agent: str = ""
+    referrer: str = ""  # the host of its Referer
+
+
+PlaylistFilter = Callable[[ServedFile, bytes], bytes | None]
 
 
 class FileService:
@@ -64,6 +71,7 @@ class FileService:
         self.memfs_auth = memfs_auth
         self._http_base = http_base
         self._listeners: list[Callable[[ServedFile], None]] = []
+        self._playlist_filter: PlaylistFilter | None = None
         for filesystem in self.filesystems.values():
             metrics.FILESYSTEM_USED.labels(filesystem.name).set_function(filesystem.used_bytes)
             metrics.FILESYSTEM_LIMIT.labels(filesystem.name).set(filesystem.limit_bytes)
@@ -89,6 +97,14 @@ class FileService:
     def subscribe(self, listener: Callable[[ServedFile], None]) -> None:
         """Call ``listener`` for every file served over HTTP (it must not block)."""
         self._listeners.append(listener)
+
+    def filter_playlists(self, playlist_filter: PlaylistFilter) -> None:
+        """Let ``playlist_filter`` see every HLS playlist before it is sent to a player: it returns the body
+        to send instead (None: unchanged), or raises to refuse the request (the HLS session collector)."""
+        self._playlist_filter = playlist_filter
+
+    def playlist(self, request: ServedFile, body: bytes) -> bytes | None:
+        return None if self._playlist_filter is None else self._playlist_filter(request, body)
 
     def served(self, event: ServedFile) -> None:
         metrics.FILES_SERVED_BYTES.labels(event.filesystem).inc(event.bytes_sent)

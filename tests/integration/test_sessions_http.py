@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
+import imageio_ffmpeg
 import pytest
-from harness import Server, free_port, lavfi_process, metric, running_server, wait_live, whep_url
+from harness import (
+    Server,
+    free_port,
+    lavfi_process,
+    metric,
+    restreamer_hls_process,
+    running_server,
+    wait_live,
+    whep_url,
+)
 from whep_peers import aiortc_offer, start_client
 
 SDP = {"Content-Type": "application/sdp"}
@@ -222,3 +233,55 @@ def test_persisted_totals_survive_a_restart(tmp_path: Any) -> None:
     with running_server(tmp_path, **env) as second:
         assert summary(second, "webrtc")["summary"]["reference"]["cam"]["sessions"] == 1
         assert widget(second, "cam")["total_sessions"] == 1
+
+
+# --- HLS: a real FFmpeg HLS client playing from /memfs ----------------------------------------------------
+
+
+def start_hls_player(url: str, seconds: float) -> subprocess.Popen[str]:
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostats", "-v", "warning", "-i", url]
+    command += ["-t", str(seconds), "-f", "null", "-"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def hls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {**COLLECT_LOOPBACK, "CORE_SESSIONS_SESSION_TIMEOUT_SEC": "3", "CORE_SESSIONS_MAX_SESSIONS": "1"}
+    with running_server(tmp_path_factory.mktemp("hls-sessions"), **env) as server:
+        response = server.api("POST", "/api/v3/process", json=restreamer_hls_process("tv"))
+        assert response.is_success, response.text
+        playlist = "/api/v3/fs/mem/tv.m3u8"  # the file itself: /memfs hands out session playlists
+        server.wait_for(lambda: server.api("GET", playlist).text.count(".ts") >= 2, 30, "two segments")
+        yield server
+
+
+def test_hls_player_is_a_session_while_it_plays(hls_server: Server) -> None:
+    server = hls_server
+    player = start_hls_player(f"{server.url}/memfs/tv.m3u8", seconds=8)
+    server.wait_for(lambda: any(s["bytes_tx"] > 0 for s in active(server, "hls")), 15, "the player's session")
+    [session] = active(server, "hls")
+    assert session["reference"] == "tv"
+    assert session["local"] == "/memfs/tv.m3u8"
+    assert session["remote"] == "127.0.0.1"
+    assert session["extra"].startswith("Lavf/")
+    assert widget(server, "tv")["current_sessions"] == 1
+
+    # max_sessions is 1: a second player is refused, the one watching is not.
+    second = server.api("GET", "/memfs/tv.m3u8")
+    assert second.status_code == 503, second.text
+    assert second.headers["Retry-After"] == "5" and "sessions.max_sessions" in second.json()["message"]
+
+    _, errors = player.communicate(timeout=40)
+    assert player.returncode == 0, errors
+    assert max(s["bytes_tx"] for s in active(server, "hls")) > 100_000
+    server.wait_for(lambda: not active(server, "hls"), 10, "the session to expire 3 s after the player left")
+    assert summary(server, "hls")["summary"]["reference"]["tv"]["sessions"] == 1
+    counts = widget(server, "tv")
+    assert (counts["current_sessions"], counts["total_sessions"]) == (0, 1)
+    assert metric(server, "dragonfork_sessions_total", collector="hls") == 1
+
+
+def test_hls_playlist_with_a_forged_session_is_403(hls_server: Server) -> None:
+    response = hls_server.api("GET", "/memfs/tv.m3u8", params={"session": "../../etc/passwd"})
+    assert response.status_code == 403 and "session" in response.json()["message"]
+    assert hls_server.state("tv")["exec"] == "running"

@@ -18,6 +18,7 @@ Uploads are streamed into the filesystem chunk by chunk, bounded by the filesyst
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 from collections.abc import AsyncIterator
 from email.utils import formatdate
@@ -40,6 +41,8 @@ from dragonfork.files.filesystem import (
 )
 from dragonfork.files.service import FileService, ServedFile
 from dragonfork.http.errors import ApiError
+from dragonfork.http.viewers import refused, request_client
+from dragonfork.sessions import InvalidSession, SessionRefused
 
 log = structlog.get_logger("dragonfork.files")
 
@@ -103,8 +106,15 @@ def _byte_range(size: int) -> tuple[int, int] | None:
     return span
 
 
-async def send_file(files: FileService, filesystem: Filesystem, raw_path: str) -> Response:
-    """A file of ``filesystem`` as the response to this GET or HEAD (404 JSON when there is none)."""
+async def send_file(
+    files: FileService, filesystem: Filesystem, raw_path: str, *, to_players: bool = True
+) -> Response:
+    """A file of ``filesystem`` as the response to this GET or HEAD (404 JSON when there is none).
+
+    ``to_players``: served where players fetch it (``/memfs``, diskfs at ``/``), so an HLS playlist goes
+    through the HLS session collector, whole (a range of a playlist rewritten per client means nothing;
+    FFmpeg asks for ``bytes=0-``: Range is ignored, as RFC 9110 allows). ``/api/v3/fs`` sends files as
+    they are."""
     path = _filesystem_path(raw_path)
     try:
         info = filesystem.stat(path)
@@ -112,7 +122,8 @@ async def send_file(files: FileService, filesystem: Filesystem, raw_path: str) -
         raise _path_refused(exc) from None
     if info is None:
         raise _missing(filesystem, path)
-    span = _byte_range(info.size_bytes)
+    to_sessions = to_players and request.method == "GET" and path.endswith(".m3u8")
+    span = None if to_sessions else _byte_range(info.size_bytes)
     start, stop = span if span is not None else (0, info.size_bytes)
     headers = {
         "Content-Type": content_type(path),
@@ -134,6 +145,25 @@ async def send_file(files: FileService, filesystem: Filesystem, raw_path: str) -
     except FileNotFound:
         raise _missing(filesystem, path) from None
 
+    client = request_client()
+    event = ServedFile(
+        filesystem.name, path, client.address, stop - start, url=request.path,
+        query=request.query_string.decode("latin-1"), user_agent=client.user_agent, referrer=client.referrer,
+    )  # fmt: skip
+    if to_sessions:
+        playlist = first + b"".join([chunk async for chunk in chunks])  # playlists are small
+        try:
+            rewritten = files.playlist(event, playlist)
+        except SessionRefused as exc:
+            raise refused(exc) from None
+        except InvalidSession as exc:
+            raise ApiError(403, str(exc), field="session") from None
+        if rewritten is not None:
+            headers["Cache-Control"] = "private"  # this client's own session ids are in it
+            playlist = rewritten
+        files.served(dataclasses.replace(event, bytes_sent=len(playlist)))
+        return Response(playlist, status=status, headers=headers)
+
     async def body() -> AsyncIterator[bytes]:
         yield first
         async for chunk in chunks:
@@ -144,7 +174,7 @@ async def send_file(files: FileService, filesystem: Filesystem, raw_path: str) -
         await chunks.aclose()
     response = Response(first if whole else body(), status=status, headers=headers)
     response.content_length = stop - start
-    files.served(ServedFile(filesystem.name, path, request.remote_addr or "", stop - start))
+    files.served(event)
     return response
 
 
@@ -284,7 +314,7 @@ def files_blueprint(files: FileService) -> Blueprint:
 
     @bp.route("/api/v3/fs/<storage_name>/<path:path>", methods=["GET", "HEAD"])
     async def api_get(storage_name: str, path: str):  # type: ignore[no-untyped-def]
-        return await send_file(files, storage(storage_name), path)
+        return await send_file(files, storage(storage_name), path, to_players=False)
 
     @bp.put("/api/v3/fs/<storage_name>/<path:path>")
     async def api_put(storage_name: str, path: str):  # type: ignore[no-untyped-def]
