@@ -254,11 +254,14 @@ def test_every_shared_route_answers_as_datarhei_describes(swagger: Spec, core: S
     assert "dragonfork_process_fps" in {entry["name"] for entry in described}
     call("GET", "/api/v3/metrics", 401, token=None)
     query = {"timerange_sec": 60, "interval_sec": 1, "metrics": [{"name": "dragonfork_process_fps"}]}
-    core.wait_for(
-        lambda: len(core.api("POST", "/api/v3/metrics", json=query).json()["metrics"][0]["values"]) >= 2,
-        20,
-        "two samples of the fps",
-    )
+
+    def sampled_running() -> bool:
+        # two samples, the newest after the restart above brought the fps back (a sample taken while the
+        # process was restarting reads 0)
+        values = core.api("POST", "/api/v3/metrics", json=query).json()["metrics"][0]["values"]
+        return len(values) >= 2 and values[-1][1] > 0
+
+    core.wait_for(sampled_running, 20, "two samples of the fps, the newest of a running process")
     series = call("POST", "/api/v3/metrics", 200, json=query)["metrics"]
     assert series[0]["labels"] == {"process": "contract"} and series[0]["values"][-1][1] > 0
     call("POST", "/api/v3/metrics", 200, json={"metrics": [{"name": "dragonfork_process_fps"}]})
