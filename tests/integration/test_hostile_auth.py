@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,23 +103,26 @@ def test_refresh_with_bad_tokens_is_throttled_too(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("claims", "why"),
     [
-        (_claims(sub=None), "sub"),  # before: 500 KeyError: 'sub'
-        (_claims(exp=None), "exp"),  # before: accepted forever
-        (_claims(iat=None), "iat"),
-        (_claims(usefor=None), "usefor"),
-        (_claims(sub="somebody-else"), "sub"),  # before: sub was never compared with the configured user
-        (_claims(iat=int(time.time()) + 3600), "iat"),  # issued in the future beyond the clock skew
-        (_claims(exp=int(time.time()) - 3600), "expired"),
-        (_claims(usefor="refresh"), "access token"),
-        (_claims(exp=10**30), "lasting at most"),  # a lifetime no token issued here has
-        (_claims(iat=True), "lasting at most"),
-        (_claims(exp=str(int(time.time()) + 60)), "invalid token"),
+        (lambda: _claims(sub=None), "sub"),  # before: 500 KeyError: 'sub'
+        (lambda: _claims(exp=None), "exp"),  # before: accepted forever
+        (lambda: _claims(iat=None), "iat"),
+        (lambda: _claims(usefor=None), "usefor"),
+        # before: sub was never compared with the configured user
+        (lambda: _claims(sub="somebody-else"), "sub"),
+        (lambda: _claims(iat=int(time.time()) + 3600), "iat"),  # issued in the future beyond the clock skew
+        (lambda: _claims(exp=int(time.time()) - 3600), "expired"),
+        (lambda: _claims(usefor="refresh"), "access token"),
+        (lambda: _claims(exp=10**30), "lasting at most"),  # a lifetime no token issued here has
+        (lambda: _claims(iat=True), "lasting at most"),
+        (lambda: _claims(exp=str(int(time.time()) + 60)), "invalid token"),
     ],
 )
 def test_incomplete_or_foreign_tokens_are_401_invalid_token(
-    auth_server: Server, claims: dict[str, Any], why: str
+    auth_server: Server, claims: Callable[[], dict[str, Any]], why: str
 ) -> None:
-    token = _forged(claims)
+    # The claims are made when the case runs, not when it is collected: a suite that reaches this test
+    # minutes after collection must not turn a wrong-type exp into an expired one.
+    token = _forged(claims())
     for method, path in (("GET", "/api/v3/process"), ("POST", "/api/v3/whep/nope")):
         response = auth_server.api(method, path, headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 401, (path, response.text)
