@@ -23,6 +23,7 @@ from dragonfork.config import (
     ConfigError,
     LoadedSettings,
     auth_problem,
+    kept_keys,
     leaf_paths,
     load_settings,
     redacted,
@@ -56,8 +57,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if loaded.ignored_file_keys:
         print(
-            "dragonfork: ignoring config keys dragonfork has no feature for: "
-            + ", ".join(loaded.ignored_file_keys),
+            "dragonfork: ignoring unknown config keys: " + ", ".join(loaded.ignored_file_keys),
+            file=sys.stderr,
+        )
+    without_effect = [key for key in kept_keys() if loaded.sources[key] != "default"]
+    if without_effect:
+        print(
+            "dragonfork: datarhei keys kept without effect (no such feature here): "
+            + ", ".join(without_effect),
             file=sys.stderr,
         )
     try:
@@ -104,16 +111,18 @@ def cmd_config(args: argparse.Namespace) -> int:
     loaded = _load(args)
     print(f"# config file: {loaded.config_file or '(none: built-in defaults and environment)'}")
     rows = []
+    without_effect = set(kept_keys())
     for path in leaf_paths(type(loaded.settings)):
         key = ".".join(path)
         value = redacted(key, settings_value(loaded.settings, key))
-        rows.append((key, repr(value), loaded.sources[key]))
+        note = ", no effect here" if key in without_effect else ""
+        rows.append((key, repr(value), loaded.sources[key] + note))
     width = max(len(key) for key, _, _ in rows)
     for key, value, source in rows:
         print(f"{key:<{width}}  {value}  [{source}]")
     print(f"# data directory: {loaded.settings.data_dir}")
     for key in loaded.ignored_file_keys:
-        print(f"# ignored (no such feature here): {key}")
+        print(f"# ignored (unknown key): {key}")
     return 0
 
 

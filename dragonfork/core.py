@@ -2,6 +2,7 @@
 
 The HTTP layer calls into these; nothing here imports ``dragonfork.http``. The core owns the stream directory
 (the hub's name → live stream table): the registry's process runs publish in it, the WHEP service reads it.
+It also owns the settings service and declares, per service, which settings it reads (for config reloads).
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import trio
+
 from dragonfork import metrics
 from dragonfork.config import LoadedSettings, Settings, host_port, is_loopback_host
 from dragonfork.files.service import FileService, MemfsWriteAuth
+from dragonfork.logs import configure_logging
 from dragonfork.metrics_history import MetricsHistory, SystemMetrics
 from dragonfork.process.access import AccessPolicy
 from dragonfork.process.child import ChildLedger
@@ -28,6 +32,7 @@ from dragonfork.sessions.ffmpeg import FfmpegSessions
 from dragonfork.sessions.hls import HlsSessions
 from dragonfork.sessions.registry import SessionRegistry
 from dragonfork.sessions.webrtc import WebrtcSessions
+from dragonfork.settings_service import SettingsService
 from dragonfork.stream.directory import StreamDirectory
 from dragonfork.stream.ingest.rtp_udp import RtpIngestSettings
 from dragonfork.stream.stream import StreamSettings
@@ -37,7 +42,7 @@ from dragonfork.webrtc.viewer import ViewerSettings
 
 @dataclass
 class Core:
-    loaded: LoadedSettings
+    config: SettingsService
     registry: Registry
     directory: StreamDirectory
     whep: WhepServer
@@ -49,8 +54,12 @@ class Core:
     started_at: float = field(default_factory=time.time)
 
     @property
+    def loaded(self) -> LoadedSettings:
+        return self.config.active
+
+    @property
     def settings(self) -> Settings:
-        return self.loaded.settings
+        return self.config.settings
 
     @property
     def server_id(self) -> str:
@@ -93,40 +102,18 @@ def build_files(settings: Settings) -> FileService:
 
 def build_core(loaded: LoadedSettings) -> Core:
     settings = loaded.settings
-    webrtc = settings.webrtc
+    config = SettingsService(loaded)
     rtmp = settings.rtmp
     directory = StreamDirectory()
     files = build_files(settings)
-    stream_settings = StreamSettings(
-        subscriber_buffer_frames=webrtc.subscriber_buffer_frames,
-        keyframe_cache_enabled=webrtc.keyframe_cache_enable,
-        keyframe_cache_max_packets=webrtc.keyframe_cache_max_packets,
-        keyframe_cache_max_bytes=webrtc.keyframe_cache_max_bytes,
-    )
-    runtime = ProcessRuntime(
-        ffmpeg_binary=settings.ffmpeg_binary,
-        stop_timeout=settings.ffmpeg.stop_timeout_seconds,
-        probe_timeout=settings.ffmpeg.probe_timeout_seconds,
-        log_max_lines=settings.ffmpeg.log.max_lines,
-        log_max_history=settings.ffmpeg.log.max_history,
-        max_processes=settings.ffmpeg.max_processes,
-        webrtc_enabled=webrtc.enable,
-        cleaner=files.cleaner,
-        stream=stream_settings,
-        rtp=RtpIngestSettings(port_first=webrtc.port_first, port_last=webrtc.port_last),
-        directory=directory,
-        ledger=ChildLedger(settings.data_dir),
-    )
-    access = AccessPolicy(
-        input=settings.ffmpeg.access.input,
-        output=settings.ffmpeg.access.output,
-        data_dir=settings.data_dir,
-        disk_dir=settings.disk_dir,
+    stream_settings = stream_of(settings)
+    runtime = process_runtime(
+        settings, stream_settings, directory=directory, ledger=ChildLedger(settings.data_dir), files=files
     )
     registry = Registry(
         Store(settings.data_dir),
         runtime,
-        access,
+        access_policy(settings),
         diskfs=files.diskfs_base,
         memfs=files.memfs_base,
         seed_demo=settings.demo,
@@ -134,25 +121,13 @@ def build_core(loaded: LoadedSettings) -> Core:
         if rtmp.enable
         else IngestAddresses(),
     )
-    ice_servers = [
-        {"urls": url, "username": webrtc.ice_username, "credential": webrtc.ice_credential}
-        for url in webrtc.ice_servers
-    ]
-    viewer_settings = ViewerSettings(
-        handshake_timeout=webrtc.handshake_timeout_seconds,
-        disconnect_grace=webrtc.disconnect_grace_seconds,
-        ice_servers=ice_servers,
-        public_ips=list(webrtc.public_ips),
-        max_delay=webrtc.max_viewer_delay_seconds,
-        offer_limits=OfferLimits.of(webrtc),
-    )
 
     def publisher_status(name: str) -> PublisherStatus | None:
         process = registry.processes.get(name)
         if process is None:
             return None
         return PublisherStatus(
-            serves_webrtc=process.config.webrtc.enabled and webrtc.enable,
+            serves_webrtc=process.config.webrtc.enabled and config.settings.webrtc.enable,
             started=process.order == "start",
             state=process.state,
         )
@@ -164,11 +139,7 @@ def build_core(loaded: LoadedSettings) -> Core:
     files.subscribe(hls_sessions.served)
     whep = WhepServer(
         directory,
-        WhepSettings(
-            max_viewers_per_stream=webrtc.max_peers_per_stream,
-            publisher_wait=webrtc.publisher_wait_seconds,
-            viewer=viewer_settings,
-        ),
+        whep_settings(settings),
         publisher_status,
         viewer_observer=WebrtcSessions(client_sessions),
     )
@@ -191,8 +162,8 @@ def build_core(loaded: LoadedSettings) -> Core:
             ),
             directory,
         )
-    return Core(
-        loaded=loaded,
+    core = Core(
+        config=config,
         registry=registry,
         directory=directory,
         whep=whep,
@@ -202,3 +173,107 @@ def build_core(loaded: LoadedSettings) -> Core:
         rtmp=rtmp_server,
         started_at=started_at,
     )
+    _declare_settings(core)
+    return core
+
+
+def stream_of(settings: Settings) -> StreamSettings:
+    webrtc = settings.webrtc
+    return StreamSettings(
+        subscriber_buffer_frames=webrtc.subscriber_buffer_frames,
+        keyframe_cache_enabled=webrtc.keyframe_cache_enable,
+        keyframe_cache_max_packets=webrtc.keyframe_cache_max_packets,
+        keyframe_cache_max_bytes=webrtc.keyframe_cache_max_bytes,
+    )
+
+
+def process_runtime(
+    settings: Settings,
+    stream: StreamSettings,
+    *,
+    directory: StreamDirectory,
+    ledger: ChildLedger | None,
+    files: FileService,
+) -> ProcessRuntime:
+    webrtc = settings.webrtc
+    return ProcessRuntime(
+        ffmpeg_binary=settings.ffmpeg_binary,
+        stop_timeout=settings.ffmpeg.stop_timeout_seconds,
+        probe_timeout=settings.ffmpeg.probe_timeout_seconds,
+        log_max_lines=settings.ffmpeg.log.max_lines,
+        log_max_history=settings.ffmpeg.log.max_history,
+        max_processes=settings.ffmpeg.max_processes,
+        webrtc_enabled=webrtc.enable,
+        cleaner=files.cleaner,
+        stream=stream,
+        rtp=RtpIngestSettings(port_first=webrtc.port_first, port_last=webrtc.port_last),
+        directory=directory,
+        ledger=ledger,
+    )
+
+
+def access_policy(settings: Settings) -> AccessPolicy:
+    return AccessPolicy(
+        input=settings.ffmpeg.access.input,
+        output=settings.ffmpeg.access.output,
+        data_dir=settings.data_dir,
+        disk_dir=settings.disk_dir,
+    )
+
+
+def whep_settings(settings: Settings) -> WhepSettings:
+    webrtc = settings.webrtc
+    ice_servers = [
+        {"urls": url, "username": webrtc.ice_username, "credential": webrtc.ice_credential}
+        for url in webrtc.ice_servers
+    ]
+    return WhepSettings(
+        max_viewers_per_stream=webrtc.max_peers_per_stream,
+        publisher_wait=webrtc.publisher_wait_seconds,
+        viewer=ViewerSettings(
+            handshake_timeout=webrtc.handshake_timeout_seconds,
+            disconnect_grace=webrtc.disconnect_grace_seconds,
+            ice_servers=ice_servers,
+            public_ips=list(webrtc.public_ips),
+            max_delay=webrtc.max_viewer_delay_seconds,
+            offer_limits=OfferLimits.of(webrtc),
+        ),
+    )
+
+
+def _declare_settings(core: Core) -> None:
+    """What each core service reads, for reloads (the HTTP layer declares its own). The files service, the
+    RTMP server and the disk directory are bound at start: their keys wait for the next start."""
+
+    async def registry_takes(settings: Settings) -> None:
+        current = core.registry.runtime  # the same stream directory, child ledger and cleaner
+        runtime = process_runtime(
+            settings,
+            stream_of(settings),
+            directory=current.directory,
+            ledger=current.ledger,
+            files=core.files,
+        )
+        await core.registry.apply_settings(runtime, access_policy(settings), core.registry.diskfs)
+
+    def whep_takes(settings: Settings) -> None:  # new viewers; running ones keep theirs
+        core.whep.settings = whep_settings(settings)
+
+    core.config.depend("process registry", ("ffmpeg", "webrtc"), registry_takes)
+    core.config.depend("whep", ("webrtc",), whep_takes)
+    core.config.depend("log", ("log.level",), lambda settings: configure_logging(settings.log.level))
+
+
+async def start_scoped_services(core: Core) -> None:
+    """The services a reload restarts in a scope of their own (``SettingsService.run``'s nursery)."""
+
+    async def sample_metrics(settings: Settings, *, task_status: trio.TaskStatus[None]) -> None:
+        history = core.metrics_history  # the samples survive a restart; range and interval are new
+        history.range_seconds = settings.metrics.range_sec
+        history.interval_seconds = settings.metrics.interval_sec
+        if not settings.metrics.enable:
+            task_status.started()
+            return
+        await history.run(task_status=task_status)
+
+    await core.config.run_scoped("metrics history", ("metrics",), sample_metrics)

@@ -1,12 +1,13 @@
-"""The root of the nursery tree: registry, HTTP server, signals, systemd notification and watchdog.
+"""The root of the nursery tree: settings, registry, HTTP server, signals, systemd notification.
 
 ```
 trio.run(serve)
 └── trio_asyncio loop (aiortc runs on it)
     └── root nursery
         ├── rtmp.run          → (rtmp.enable) listeners and one task per RTMP session
+        ├── config.run        → the services a config reload restarts in their own scopes:
+        │   └── metrics history → samples the metrics for /api/v3/metrics (when metrics.enable)
         ├── registry.run      → one supervisor (and one nursery per FFmpeg run) per process
-        ├── metrics_history   → samples the metrics for /api/v3/metrics (when metrics.enable)
         ├── client_sessions.run → the session collectors' tick (expiry, counters, persisted totals)
         ├── hypercorn.trio    → the QuartTrio app
         ├── watch_event_loop  → event-loop lag metric; systemd WATCHDOG=1 pings while the loop is healthy
@@ -26,8 +27,8 @@ import trio_asyncio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from dragonfork.config import LoadedSettings, host_port, is_loopback_host
-from dragonfork.core import Core, build_core
+from dragonfork.config import LoadedSettings, host_port, is_loopback_host, unsafe_bind
+from dragonfork.core import Core, build_core, start_scoped_services
 from dragonfork.http.app import create_app
 from dragonfork.http.body_guard import UnreadBodyGuard
 from dragonfork.http.expect_continue import challenge_memfs_writes_first
@@ -57,22 +58,15 @@ def check_http_port(address: str) -> None:
 
 def check_bind_is_safe(loaded: LoadedSettings) -> None:
     settings = loaded.settings
+    problem = unsafe_bind(settings)
+    if problem is not None:
+        raise UnsafeBind(problem)
     host, _ = host_port(settings.address)
-    auth = settings.api.auth
-    if is_loopback_host(host) or auth.enable:
-        return
-    if auth.disable_localhost_check:
+    if not is_loopback_host(host) and not settings.api.auth.enable:
         log.warning(
             "SERVING WITHOUT AUTHENTICATION ON A NON-LOOPBACK ADDRESS: anyone who reaches it controls FFmpeg",
             address=settings.address,
         )
-        return
-    raise UnsafeBind(
-        f"refusing to serve {settings.address} without authentication. Enable it with "
-        "CORE_API_AUTH_ENABLE=true CORE_API_AUTH_USERNAME=... CORE_API_AUTH_PASSWORD=... "
-        "(or api.auth.enable in the config file), bind 127.0.0.1, or opt out explicitly with "
-        "CORE_API_AUTH_DISABLE_LOCALHOST_CHECK=true"
-    )
 
 
 def log_asyncio_error(loop: object, context: dict[str, object]) -> None:
@@ -101,11 +95,11 @@ async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None
     async with trio_asyncio.open_loop() as loop, trio.open_nursery() as root:
         loop.set_exception_handler(log_asyncio_error)
         root.start_soon(watch_event_loop, loaded.settings.metrics.interval_sec)
+        await root.start(core.config.run)
         if core.rtmp is not None:
             await root.start(core.rtmp.run)
         await root.start(core.registry.run)
-        if loaded.settings.metrics.enable:
-            await root.start(core.metrics_history.run)
+        await start_scoped_services(core)
         await root.start(core.client_sessions.run)
         http_stopped = trio.Event()
         await root.start(_serve_http, core, http_stopped)

@@ -98,6 +98,8 @@ class Server:
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
+        self.proc.kill()  # a server that never answered must not outlive the test (it would load the machine)
+        self.proc.wait()
         raise RuntimeError(f"server did not answer /ping within {timeout} s:\n{self.log()}")
 
     def stop(self, timeout: float = 30) -> int:

@@ -11,11 +11,14 @@ from quart_trio.wrappers import TrioResponse as Response
 from werkzeug.exceptions import HTTPException
 
 from dragonfork import metrics
+from dragonfork.config import Settings
 from dragonfork.core import Core
 from dragonfork.http.auth import TokenIssuer, login_blueprint
 from dragonfork.http.cors import cors_blueprint
 from dragonfork.http.errors import ApiError, error_response
+from dragonfork.http.read_only import changes_state
 from dragonfork.http.routes.about import about_blueprint
+from dragonfork.http.routes.config import config_blueprint
 from dragonfork.http.routes.docs import docs_blueprint
 from dragonfork.http.routes.files import FileUploadRequest, files_blueprint, serve_from_diskfs
 from dragonfork.http.routes.ingest import ingest_blueprint
@@ -35,6 +38,7 @@ def create_app(core: Core) -> QuartTrio:
     app.config["BODY_TIMEOUT"] = core.settings.api.body_timeout_seconds
     app.config["JSON_SORT_KEYS"] = False
     issuer = TokenIssuer(core.settings.api.auth)
+    _declare_settings(app, core, issuer)
 
     @app.before_request
     async def _before() -> None:
@@ -42,6 +46,12 @@ def create_app(core: Core) -> QuartTrio:
         public = request.path.startswith(WIDGET_PREFIX)  # datarhei's widget needs no auth
         if request.path.startswith("/api/v3") and not public:
             issuer.require()
+            if core.settings.api.read_only and changes_state(request.method, request.path):
+                raise ApiError(
+                    403,
+                    f"the API is read-only (api.read_only): {request.method} {request.path} is refused",
+                    details=["api.read_only: the API is read-only"],
+                )
         elif request.path == "/metrics" and core.settings.metrics.protect:
             issuer.require_for_metrics()
 
@@ -80,6 +90,7 @@ def create_app(core: Core) -> QuartTrio:
     app.register_blueprint(cors_blueprint())
     app.register_blueprint(login_blueprint(issuer))
     app.register_blueprint(about_blueprint(core, issuer))
+    app.register_blueprint(config_blueprint(core.config))
     app.register_blueprint(process_blueprint(core))
     app.register_blueprint(monitor_blueprint(core))
     app.register_blueprint(whep_blueprint(core))
@@ -89,3 +100,17 @@ def create_app(core: Core) -> QuartTrio:
     app.register_blueprint(docs_blueprint())
     app.register_blueprint(ui_blueprint())
     return app
+
+
+def _declare_settings(app: QuartTrio, core: Core, issuer: TokenIssuer) -> None:
+    """What the HTTP layer reads, for config reloads: auth and body limit are applied, the rest read live."""
+
+    def take(settings: Settings) -> None:
+        issuer.configure(settings.api.auth)
+        app.config["MAX_CONTENT_LENGTH"] = settings.api.max_body_bytes
+        app.config["BODY_TIMEOUT"] = settings.api.body_timeout_seconds
+
+    core.config.depend("http api", ("api.auth", "api.max_body_bytes", "api.body_timeout_seconds"), take)
+    core.config.depend(
+        "http api (read per request)", ("id", "name", "host", "api.read_only", "metrics", "webrtc")
+    )

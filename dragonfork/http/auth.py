@@ -106,6 +106,15 @@ class TokenIssuer:
         self.secret = auth.jwt.secret or secrets.token_urlsafe(32)
         self.throttle = LoginThrottle(auth)
 
+    def configure(self, auth: AuthSettings) -> None:
+        """New auth settings (a config reload); tokens stay valid unless the secret changes."""
+        if auth.jwt.secret != self.auth.jwt.secret:
+            self.secret = auth.jwt.secret or secrets.token_urlsafe(32)
+        self.auth = auth
+        self.throttle.free_failures = auth.login_free_failures
+        self.throttle.backoff = auth.login_backoff_seconds
+        self.throttle.backoff_max = auth.login_backoff_max_seconds
+
     def issue(self, kind: TokenKind) -> tuple[str, int]:
         now = int(time.time())
         expires = now + (ACCESS_TTL if kind == "access" else REFRESH_TTL)

@@ -162,6 +162,40 @@ class Registry:
     def resolve(self, config: ProcessConfig) -> ProcessConfig:
         return expand_config(config, diskfs=self.diskfs, memfs=self.memfs, ingest=self.ingest)
 
+    async def apply_settings(self, runtime: ProcessRuntime, access: AccessPolicy, diskfs: str) -> list[str]:
+        """Take new settings; a running process restarts only when its FFmpeg command would change.
+
+        That is a new FFmpeg binary, a new ``{diskfs}``, or WebRTC switched on/off for a process that has it.
+        Log sizes, timeouts, port ranges and cache bounds apply from each process's next run; the new access
+        rules to the next create or replace; a lower ``ffmpeg.max_processes`` to the next start. Returns the
+        ids of the processes restarted.
+        """
+        previous, self.runtime, self.access, self.diskfs = self.runtime, runtime, access, diskfs
+        self.slots.limit = runtime.max_processes
+        restarted = []
+        for process in list(self.processes.values()):
+            resolved = self.resolve(process.config)
+            command_changes = (
+                resolved != process.resolved
+                or runtime.ffmpeg_binary != previous.ffmpeg_binary
+                or (process.config.webrtc.enabled and runtime.webrtc_enabled != previous.webrtc_enabled)
+            )
+            process.runtime, process.resolved = runtime, resolved
+            if command_changes and process.order == "start":
+                restarted.append(process)
+        async with trio.open_nursery() as nursery:  # in parallel: each stop may take its grace period
+            for process in restarted:
+                nursery.start_soon(self._restart, process)
+        if restarted:
+            log.info("processes restarted for new settings", processes=[process.id for process in restarted])
+        return [process.id for process in restarted]
+
+    async def _restart(self, process: ManagedProcess) -> None:
+        async with process.operation:  # after a command, replace or delete that came first
+            if self._is_registered(process) and process.order == "start":
+                await process.halt()
+                await process.start(self._supervisor_nursery)
+
     def _new_process(
         self,
         config: ProcessConfig,

@@ -7,10 +7,10 @@ directory fsynced, so a crash at any instant leaves either the old or the new da
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from dragonfork.atomic_file import write_atomically
 
 DB_VERSION = 1
 
@@ -45,24 +45,3 @@ class Store:
     def save(self, data: dict[str, Any]) -> None:
         payload = json.dumps({**data, "version": DB_VERSION}, indent=2, sort_keys=True).encode()
         write_atomically(self.path, payload)
-
-
-def write_atomically(path: Path, payload: bytes) -> None:
-    """Replace ``path`` with ``payload`` so that a crash leaves the old or the new file, never a torn one."""
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{path.suffix}.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as temp:
-            temp.write(payload)
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    directory_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(directory_fd)
-    finally:
-        os.close(directory_fd)

@@ -22,8 +22,8 @@ import structlog
 import trio
 
 from dragonfork import metrics
+from dragonfork.atomic_file import write_atomically
 from dragonfork.config import SessionsSettings
-from dragonfork.process.store import write_atomically
 from dragonfork.sessions.collector import Client, Clock, Collector, Counter, Session
 
 log = structlog.get_logger(__name__)

@@ -35,8 +35,6 @@ SWAGGER = Path("shared", "reference", "datarhei-core-v16-swagger.json")
 USERNAME, PASSWORD = "admin", "contract-secret"
 # Faults datarhei answers alike on every route, whether or not the operation's description lists them.
 ANY_ROUTE_FAULTS = {401, 404, 405, 413, 415}
-# Shared with datarhei, but their shape is the runtime-configuration work's (issue 12, part B).
-OWNED_ELSEWHERE = {("get", "/api/v3/config")}
 
 
 def find_swagger() -> Path:
@@ -276,11 +274,28 @@ def test_every_shared_route_answers_as_datarhei_describes(swagger: Spec, core: S
     assert set(widget) == {"current_sessions", "total_sessions", "uptime"}
     call("GET", "/api/v3/widget/process/nope", 404, token=None)
 
+    # the configuration: datarhei's document, a partial PUT, its faults, the reload
+    document = call("GET", "/api/v3/config", 200)
+    assert (
+        document["config"]["api"]["auth"]["enable"] is True and "api.auth.username" in document["overrides"]
+    )
+    call("GET", "/api/v3/config", 401, token=None)
+    assert (
+        call("PUT", "/api/v3/config", 200, json={"version": 3, "ffmpeg": {"log": {"max_lines": 60}}}) == "OK"
+    )
+    call("PUT", "/api/v3/config", 400, json={"version": 3, "ffmpeg": {"max_processes": "many"}})
+    call("PUT", "/api/v3/config", 400, json={"ffmpeg": {"max_processes": 1}})  # no version
+    call("PUT", "/api/v3/config", 409, json={"version": 3, "db": {"dir": "/elsewhere"}})
+    assert call("GET", "/api/v3/config/reload", 200) == "OK"
+    call("GET", "/api/v3/config/reload", 401, token=None)
+    assert call("GET", "/api/v3/config", 200)["config"]["ffmpeg"]["log"]["max_lines"] == 60
+
     call("DELETE", "/api/v3/process/contract", 200)
     call("DELETE", "/api/v3/process/contract", 404)
 
-    shared = shared_operations(swagger, core) - OWNED_ELSEWHERE
-    assert len(shared) >= 25, sorted(shared)
+    shared = shared_operations(swagger, core)
+    assert len(shared) >= 27, sorted(shared)
+    assert {("get", "/api/v3/config"), ("put", "/api/v3/config"), ("get", "/api/v3/config/reload")} <= shared
     missing = {}
     for method, path in shared:
         wanted = {"success"} if path in PUBLIC_ONLY else {"success", "error"}

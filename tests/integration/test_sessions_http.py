@@ -171,15 +171,18 @@ def test_max_sessions_answers_503_for_a_new_viewer(tmp_path: Any) -> None:
 
 
 def test_max_bitrate_answers_503_while_the_server_sends_more(tmp_path: Any) -> None:
-    env = {**COLLECT_LOOPBACK, "CORE_SESSIONS_MAXBITRATE_MBIT": "0.01"}  # 10 kbit/s: one viewer is over it
+    env = {**COLLECT_LOOPBACK, "CORE_SESSIONS_MAXBITRATE_MBIT": "1"}  # datarhei's unit: whole Mbit/s
+    busy = lavfi_process("cam", webrtc=True)  # a 4 Mbit/s picture: one viewer is over 1 Mbit/s
+    busy["input"][0]["address"] = "testsrc2=size=1280x720:rate=25"
+    busy["webrtc"]["video_bitrate_kbit"] = 4000
     with running_server(tmp_path, **env) as limited:
-        assert limited.api("POST", "/api/v3/process", json=lavfi_process("cam", webrtc=True)).is_success
+        assert limited.api("POST", "/api/v3/process", json=busy).is_success
         wait_live(limited, "cam")
-        watching = start_client(whep_url(limited, "cam"), duration=8)
+        watching = start_client(whep_url(limited, "cam"), duration=10)
         limited.wait_for(
-            lambda: summary(limited, "webrtc")["active"]["bandwidth_tx_mbit"] > 0.01,
-            15,
-            "traffic over 10 kbit/s",
+            lambda: summary(limited, "webrtc")["active"]["bandwidth_tx_mbit"] > 1,
+            20,
+            "traffic over 1 Mbit/s",
         )
         refused = limited.api("POST", "/api/v3/whep/cam", content=aiortc_offer(), headers=SDP)
         assert refused.status_code == 503, refused.text

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dragonfork.config import ConfigError, Settings, leaf_paths, load_settings
+from dragonfork.config import ConfigError, Settings, kept_keys, leaf_paths, load_settings
 
 # A config.json as datarhei Core v16 writes it (config version 3): most sections are features dragonfork does
 # not have; the ones it has must load with their values.
@@ -71,28 +71,6 @@ DATARHEI_CONFIG = {
     "sessions": {"enable": True, "ip_ignorelist": ["127.0.0.1/32"], "persist": False},
     "service": {"enable": False, "token": "", "url": "https://service.datarhei.com"},
     "router": {"blocked_prefixes": ["/api"], "routes": {}, "ui_path": ""},
-}
-
-DATARHEI_IGNORED_KEYS = {
-    "version",
-    "update_check",
-    "log.topics",
-    "host",
-    "api.access",
-    "api.auth.disable_localhost",
-    "api.auth.auth0",
-    "tls.address",
-    "tls.enable",
-    "tls.auto",
-    "tls.email",
-    "storage.disk.cache",
-    "storage.cors",
-    "storage.mimetypes_file",
-    "srt",
-    "playout",
-    "debug",
-    "service",
-    "router",
 }
 
 
@@ -200,8 +178,17 @@ def test_datarhei_variables() -> None:
 
 
 def test_environment_variables_of_unknown_settings_are_ignored() -> None:
-    loaded = load_settings(None, environ={"CORE_SRT_ENABLE": "true", "CORE_NOT_A_THING": "x"})
+    loaded = load_settings(None, environ={"CORE_NOT_A_THING": "x"}, stored_layer={})
     assert loaded.settings == Settings()
+
+
+def test_datarhei_only_variable_names() -> None:
+    environ = {"CORE_METRICS_RANGE_SECONDS": "600", "RS_USERNAME": "admin", "CORE_MIMETYPES_FILE": "/m"}
+    loaded = load_settings(None, environ=environ, stored_layer={})
+    assert loaded.settings.metrics.range_sec == 600
+    assert loaded.settings.api.auth.username == "admin"
+    assert loaded.settings.storage.mimetypes_file == "/m"
+    assert {"metrics.range_sec", "api.auth.username"} <= set(loaded.overrides)
 
 
 @pytest.mark.parametrize(
@@ -274,7 +261,17 @@ def test_datarhei_core_config_file_loads(tmp_path: Path) -> None:
     assert (settings.metrics.range_sec, settings.metrics.interval_sec) == (300, 2)
     assert settings.sessions.ip_ignorelist == ["127.0.0.1/32"]
 
-    assert set(loaded.ignored_file_keys) == DATARHEI_IGNORED_KEYS
+    # keys of features dragonfork does not have are kept and echoed, not dropped
+    assert loaded.ignored_file_keys == []
+    assert settings.host.name == ["example.org"]
+    assert settings.tls.address == ":8181"
+    assert settings.storage.memory.auth.password == "x"
+    assert settings.storage.disk.cache.ttl_seconds == 300
+    assert settings.sessions.ip_ignorelist == ["127.0.0.1/32"]
+    assert settings.router.blocked_prefixes == ["/api"]
+    assert {"tls.address", "srt.address", "host.auto"} <= set(kept_keys())
+    assert "rtmp.enable" not in kept_keys()  # the RTMP server exists
+    assert "webrtc.port_first" not in kept_keys()
     assert loaded.sources["api.auth.jwt.secret"] == "file"
     assert loaded.sources["ffmpeg.access.input.allow"] == "file"
     assert loaded.sources["webrtc.port_first"] == "default"
@@ -418,7 +415,7 @@ def test_cli_config_prints_values_and_sources(tmp_path: Path) -> None:
     assert "do-not-print-me" not in result.stdout
     assert "datarhei" not in lines["api.auth.password"]
     assert f"# config file: {config_file}" in result.stdout
-    assert "# ignored (no such feature here): srt" in result.stdout
+    assert lines["srt.enable"].endswith("False  [file, no effect here]")
 
 
 def test_cli_serve_with_bad_environment_value_exits_2(tmp_path: Path) -> None:

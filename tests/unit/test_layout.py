@@ -18,12 +18,14 @@ PACKAGE = Path(__file__).parents[2] / "dragonfork"
 FOUNDATION = {
     "dragonfork",
     "dragonfork.config",
+    "dragonfork.settings_service",
+    "dragonfork.atomic_file",
     "dragonfork.metrics",
     "dragonfork.metrics_history",
     "dragonfork.logs",
 }
-"""Modules every layer may use: the version, the one settings model, the metrics (and their recent history),
-logging."""
+"""Modules every layer may use: the version, the one settings model (and its service, which a service uses to
+declare the settings it reloads), crash-safe file writes, the metrics (and their recent history), logging."""
 
 ALLOWED: dict[str, set[str]] = {
     "dragonfork.stream": set(),

@@ -1,4 +1,4 @@
-"""``/api`` (about), ``/ping``, ``/metrics``, ``/api/v3/skills`` (+ ``/reload``) and ``/api/v3/config``."""
+"""``/api`` (about), ``/ping``, ``/metrics`` and ``/api/v3/skills`` (+ ``/reload``)."""
 
 from __future__ import annotations
 
@@ -13,22 +13,10 @@ from quart import Blueprint, jsonify, request
 from quart_trio.wrappers import TrioResponse as Response
 
 from dragonfork import DATARHEI_API_VERSION, __version__, metrics
-from dragonfork.config import leaf_paths, redacted, settings_value
 from dragonfork.core import Core
 from dragonfork.http.auth import TokenIssuer
 from dragonfork.http.errors import ApiError
 from dragonfork.process.skills import Skills, SkillsError, read_skills
-
-
-def effective_config(core: Core) -> dict[str, object]:
-    """Each setting with its value (secrets redacted) and where it came from: default, file or env."""
-    settings, sources = core.settings, core.loaded.sources
-    values: dict[str, object] = {}
-    for path in leaf_paths(type(settings)):
-        key = ".".join(path)
-        values[key] = {"value": redacted(key, settings_value(settings, key)), "source": sources[key]}
-    return values
-
 
 _ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}
 
@@ -66,6 +54,7 @@ def about_blueprint(core: Core, issuer: TokenIssuer) -> Blueprint:
     bp = Blueprint("about", __name__)
     skills_lock = trio.Lock()
     skills_cache: list[Skills] = []
+    core.config.depend("skills", ("ffmpeg.binary",), lambda settings: skills_cache.clear())  # read anew
 
     @bp.get("/api")
     async def about():  # type: ignore[no-untyped-def]
@@ -101,16 +90,5 @@ def about_blueprint(core: Core, issuer: TokenIssuer) -> Blueprint:
     @bp.get("/api/v3/skills/reload")
     async def reload_skills():  # type: ignore[no-untyped-def]
         return jsonify(await read(reload=True))
-
-    @bp.get("/api/v3/config")
-    async def config():  # type: ignore[no-untyped-def]
-        return jsonify(
-            {
-                "config_file": core.loaded.config_file,
-                "loaded_at": int(core.started_at),
-                "config": effective_config(core),
-                "ignored_file_keys": core.loaded.ignored_file_keys,
-            }
-        )
 
     return bp

@@ -12,6 +12,7 @@ The error statuses that follow from the shape of a route are derived, not listed
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -21,6 +22,8 @@ from quart import Blueprint, jsonify, send_from_directory
 from quart_trio.wrappers import TrioResponse as Response
 
 from dragonfork import __version__
+from dragonfork.config import Settings
+from dragonfork.http.read_only import changes_state
 from dragonfork.process.schema import Command, ExecState, Order, ProcessConfig
 
 SWAGGER_DIR = Path(swagger_ui_bundle.swagger_ui_path)
@@ -303,17 +306,14 @@ SCHEMAS: dict[str, Schema] = {
             ),
         }
     ),
-    "EffectiveConfig": _object(
+    # datarhei's api.Config: the settings (as ConfigData) with when they were stored and applied
+    "api.Config": _object(
         {
-            "config_file": _nullable(_STRING),
-            "loaded_at": _INTEGER,
-            "config": {
-                "type": "object",
-                "additionalProperties": _object(
-                    {"value": _ANY, "source": {"type": "string", "enum": ["default", "file", "env"]}}
-                ),
-            },
-            "ignored_file_keys": _array(_STRING),
+            "created_at": _STRING,
+            "loaded_at": _STRING,
+            "updated_at": _STRING,
+            "config": _ref("api.ConfigData"),
+            "overrides": _array(_STRING),
         }
     ),
     # datarhei's api.Session* and api.WidgetProcess
@@ -362,6 +362,8 @@ SCHEMAS: dict[str, Schema] = {
     "api.WidgetProcess": _object(
         {"current_sessions": _INTEGER, "total_sessions": _INTEGER, "uptime": _INTEGER}
     ),
+    # datarhei's api.ConfigError (409): each contradicting key with its messages
+    "api.ConfigError": {"type": "object", "additionalProperties": _array(_STRING)},
 }
 # The process config's components, generated from the pydantic models, under datarhei's names.
 _MODEL_NAMES = {
@@ -386,15 +388,18 @@ class Route:
     query: tuple[tuple[str, str], ...] = ()
     not_found: bool = True  # whether an unknown path parameter is a 404
     public: bool = False  # under /api/v3 but without auth (datarhei's widget)
+    error_bodies: tuple[tuple[int, str], ...] = ()  # statuses whose body is not an Error (datarhei's own)
 
     def error_statuses(self) -> list[int]:
-        derived = set(self.errors)
+        derived = set(self.errors) | {code for code, _ in self.error_bodies}
         if self.body is not None:
             derived |= {400, 413, 415}  # unparsable or invalid, too large, wrong Content-Type
         if self.not_found and "{" in self.path:
             derived.add(404)
         if self.path.startswith("/api/v3") and not self.public:
             derived.add(401)
+        if changes_state(self.method, self.path):
+            derived.add(403)  # api.read_only
         return sorted(derived)
 
 
@@ -543,11 +548,14 @@ ROUTES: tuple[Route, ...] = (
         response="api.MetricsResponse",
         errors=(404,),
     ),
+    Route("get", "/api/v3/config", "The configuration (datarhei's document)", response="api.Config"),
     Route(
-        "get",
+        "put",
         "/api/v3/config",
-        "The effective configuration and where each value came from",
-        response="EffectiveConfig",
+        "Store a full or partial v3 configuration (applied by /api/v3/config/reload)",
+        body="api.SetConfig",
+        response=_STRING,
+        error_bodies=((409, "api.ConfigError"),),
     ),
     *(
         Route(
@@ -574,6 +582,7 @@ ROUTES: tuple[Route, ...] = (
         response="api.WidgetProcess",
         public=True,
     ),
+    Route("get", "/api/v3/config/reload", "Apply the stored configuration", response=_STRING),
     Route(
         "post",
         "/api/v3/whep/{id}",
@@ -627,6 +636,7 @@ def _operation(route: Route) -> Schema:
         {"name": name, "in": "query", "required": False, "description": text, "schema": _STRING}
         for name, text in route.query
     ]
+    error_schemas = {code: "api.Error" for code in route.error_statuses()} | dict(route.error_bodies)
     success: Schema = {"description": "success"}
     if route.response is not None:
         success["content"] = _content(route.response)
@@ -636,7 +646,7 @@ def _operation(route: Route) -> Schema:
         "parameters": path_parameters + query_parameters,
         "responses": {str(route.status): success}
         | {
-            str(code): {"description": "error", "content": {_JSON: {"schema": _ref("api.Error")}}}
+            str(code): {"description": "error", "content": {_JSON: {"schema": _ref(error_schemas[code])}}}
             for code in route.error_statuses()
         },
     }
@@ -683,9 +693,23 @@ def _renamed(schema: Any) -> Any:
     return renamed
 
 
+@functools.cache  # built on the first request, not at start-up (the schemas take ~0.1 s)
 def openapi_document() -> dict[str, Any]:
     process_schema = ProcessConfig.model_json_schema(ref_template="#/components/schemas/{model}")
-    models = process_schema.pop("$defs", {}) | {"ProcessConfig": process_schema}
+    settings_schema = Settings.model_json_schema(ref_template="#/components/schemas/{model}")
+    config_data = settings_schema | {
+        "properties": {"created_at": _STRING, "version": _INTEGER, **settings_schema["properties"]}
+    }
+    set_config = settings_schema | {
+        "properties": {"version": {"type": "integer", "enum": [3]}, **settings_schema["properties"]},
+        "required": ["version"],
+    }
+    models = (
+        process_schema.pop("$defs", {})
+        | config_data.pop("$defs", {})
+        | set_config.pop("$defs", {})
+        | {"ProcessConfig": process_schema, "api.ConfigData": config_data, "api.SetConfig": set_config}
+    )
     components = {_MODEL_NAMES.get(name, name): _renamed(schema) for name, schema in models.items()} | SCHEMAS
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
@@ -713,7 +737,6 @@ _INDEX = """<!doctype html>
 
 def docs_blueprint() -> Blueprint:
     bp = Blueprint("docs", __name__)
-    document = openapi_document()
 
     @bp.get("/api/swagger")
     @bp.get("/api/swagger/index.html")
@@ -722,7 +745,7 @@ def docs_blueprint() -> Blueprint:
 
     @bp.get("/api/swagger/doc.json")
     async def swagger_document():  # type: ignore[no-untyped-def]
-        return jsonify(document)
+        return jsonify(openapi_document())
 
     @bp.get("/api/swagger/static/<path:name>")
     async def swagger_static(name: str):  # type: ignore[no-untyped-def]
