@@ -39,6 +39,7 @@ from aiortc import (
     RTCIceCandidate,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpReceiver,
     RTCSessionDescription,
 )
 from aiortc.exceptions import OperationError
@@ -246,6 +247,7 @@ class Viewer:
     async def _answer(self, pc: RTCPeerConnection, offer: Offer, tracks: list[FrameTrack]) -> str:
         for track in tracks:
             transceiver = pc.addTransceiver(track, direction="sendonly")
+            drop_receive_bitrate_estimator(transceiver.receiver)
             # Before setRemoteDescription, or aiortc negotiates VP8 and sends our H.264 labelled VP8.
             transceiver.setCodecPreferences(preferred_codecs(track.kind))
         try:
@@ -365,6 +367,21 @@ class Viewer:
             setup_seconds=self.setup_seconds,
             time_to_first_frame_seconds=self.time_to_first_frame_seconds,
         )
+
+
+def drop_receive_bitrate_estimator(receiver: RTCRtpReceiver) -> None:
+    """Free the receive-side bitrate estimator aiortc gives every video transceiver, sendonly or not.
+
+    It estimates the bitrate of media we would receive (for REMB feedback) in 1,000 one-millisecond
+    ``RateBucket`` objects: three quarters of the objects of a peer connection, and a viewer receives no
+    media. The garbage collector walks every one of them in each full collection, for every live viewer
+    and, since a peer connection is a reference cycle, for every ended one until that collection frees it;
+    those walks stop the event loop. aiortc skips the estimator when it is ``None``, as it does for audio.
+    The attribute is aiortc's private one: ``tests/unit/test_viewer_objects.py`` fails if it goes away.
+    """
+    attribute = "_RTCRtpReceiver__remote_bitrate_estimator"
+    if getattr(receiver, attribute, None) is not None:
+        setattr(receiver, attribute, None)
 
 
 def _leaf_type(exc: BaseException) -> str:
