@@ -27,6 +27,7 @@ from dragonfork.servers.whep import PublisherStatus, WhepServer, WhepSettings
 from dragonfork.sessions.ffmpeg import FfmpegSessions
 from dragonfork.sessions.hls import HlsSessions
 from dragonfork.sessions.registry import SessionRegistry
+from dragonfork.sessions.rtmp import RtmpSessions
 from dragonfork.sessions.webrtc import WebrtcSessions
 from dragonfork.stream.directory import StreamDirectory
 from dragonfork.stream.ingest.rtp_udp import RtpIngestSettings
@@ -190,6 +191,7 @@ def build_core(loaded: LoadedSettings) -> Core:
                 session=RtmpSessionSettings(app=rtmp.app, token=rtmp.token, stream=stream_settings),
             ),
             directory,
+            observer=RtmpSessions(client_sessions),
         )
     return Core(
         loaded=loaded,
