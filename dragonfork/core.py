@@ -31,6 +31,7 @@ from dragonfork.servers.whep import PublisherStatus, WhepServer, WhepSettings
 from dragonfork.sessions.ffmpeg import FfmpegSessions
 from dragonfork.sessions.hls import HlsSessions
 from dragonfork.sessions.registry import SessionRegistry
+from dragonfork.sessions.rtmp import RtmpSessions
 from dragonfork.sessions.webrtc import WebrtcSessions
 from dragonfork.settings_service import SettingsService
 from dragonfork.stream.directory import StreamDirectory
@@ -161,6 +162,7 @@ def build_core(loaded: LoadedSettings) -> Core:
                 session=RtmpSessionSettings(app=rtmp.app, token=rtmp.token, stream=stream_settings),
             ),
             directory,
+            observer=RtmpSessions(client_sessions),
         )
     core = Core(
         config=config,

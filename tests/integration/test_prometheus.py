@@ -1,9 +1,9 @@
 """A real Prometheus (Debian's) scrapes a real dragonfork serving a stream to one viewer.
 
+The server also runs its RTMP server with a token: FFmpeg publishes one stream to it and another FFmpeg,
+with a wrong token, is refused, so the ingest panels have a publisher, its bitrate and a refusal to show.
 Every expression of the Grafana dashboard and every rule of deploy/prometheus/dragonfork-rules.yml is
-evaluated through Prometheus's HTTP API and must return data. Expressions over metrics of features that do
-not exist yet are listed in ``NOT_YET`` with the reason; they must come back empty without an error, and the
-test fails once they return data, so the list cannot go stale.
+evaluated through Prometheus's HTTP API and must return data.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import httpx
 import pytest
 import yaml
 from harness import Server, free_port, lavfi_process, running_server, wait_live, whep_url
+from rtmp_helpers import Publisher, wait_until
 from whep_peers import ClientProcess, play, start_client
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,12 +31,7 @@ PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 RULES = PROMETHEUS_DIR / "dragonfork-rules.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "dragonfork.json"
 
-# Metric name → why it has no series on this server yet.
-NOT_YET = {
-    "dragonfork_ingest_publishers_active": "the RTMP server is off on this test server",
-    "dragonfork_ingest_bytes_received_total": "the RTMP server is off on this test server",
-    "dragonfork_ingest_refused_total": "the RTMP server is off on this test server",
-}
+RTMP_TOKEN = "prometheus-test-token"
 # Grafana's variables as a user selecting "All" processes sees them.
 GRAFANA_VARIABLES = {"$process": ".*", "$__rate_interval": "1m"}
 METRIC_NAME = re.compile(r"\b((?:dragonfork[_:]|process_)[a-z0-9_:]+|up)\b")
@@ -59,10 +55,6 @@ class Prometheus:
 
 def metric_names(expr: str) -> set[str]:
     return {name for name in METRIC_NAME.findall(expr) if not name.startswith("dragonfork:")}
-
-
-def missing_features(expr: str) -> list[str]:
-    return sorted({NOT_YET[name] for name in metric_names(expr) if name in NOT_YET})
 
 
 def dashboard_expressions() -> list[tuple[str, str]]:
@@ -104,10 +96,26 @@ class LiveSetup:
     viewer: ClientProcess
 
 
+def refused_publisher(rtmp_port: int, log: Path) -> None:
+    """A real FFmpeg publisher with a wrong token: refused, counted with ``reason="token"``."""
+    with Publisher(f"rtmp://127.0.0.1:{rtmp_port}/intruder.stream?token=wrong", log) as refused:
+        assert refused.proc.wait(30) != 0
+    assert "invalid token" in refused.log(), refused.log()
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSetup]:
     tmp = tmp_path_factory.mktemp("prometheus")
-    with running_server(tmp / "dragonfork") as server:
+    rtmp_port = free_port()
+    rtmp = {
+        "CORE_RTMP_ENABLE": "true",
+        "CORE_RTMP_ADDRESS": f"127.0.0.1:{rtmp_port}",
+        "CORE_RTMP_TOKEN": RTMP_TOKEN,
+    }
+    with (
+        running_server(tmp / "dragonfork", **rtmp) as server,
+        Publisher(f"rtmp://127.0.0.1:{rtmp_port}/cam.stream?token={RTMP_TOKEN}", tmp / "publisher.log"),
+    ):
         server.api("POST", "/api/v3/process", json=lavfi_process("cam", webrtc=True)).raise_for_status()
         # A process that fails and stays failed, and one that restarts in a loop.
         for process_id, reconnect in (("broken", False), ("flapping", True)):
@@ -123,6 +131,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSetup]:
         assert first.get("error") is None, first
         viewer = start_client(whep_url(server, "cam"), duration=120, decode=False)
         assert server.api("GET", "/api/v3/process/no-such-process").status_code == 404
+        wait_until(
+            lambda: server.api("GET", "/api/v3/rtmp").json() == [{"name": "/cam.stream"}], 20, "the publisher"
+        )
+        refused_publisher(rtmp_port, tmp / "refused-before.log")
 
         with running_prometheus(tmp / "prometheus", server.port) as prometheus:
             server.wait_for(
@@ -130,6 +142,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSetup]:
                 30,
                 "the viewer in Prometheus",
             )
+            # A second refusal while Prometheus scrapes, so the refusal rate is more than 0.
+            refused_publisher(rtmp_port, tmp / "refused-while-scraped.log")
             # Rates need two samples of every counter, recording rules one evaluation after that.
             server.wait_for(
                 lambda: bool(prometheus.query("dragonfork:webrtc_rtp_packets_forwarded:rate1m > 0")),
@@ -212,10 +226,23 @@ def test_prometheus_scrapes_the_server(prometheus: Prometheus) -> None:
 @pytest.mark.parametrize(("title", "expr"), dashboard_expressions(), ids=PANEL_IDS)
 def test_every_dashboard_panel_returns_data(prometheus: Prometheus, title: str, expr: str) -> None:
     result = prometheus.query(with_grafana_variables(expr))
-    if reasons := missing_features(expr):
-        assert result == [], f"{title!r} has data now: take {metric_names(expr)} out of NOT_YET"
-        pytest.xfail(f"{title!r}: {'; '.join(reasons)}")  # reported as xfailed, never as a pass
     assert result, f"{title!r}: {expr} returned nothing"
+
+
+def test_the_ingest_panels_show_the_rtmp_publisher_its_bitrate_and_the_refusal(live: LiveSetup) -> None:
+    panels = dict(dashboard_expressions())
+
+    def panel(title: str) -> dict[tuple[str, ...], float]:
+        result = live.prometheus.query(with_grafana_variables(panels[title]))
+        return {tuple(series["metric"].values()): float(series["value"][1]) for series in result}
+
+    assert panel("Publishers by protocol") == {("rtmp",): 1}
+    (bitrate,) = panel("Ingest bitrate by protocol").values()
+    assert bitrate > 50_000, f"{bitrate} bit/s from an FFmpeg publisher"  # 64 kbit/s of AAC alone
+    # The second refusal happened while Prometheus scraped; the rate window holds both.
+    live.server.wait_for(
+        lambda: panel("Publishers refused by reason").get(("rtmp", "token"), 0) > 0, 30, "the refusal rate"
+    )
 
 
 def test_the_process_variable_lists_the_processes(live: LiveSetup) -> None:
@@ -242,10 +269,6 @@ def test_every_rule_is_loaded_and_evaluates_without_error(prometheus: Prometheus
 def test_every_rule_reads_live_series(prometheus: Prometheus, rule: dict[str, Any]) -> None:
     """A recording rule's series exists; every series an alert reads exists (alerts are quiet here)."""
     expr = str(rule["expr"])
-    if reasons := missing_features(expr):
-        for name in metric_names(expr) & set(NOT_YET):
-            assert prometheus.query(name) == [], f"{name} has data now: take it out of NOT_YET"
-        pytest.xfail("; ".join(reasons))
     if "record" in rule:
         assert prometheus.query(rule["record"]), f"{rule['record']} recorded nothing"
         return

@@ -19,6 +19,7 @@ from harness import (
     wait_live,
     whep_url,
 )
+from rtmp_helpers import Publisher
 from whep_peers import aiortc_offer, start_client
 
 SDP = {"Content-Type": "application/sdp"}
@@ -241,7 +242,8 @@ def test_persisted_totals_survive_a_restart(tmp_path: Any) -> None:
 # --- HLS: a real FFmpeg HLS client playing from /memfs ----------------------------------------------------
 
 
-def start_hls_player(url: str, seconds: float) -> subprocess.Popen[str]:
+def start_ffmpeg_player(url: str, seconds: float) -> subprocess.Popen[str]:
+    """FFmpeg playing ``url`` (HLS over HTTP, RTMP) for ``seconds`` into the null muxer, in the background."""
     command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostats", "-v", "warning", "-i", url]
     command += ["-t", str(seconds), "-f", "null", "-"]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -260,7 +262,7 @@ def hls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def test_hls_player_is_a_session_while_it_plays(hls_server: Server) -> None:
     server = hls_server
-    player = start_hls_player(f"{server.url}/memfs/tv.m3u8", seconds=8)
+    player = start_ffmpeg_player(f"{server.url}/memfs/tv.m3u8", seconds=8)
     server.wait_for(lambda: any(s["bytes_tx"] > 0 for s in active(server, "hls")), 15, "the player's session")
     [session] = active(server, "hls")
     assert session["reference"] == "tv"
@@ -288,3 +290,52 @@ def test_hls_playlist_with_a_forged_session_is_403(hls_server: Server) -> None:
     response = hls_server.api("GET", "/memfs/tv.m3u8", params={"session": "../../etc/passwd"})
     assert response.status_code == 403 and "session" in response.json()["message"]
     assert hls_server.state("tv")["exec"] == "running"
+
+
+@pytest.fixture(scope="module")
+def rtmp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port = free_port()
+    env = {**COLLECT_LOOPBACK, "CORE_RTMP_ENABLE": "true", "CORE_RTMP_ADDRESS": f"127.0.0.1:{port}"}
+    with running_server(tmp_path_factory.mktemp("rtmp-sessions"), **env) as server:
+        server.rtmp_port = port  # type: ignore[attr-defined]
+        yield server
+
+
+def test_rtmp_publisher_and_player_are_sessions_while_connected(rtmp_server: Server, tmp_path: Any) -> None:
+    server = rtmp_server
+    url = f"rtmp://127.0.0.1:{server.rtmp_port}/studio.stream"  # type: ignore[attr-defined]
+
+    def by_location() -> dict[str, dict[str, Any]]:
+        return {session["local"]: session for session in active(server, "rtmp")}
+
+    with Publisher(url, tmp_path / "publisher.log") as publisher:
+        server.wait_for(
+            lambda: by_location().get("publish:/studio.stream", {}).get("bytes_rx", 0) > 0,
+            20,
+            f"the publisher's session\n{publisher.log()}",
+        )
+        player = start_ffmpeg_player(url, seconds=4)
+        server.wait_for(
+            lambda: by_location().get("play:/studio.stream", {}).get("bytes_tx", 0) > 0, 20, "the player's"
+        )
+        sessions = by_location()
+        assert set(sessions) == {"publish:/studio.stream", "play:/studio.stream"}
+        published, played = sessions["publish:/studio.stream"], sessions["play:/studio.stream"]
+        assert published["id"] == "/studio.stream" and published["reference"] == "studio"
+        assert published["remote"].startswith("127.0.0.1:")
+        assert played["id"] == played["remote"] != published["remote"]  # datarhei: a player is its address
+        assert played["reference"] == "studio"
+        assert published["bandwidth_rx_kbit"] > 0 and played["bandwidth_tx_kbit"] > 0
+        assert metric(server, "dragonfork_sessions_active", collector="rtmp") == 2
+
+        _, errors = player.communicate(timeout=40)
+        assert player.returncode == 0, errors
+        server.wait_for(lambda: set(by_location()) == {"publish:/studio.stream"}, 10, "the player to leave")
+    server.wait_for(lambda: not active(server, "rtmp"), 10, "the publisher's session to end with it")
+    totals = summary(server, "rtmp")["summary"]
+    assert totals["sessions"] == 2
+    assert set(totals["local"]) == {"publish:/studio.stream", "play:/studio.stream"}
+    assert totals["reference"]["studio"]["sessions"] == 2
+    assert metric(server, "dragonfork_sessions_active", collector="rtmp") == 0
+    assert metric(server, "dragonfork_session_bytes_total", collector="rtmp", direction="rx") > 10_000
+    assert metric(server, "dragonfork_session_bytes_total", collector="rtmp", direction="tx") > 10_000

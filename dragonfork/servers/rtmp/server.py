@@ -4,14 +4,15 @@ Every connection is one ``RtmpSession`` task in the server's nursery: no thread 
 session's failure (``RtmpRefused`` for what the client sent, or a bug) is logged with the session id and
 cause, counted, and ends that session only. ``claim_name`` enforces one publisher per name: a second
 ``publish`` of a name that is live (from RTMP or any other publisher in the hub) is refused. The read model
-(``publishers``) is what ``GET /api/v3/rtmp`` and the admin UI show.
+(``publishers``) is what ``GET /api/v3/rtmp`` and the admin UI show. The ``observer`` (the ``rtmp`` session
+collector) hears of every connection that becomes a publisher or a player, and of its end.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ssl
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 import trio
@@ -58,6 +59,15 @@ class PublisherInfo:
     media_messages: int
 
 
+class RtmpSessionObserver(Protocol):
+    """Told when a connection starts publishing or playing, and when that connection ends."""
+
+    def started(self, session: RtmpSession) -> None: ...
+
+    def ended(self, session: RtmpSession) -> None:
+        """Called for every connection that ends, whether it had started or not."""
+
+
 def split_address(address: str) -> tuple[str | None, int]:
     """``host:port`` → (host or None for every address, port)."""
     host, sep, port = address.rpartition(":")
@@ -68,9 +78,12 @@ def split_address(address: str) -> tuple[str | None, int]:
 
 
 class RtmpServer:
-    def __init__(self, settings: RtmpSettings, directory: StreamDirectory) -> None:
+    def __init__(
+        self, settings: RtmpSettings, directory: StreamDirectory, observer: RtmpSessionObserver | None = None
+    ) -> None:
         self.settings = settings
         self.directory = directory
+        self.observer = observer
         self.sessions: dict[str, RtmpSession] = {}
         self._publishers: dict[str, RtmpSession] = {}
         self.addresses: list[tuple[str, int]] = []
@@ -135,6 +148,7 @@ class RtmpServer:
             self.directory,
             self.claim_name,
             self.metadata_for,
+            self._started,
         )
         self.sessions[session.id] = session
         try:
@@ -156,10 +170,16 @@ class RtmpServer:
                 log.exception("rtmp_session_failed", session=session.id, remote=session.remote)
                 metrics.FAILURES.labels("rtmp_session", type(exc).__name__).inc()
         finally:
+            if self.observer is not None:  # first: the name may be claimed again once it is released below
+                self.observer.ended(session)
             del self.sessions[session.id]
             if session.path is not None and self._publishers.get(session.path.name) is session:
                 del self._publishers[session.path.name]
             await trio.aclose_forcefully(connection)
+
+    def _started(self, session: RtmpSession) -> None:
+        if self.observer is not None:
+            self.observer.started(session)
 
 
 async def _listen(address: str, key: str) -> list[trio.abc.Listener[Any]]:
@@ -179,7 +199,8 @@ def _remote(connection: trio.abc.Stream) -> str:
         address = _raw_stream(connection).socket.getpeername()
     except (OSError, AttributeError):
         return "?"
-    return f"{address[0]}:{address[1]}"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # [v6]:port, as URLs write it
 
 
 def _bound(listener: trio.abc.Listener[Any]) -> tuple[str, int]:

@@ -113,7 +113,9 @@ class RtmpSession:
         directory: StreamDirectory,
         claim_name: Callable[[RtmpSession], None],
         metadata_for: Callable[[str], dict[str, Any] | None],
+        on_started: Callable[[RtmpSession], None],
     ) -> None:
+        """``on_started`` is told once the client is a publisher or a player (``role`` and ``path`` set)."""
         self.id = f"rtmp-{next(_session_ids)}"
         self.remote = remote
         self.settings = settings
@@ -122,11 +124,13 @@ class RtmpSession:
         self.metadata: dict[str, Any] | None = None
         self.started_at = trio.current_time()
         self.bytes_received = 0
+        self.bytes_sent = 0
         self.media_messages = 0
         self._connection = connection
         self._directory = directory
         self._claim_name = claim_name
         self._metadata_for = metadata_for
+        self._on_started = on_started
         self._reader = ChunkReader()
         self._writer = ChunkWriter(settings.chunk_size)
         self._send_lock = trio.Lock()
@@ -165,6 +169,11 @@ class RtmpSession:
         data = b"".join(self._writer.encode(message) for message in messages)
         async with self._send_lock:
             await self._connection.send_all(data)
+        self.bytes_sent += len(data)
+
+    def traffic(self) -> tuple[int, int]:
+        """(received, sent) bytes so far, the ``rtmp`` session collector's counter."""
+        return self.bytes_received, self.bytes_sent
 
     async def next_message(self) -> Message:
         """The next complete message, applying protocol control (chunk size, abort, acknowledgements)."""
@@ -332,6 +341,7 @@ class RtmpSession:
             msg.status("status", "NetStream.Publish.Start", f"{path.path} is now published."),
         )
         log.info("rtmp_publish_start", session=self.id, path=path.path, remote=self.remote)
+        self._on_started(self)
         gauge = metrics.INGEST_PUBLISHERS.labels(PROTOCOL)
         gauge.inc()
         failure: Exception | None = None
@@ -372,6 +382,7 @@ class RtmpSession:
         gauge = metrics.INGEST_READERS.labels(PROTOCOL)
         gauge.inc()
         log.info("rtmp_play_start", session=self.id, path=path.path, remote=self.remote)
+        self._on_started(self)
         try:
             with trio.CancelScope() as reading:
                 player.on_end = reading.cancel
