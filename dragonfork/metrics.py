@@ -301,3 +301,31 @@ INGEST_REFUSALS = Counter(
     ["protocol", "reason"],
     registry=REGISTRY,
 )
+
+SRT_CONNECTIONS = Gauge(
+    "dragonfork_srt_connections",
+    "SRT connections open now, by role (publisher, reader)",
+    ["role"],
+    registry=REGISTRY,
+)
+
+SRT_BYTES = Counter(
+    "dragonfork_srt_bytes_total",
+    "SRT data bytes (with SRT headers) received from publishers and sent to readers, by stream",
+    ["stream", "direction"],
+    registry=REGISTRY,
+)
+
+SRT_PACKETS = Counter(
+    "dragonfork_srt_packets_total",
+    "SRT data packets by stream, direction (received, sent) and kind (data, retransmitted, lost, dropped)",
+    ["stream", "direction", "kind"],
+    registry=REGISTRY,
+)
+
+SRT_RTT = Gauge(
+    "dragonfork_srt_rtt_seconds",
+    "Smoothed round-trip time of a stream's SRT publisher, and the largest of its readers', by role",
+    ["stream", "role"],
+    registry=REGISTRY,
+)
