@@ -251,11 +251,26 @@ class SrtLogSettings(_Section):
 
 
 class SrtSettings(_Section):
-    enable: bool = kept(False, "SRT server")
-    address: str = kept(":6000", "SRT listen address")
-    passphrase: str = kept("", "SRT encryption passphrase")
-    token: str = kept("", "SRT token for publishing and playing")
+    """datarhei Core's ``srt`` block: the SRT server publishers send to and readers request from."""
+
+    enable: bool = Field(False, description="Run the SRT server")
+    address: str = Field(":6000", description="SRT listen address, UDP (empty host: every interface)")
+    passphrase: str = Field("", description="Callers must encrypt with this passphrase (10-79 characters)")
+    token: str = Field("", description="Callers must add ,token:<token> to the stream id; empty: no token")
     log: SrtLogSettings = SrtLogSettings()
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host_port(value)
+        return value
+
+    @field_validator("passphrase")
+    @classmethod
+    def _passphrase_length(cls, value: str) -> str:
+        if value and not 10 <= len(value) <= 79:
+            raise ValueError(f"an SRT passphrase has 10 to 79 characters, this one has {len(value)}")
+        return value
 
 
 class PlayoutSettings(_Section):

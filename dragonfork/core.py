@@ -27,6 +27,7 @@ from dragonfork.process.registry import Registry
 from dragonfork.process.runner import ProcessRuntime
 from dragonfork.process.store import Store
 from dragonfork.servers.rtmp import RtmpServer, RtmpSessionSettings, RtmpSettings
+from dragonfork.servers.srt import SrtServer, SrtSettings
 from dragonfork.servers.whep import PublisherStatus, WhepServer, WhepSettings
 from dragonfork.sessions.ffmpeg import FfmpegSessions
 from dragonfork.sessions.hls import HlsSessions
@@ -52,6 +53,8 @@ class Core:
     client_sessions: SessionRegistry  # who watches what: /api/v3/session, limits for new viewers
     rtmp: RtmpServer | None = None
     """The RTMP server when ``rtmp.enable`` is set."""
+    srt: SrtServer | None = None
+    """The SRT server when ``srt.enable`` is set."""
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -101,10 +104,20 @@ def build_files(settings: Settings) -> FileService:
     )
 
 
+def ingest_addresses(settings: Settings) -> IngestAddresses:
+    """Where ``{rtmp,…}`` and ``{srt,…}`` point: this server's own ingest servers, when enabled."""
+    rtmp, srt = settings.rtmp, settings.srt
+    addresses = (
+        IngestAddresses.for_rtmp(rtmp.address, rtmp.app, rtmp.token) if rtmp.enable else IngestAddresses()
+    )
+    return addresses.with_srt(srt.address, srt.token, srt.passphrase) if srt.enable else addresses
+
+
 def build_core(loaded: LoadedSettings) -> Core:
     settings = loaded.settings
     config = SettingsService(loaded)
     rtmp = settings.rtmp
+    srt = settings.srt
     directory = StreamDirectory()
     files = build_files(settings)
     stream_settings = stream_of(settings)
@@ -118,9 +131,7 @@ def build_core(loaded: LoadedSettings) -> Core:
         diskfs=files.diskfs_base,
         memfs=files.memfs_base,
         seed_demo=settings.demo,
-        ingest=IngestAddresses.for_rtmp(rtmp.address, rtmp.app, rtmp.token)
-        if rtmp.enable
-        else IngestAddresses(),
+        ingest=ingest_addresses(settings),
     )
 
     def publisher_status(name: str) -> PublisherStatus | None:
@@ -164,6 +175,11 @@ def build_core(loaded: LoadedSettings) -> Core:
             directory,
             observer=RtmpSessions(client_sessions),
         )
+    srt_server = (
+        SrtServer(SrtSettings(address=srt.address, passphrase=srt.passphrase, token=srt.token))
+        if srt.enable
+        else None
+    )
     core = Core(
         config=config,
         registry=registry,
@@ -173,6 +189,7 @@ def build_core(loaded: LoadedSettings) -> Core:
         files=files,
         client_sessions=client_sessions,
         rtmp=rtmp_server,
+        srt=srt_server,
         started_at=started_at,
     )
     _declare_settings(core)

@@ -5,6 +5,7 @@ trio.run(serve)
 └── trio_asyncio loop (aiortc runs on it)
     └── root nursery
         ├── rtmp.run          → (rtmp.enable) listeners and one task per RTMP session
+        ├── srt.run           → (srt.enable) one UDP socket: a receive task and a timer for every connection
         ├── config.run        → the services a config reload restarts in their own scopes:
         │   └── metrics history → samples the metrics for /api/v3/metrics (when metrics.enable)
         ├── registry.run      → one supervisor (and one nursery per FFmpeg run) per process
@@ -122,6 +123,8 @@ async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None
         await root.start(core.config.run)
         if core.rtmp is not None:
             await root.start(core.rtmp.run)
+        if core.srt is not None:
+            await root.start(core.srt.run)
         await root.start(core.registry.run)
         await start_scoped_services(core)
         await root.start(core.client_sessions.run)

@@ -1,5 +1,5 @@
 """datarhei Core placeholders: ``{processid} {reference} {inputid} {outputid} {diskfs} {memfs} {fs:disk}
-{fs:mem} {rtmp,name=NAME}``.
+{fs:mem} {rtmp,name=NAME} {srt,name=NAME}``.
 
 They are expanded in input/output ids, addresses and options (and the global options) when a process config is
 accepted, so the stored config, the FFmpeg command and the access checks all see the same final strings; in
@@ -13,6 +13,11 @@ backslash with three), for addresses inside other syntax: ``{memfs^:}`` inside a
 ``{rtmp,name=NAME}`` is this server's own RTMP server, as datarhei writes it:
 ``rtmp://HOST:PORT[app]/NAME[?token=T]`` (HOST from ``rtmp.address``, ``localhost`` when empty; the app
 only when it is not ``/``). FFmpeg plays it in an input and publishes to it in an output.
+
+``{srt,name=NAME[,latency=US]}`` is this server's SRT server, as datarhei writes it:
+``srt://HOST:PORT?mode=caller&transtype=live&latency=20000&streamid=NAME,mode:request`` in an input
+(``mode:publish`` in an output), then ``,token:T`` and ``&passphrase=P`` when ``srt.token`` and
+``srt.passphrase`` are set. The latency is FFmpeg's, in microseconds (datarhei's default 20 ms).
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ from dragonfork.process.schema import CleanupRule, IOConfig, ProcessConfig
 
 _PLACEHOLDER = re.compile(
     r"\{(processid|reference|inputid|outputid|diskfs|memfs|fs:disk|fs:mem)(?:\^(.))?\}|\{rtmp,name=([^{}]*)\}"
+    r"|\{srt,([^{}]*)\}"
 )
 _ALIASES = {"fs:disk": "diskfs", "fs:mem": "memfs"}
 _RTMP = re.compile(r"\{rtmp,name=[^{}]*\}")
+_SRT = re.compile(r"\{srt,[^{}]*\}")
+SRT_DEFAULT_LATENCY_US = "20000"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,20 +45,48 @@ class IngestAddresses:
     rtmp: str | None = None
     """``rtmp://HOST:PORT[app]``, the base of every ``{rtmp,name=NAME}``."""
     rtmp_token: str = ""
+    srt: str | None = None
+    """``srt://HOST:PORT``, the base of every ``{srt,name=NAME}``."""
+    srt_token: str = ""
+    srt_passphrase: str = ""
 
     @classmethod
     def for_rtmp(cls, address: str, app: str, token: str) -> IngestAddresses:
-        host, _, port = address.rpartition(":")
-        host = host.strip("[]") or "localhost"
-        if ":" in host:
-            host = f"[{host}]"  # an IPv6 address
-        base = f"rtmp://{host}:{port}{'' if app == '/' else app}"
+        base = f"rtmp://{_url_host(address)}{'' if app == '/' else app}"
         return cls(rtmp=base, rtmp_token=token)
+
+    def with_srt(self, address: str, token: str, passphrase: str) -> IngestAddresses:
+        return dataclasses.replace(
+            self, srt=f"srt://{_url_host(address)}", srt_token=token, srt_passphrase=passphrase
+        )
 
     def rtmp_url(self, name: str) -> str | None:
         if self.rtmp is None:
             return None
         return f"{self.rtmp}/{name}" + (f"?token={self.rtmp_token}" if self.rtmp_token else "")
+
+    def srt_url(self, params: str, section: str) -> str | None:
+        """``params`` as datarhei reads them: comma-separated ``key=value`` (``name``, ``latency``)."""
+        if self.srt is None:
+            return None
+        values = {"latency": SRT_DEFAULT_LATENCY_US}
+        for pair in params.split(","):
+            key, _, value = pair.partition("=")
+            values[key] = value
+        stream_id = values.get("name", "") + (",mode:publish" if section == "output" else ",mode:request")
+        if self.srt_token:
+            stream_id += f",token:{self.srt_token}"
+        url = f"{self.srt}?mode=caller&transtype=live&latency={values['latency']}&streamid={stream_id}"
+        return url + (f"&passphrase={self.srt_passphrase}" if self.srt_passphrase else "")
+
+
+def _url_host(address: str) -> str:
+    """``host:port`` as a URL's authority: ``localhost`` for an empty host, brackets for IPv6."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "localhost"
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address
+    return f"{host}:{port}"
 
 
 def _escaped(value: str, char: str) -> str:
@@ -59,29 +95,36 @@ def _escaped(value: str, char: str) -> str:
     return value.replace(char, "\\\\" + char)
 
 
-def expand(text: str, values: dict[str, str], ingest: IngestAddresses | None = None) -> str:
+def expand(
+    text: str, values: dict[str, str], ingest: IngestAddresses | None = None, section: str = "input"
+) -> str:
+    """``section`` (input, output) picks the SRT mode: FFmpeg requests in an input, publishes in an output."""
+
     def replace(match: re.Match[str]) -> str:
-        name, escape, rtmp_name = match.group(1), match.group(2), match.group(3)
+        name, escape, rtmp_name, srt_params = match.group(1), match.group(2), match.group(3), match.group(4)
         if name is not None:
             value = values.get(_ALIASES.get(name, name))
             if value is None:
                 return match.group(0)
             return _escaped(value, escape) if escape else value
-        url = ingest.rtmp_url(rtmp_name) if ingest is not None else None
+        if ingest is None:
+            return match.group(0)
+        url = ingest.rtmp_url(rtmp_name) if srt_params is None else ingest.srt_url(srt_params, section)
         return match.group(0) if url is None else url
 
     return _PLACEHOLDER.sub(replace, text)
 
 
 def _expand_io(io: IOConfig, values: dict[str, str], own_id_key: str, ingest: IngestAddresses) -> IOConfig:
+    section = "output" if own_id_key == "outputid" else "input"
     io_id = expand(io.id, values)
     scoped = {**values, own_id_key: io_id}
     naming = {key: scoped[key] for key in ("processid", "reference", own_id_key)}
     return io.model_copy(
         update={
             "id": io_id,
-            "address": expand(io.address, scoped, ingest),
-            "options": [expand(option, scoped, ingest) for option in io.options],
+            "address": expand(io.address, scoped, ingest, section),
+            "options": [expand(option, scoped, ingest, section) for option in io.options],
             "cleanup": [
                 CleanupRule.model_validate({**rule.model_dump(), "pattern": expand(rule.pattern, naming)})
                 for rule in io.cleanup
@@ -108,12 +151,15 @@ def expand_config(
 
 
 def check_ingest_available(resolved: ProcessConfig) -> None:
-    """Refuse an address still holding ``{rtmp,...}`` after expansion: its server is not enabled."""
+    """Refuse an address still holding ``{rtmp,...}`` or ``{srt,...}`` after expansion: its server is not
+    enabled."""
     for kind, ios in (("input", resolved.input), ("output", resolved.output)):
         for index, io in enumerate(ios):
-            if _RTMP.search(io.address):
-                raise AddressDenied(
-                    f"{kind}.{index}.address",
-                    io.address,
-                    "{rtmp,name=...} needs the RTMP server: set rtmp.enable (CORE_RTMP_ENABLE=true)",
-                )
+            for pattern, server in ((_RTMP, "rtmp"), (_SRT, "srt")):
+                if pattern.search(io.address):
+                    raise AddressDenied(
+                        f"{kind}.{index}.address",
+                        io.address,
+                        f"{{{server},name=...}} needs the {server.upper()} server: set {server}.enable "
+                        f"(CORE_{server.upper()}_ENABLE=true)",
+                    )

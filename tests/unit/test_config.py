@@ -269,8 +269,8 @@ def test_datarhei_core_config_file_loads(tmp_path: Path) -> None:
     assert settings.storage.disk.cache.ttl_seconds == 300
     assert settings.sessions.ip_ignorelist == ["127.0.0.1/32"]
     assert settings.router.blocked_prefixes == ["/api"]
-    assert {"tls.address", "srt.address", "host.auto"} <= set(kept_keys())
-    assert "rtmp.enable" not in kept_keys()  # the RTMP server exists
+    assert {"tls.address", "srt.log.enable", "host.auto"} <= set(kept_keys())
+    assert "rtmp.enable" not in kept_keys() and "srt.address" not in kept_keys()  # those servers exist
     assert "webrtc.port_first" not in kept_keys()
     assert loaded.sources["api.auth.jwt.secret"] == "file"
     assert loaded.sources["ffmpeg.access.input.allow"] == "file"
@@ -415,7 +415,8 @@ def test_cli_config_prints_values_and_sources(tmp_path: Path) -> None:
     assert "do-not-print-me" not in result.stdout
     assert "datarhei" not in lines["api.auth.password"]
     assert f"# config file: {config_file}" in result.stdout
-    assert lines["srt.enable"].endswith("False  [file, no effect here]")
+    assert lines["srt.enable"].endswith("False  [file]")
+    assert lines["srt.log.enable"].endswith("False  [file, no effect here]")
 
 
 def test_cli_serve_with_bad_environment_value_exits_2(tmp_path: Path) -> None:
@@ -456,6 +457,19 @@ def test_sessions_bad_cidr_names_the_variable_and_value() -> None:
         load_settings(None, environ={"CORE_SESSIONS_IP_IGNORELIST": "127.0.0.1/32 not-a-range"})
     assert "CORE_SESSIONS_IP_IGNORELIST" in str(error.value)
     assert "not-a-range" in str(error.value)
+
+
+def test_srt_settings_use_datarhei_names_and_bound_the_passphrase() -> None:
+    loaded = load_settings(
+        None,
+        environ={"CORE_SRT_ENABLE": "true", "CORE_SRT_ADDRESS": ":6001", "CORE_SRT_TOKEN": "abc"},
+    )
+    srt = loaded.settings.srt
+    assert (srt.enable, srt.address, srt.token, srt.passphrase) == (True, ":6001", "abc", "")
+    with pytest.raises(ConfigError, match="CORE_SRT_PASSPHRASE.*10 to 79 characters"):
+        load_settings(None, environ={"CORE_SRT_PASSPHRASE": "short"})
+    with pytest.raises(ConfigError, match="host:port"):
+        load_settings(None, environ={"CORE_SRT_ADDRESS": "6000"})
 
 
 def test_rtmp_settings_use_datarhei_names_and_need_a_certificate_for_rtmps() -> None:

@@ -1,6 +1,9 @@
-"""Live publishers: ``GET /api/v3/rtmp`` (datarhei's shape) and ``GET /api/v3/ingest`` (the admin UI's).
+"""Live publishers: ``GET /api/v3/rtmp``, ``GET /api/v3/srt`` (datarhei's shapes) and ``GET /api/v3/ingest``
+(the admin UI's).
 
-``/api/v3/ingest`` has one entry per ingest protocol (RTMP today; WHIP and SRT add theirs): whether it is
+``/api/v3/srt`` answers one ``api.SRTChannels`` object, as datarhei Core sends it (its swagger document says
+an array of them; datarhei's handler and its clients use the object). ``/api/v3/ingest`` has one entry per
+ingest protocol (RTMP, SRT; WHIP adds its own): whether it is
 enabled, what an encoder needs to publish (port, app, stream key token) and the live publishers with their
 counters. The token is shown here because the admin UI builds OBS's stream key from it; ``/api/v3``
 requires authentication whenever auth is enabled.
@@ -22,6 +25,12 @@ def ingest_blueprint(core: Core) -> Blueprint:
     async def rtmp_channels():  # type: ignore[no-untyped-def]
         publishers = core.rtmp.publishers() if core.rtmp is not None else []
         return jsonify([{"name": publisher.path} for publisher in publishers])
+
+    @bp.get("/api/v3/srt")
+    async def srt_channels():  # type: ignore[no-untyped-def]
+        if core.srt is None:
+            return jsonify({"publisher": {}, "subscriber": {}, "connections": {}, "log": {}})
+        return jsonify(core.srt.channels_view())
 
     @bp.get("/api/v3/ingest")
     async def ingest():  # type: ignore[no-untyped-def]
@@ -46,6 +55,14 @@ def ingest_blueprint(core: Core) -> Blueprint:
                     for publisher in core.rtmp.publishers()
                 ],
             )
-        return jsonify({"rtmp": rtmp})
+        srt: dict[str, object] = {"enabled": core.srt is not None}
+        if core.srt is not None:
+            srt.update(
+                port=host_port(core.settings.srt.address)[1],
+                token=core.settings.srt.token,
+                passphrase_set=bool(core.settings.srt.passphrase),
+                publishers=core.srt.publishers(),
+            )
+        return jsonify({"rtmp": rtmp, "srt": srt})
 
     return bp

@@ -143,7 +143,10 @@ def parse(body: bytes) -> Handshake:
         offset = end
         if len(extensions) > 16:
             raise PacketError("more than 16 handshake extensions")
-    return Handshake(*fields, extensions=extensions)
+    version, encryption, extension, isn, mtu, flow_window, kind, socket_id, cookie, peer_ip = fields
+    return Handshake(
+        version, encryption, extension, isn, mtu, flow_window, kind, socket_id, cookie, peer_ip, extensions
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -475,7 +475,9 @@ class SrtServer:
 
 def _forget_stream_series(name: str) -> None:
     """Drop an ended stream's labelled series, so that names that come and go do not pile up."""
-    series = [(metrics.SRT_RTT, (name, role)) for role in ("publisher", "reader")]
+    series: list[tuple[Any, tuple[str, ...]]] = [
+        (metrics.SRT_RTT, (name, role)) for role in ("publisher", "reader")
+    ]
     for direction in ("received", "sent"):
         series.append((metrics.SRT_BYTES, (name, direction)))
         for kind in ("data", "retransmitted", "lost", "dropped"):
