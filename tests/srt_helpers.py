@@ -12,6 +12,9 @@ from pathlib import Path
 from harness import TEST_VIDEO
 from rtmp_helpers import FFMPEG
 
+from dragonfork.servers.srt import handshake as hs
+from dragonfork.servers.srt import packet as pk
+
 
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -150,3 +153,75 @@ class LossyRelay:
                     self._back.send(data)
                 elif self._caller is not None:
                     self._front.sendto(data, self._caller)
+
+
+class RawCaller:
+    """An SRT caller built from our own codec, for sending what libsrt never would: it performs the
+    induction and conclusion like libsrt, then sends whatever a test asks on its connection."""
+
+    def __init__(self, server_port: int, stream_id: str, *, socket_id: int = 0x1234_5678) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.settimeout(5)
+        self.sock.connect(("127.0.0.1", server_port))
+        self.socket_id = socket_id
+        self.stream_id = stream_id
+        self.server_socket_id = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def handshake(
+        self, kind: int, cookie: int = 0, extensions: list[tuple[int, bytes]] | None = None
+    ) -> bytes:
+        body = hs.Handshake(
+            version=hs.HS_VERSION_UDT4 if kind == hs.INDUCTION else hs.HS_VERSION_SRT1,
+            encryption=0,
+            extension=hs.UDT_DGRAM if kind == hs.INDUCTION else hs.EXT_HSREQ | hs.EXT_CONFIG,
+            isn=1000,
+            mtu=1500,
+            flow_window=8192,
+            type=kind,
+            socket_id=self.socket_id,
+            cookie=cookie,
+            extensions=extensions or [],
+        ).encode()
+        return pk.ControlPacket(pk.HANDSHAKE, 0, 0, 0, 0, body).encode()
+
+    def induction(self) -> hs.Handshake:
+        self.sock.send(self.handshake(hs.INDUCTION))
+        return self.receive_handshake()
+
+    def receive_handshake(self) -> hs.Handshake:
+        while True:
+            packet = pk.parse(self.sock.recv(2048))
+            if isinstance(packet, pk.ControlPacket) and packet.type == pk.HANDSHAKE:
+                return hs.parse(packet.body)
+
+    def connect(self) -> hs.Handshake:
+        """Induction and conclusion; the server's answer (a conclusion, or a rejection)."""
+        cookie = self.induction().cookie
+        options = hs.SrtOptions(hs.SRT_VERSION, hs.OUR_FLAGS, 120, 120).encode()
+        stream_id = hs.swap_words(self.stream_id.encode())
+        self.sock.send(
+            self.handshake(
+                hs.CONCLUSION, cookie, [(hs.EXT_TYPE_HSREQ, options), (hs.EXT_TYPE_SID, stream_id)]
+            )
+        )
+        answer = self.receive_handshake()
+        self.server_socket_id = answer.socket_id
+        return answer
+
+    def send_control(self, kind: int, body: bytes = b"", info: int = 0) -> None:
+        self.sock.send(pk.ControlPacket(kind, 0, info, 0, self.server_socket_id, body).encode())
+
+    def data_packets(self, count: int) -> int:
+        """Receive until ``count`` data packets arrived; how many did."""
+        received = 0
+        while received < count:
+            try:
+                packet = pk.parse(self.sock.recv(2048))
+            except TimeoutError:
+                break
+            if isinstance(packet, pk.DataPacket):
+                received += 1
+        return received

@@ -204,3 +204,73 @@ def test_over_five_percent_loss_the_reader_decodes_every_frame_the_publisher_sen
     )
     assert stats["recv_retran_pkts"] >= relay.dropped // 2, stats
     assert stats["recv_drop_pkt"] == 0, stats
+
+
+PASSPHRASE = "correct horse battery"
+TOKEN = "t0ken"
+
+
+@pytest.fixture(scope="module")
+def secure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port = free_udp_port()
+    with running_server(
+        tmp_path_factory.mktemp("srt-secure"),
+        CORE_SRT_ENABLE="true",
+        CORE_SRT_ADDRESS=f"127.0.0.1:{port}",
+        CORE_SRT_PASSPHRASE=PASSPHRASE,
+        CORE_SRT_TOKEN=TOKEN,
+    ) as server:
+        server.srt_port = port  # type: ignore[attr-defined]
+        yield server
+
+
+def refused(server: Server, reason: str) -> float:
+    return metric(server, "dragonfork_ingest_refused_total", protocol="srt", reason=reason)
+
+
+def short_publish(url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FFMPEG, "-hide_banner", "-f", "lavfi", "-i", "testsrc2=size=64x64", "-t", "1", "-f", "mpegts", url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_encrypted_callers_with_the_passphrase_and_token_publish_and_request(
+    secure_server: Server, tmp_path: Path
+) -> None:
+    port = port_of(secure_server)
+    quoted = PASSPHRASE.replace(" ", "%20")
+    publisher = publish_live(
+        srt_url(port, f"sealed,mode:publish,token:{TOKEN}", passphrase=quoted), tmp_path / "publisher.log"
+    )
+    try:
+        wait_published(secure_server, "sealed")
+        hashes = frame_hashes(
+            srt_url(port, f"#!::r=sealed,m=request,t={TOKEN}", passphrase=quoted), options=("-t", "2")
+        )
+        assert len(hashes) >= 25
+        stats = publisher_stats(secure_server, "sealed")
+        assert stats is not None and stats["recv_pkt"] > 50 and stats["recv_undecrypt_pkt"] == 0, stats
+        assert secure_server.log().count('"encrypted": true') == 2  # the publisher and the reader
+    finally:
+        stop(publisher)
+
+
+def test_a_wrong_passphrase_no_encryption_or_a_wrong_token_is_refused(secure_server: Server) -> None:
+    port = port_of(secure_server)
+    quoted = PASSPHRASE.replace(" ", "%20")
+    wrong_secret = short_publish(
+        srt_url(port, f"x,mode:publish,token:{TOKEN}", passphrase="not-the-passphrase")
+    )
+    assert wrong_secret.returncode != 0
+    assert refused(secure_server, "bad_secret") == 1
+    clear = short_publish(srt_url(port, f"x,mode:publish,token:{TOKEN}"))
+    assert clear.returncode != 0
+    assert refused(secure_server, "unencrypted") == 1
+    wrong_token = short_publish(srt_url(port, "x,mode:publish,token:nope", passphrase=quoted))
+    assert wrong_token.returncode != 0
+    assert refused(secure_server, "token") == 1
+    assert channels(secure_server)["publisher"] == {}
+    assert "nope" not in secure_server.log() and PASSPHRASE not in secure_server.log()
