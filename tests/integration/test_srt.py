@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Server, metric, running_server, wait_live, whep_url
-from rtmp_helpers import FFMPEG, wait_until
+from harness import Server, lavfi_process, metric, running_server, wait_live, whep_url
+from rtmp_helpers import FFMPEG, decoded_frames, wait_until
 from srt_helpers import (
     LossyRelay,
     frame_hashes,
@@ -274,3 +274,32 @@ def test_a_wrong_passphrase_no_encryption_or_a_wrong_token_is_refused(secure_ser
     assert refused(secure_server, "token") == 1
     assert channels(secure_server)["publisher"] == {}
     assert "nope" not in secure_server.log() and PASSPHRASE not in secure_server.log()
+
+
+def test_a_process_output_publishes_into_the_server_and_readers_request_it(srt_server: Server) -> None:
+    config = lavfi_process(
+        "srt-out",
+        audio=False,
+        output=[
+            {
+                "id": "srt",
+                "address": "{srt,name=from-process}",
+                "options": ["-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-f", "mpegts"],
+            }
+        ],
+    )
+    srt_server.api("POST", "/api/v3/process", json=config).raise_for_status()
+    try:
+        assert "streamid=from-process,mode:publish" in " ".join(srt_server.state("srt-out")["command"])
+        wait_published(srt_server, "from-process")
+        url = srt_url(port_of(srt_server), "from-process,mode:request")
+        readers = [
+            subprocess.Popen([FFMPEG, "-hide_banner", "-i", url, "-t", "2", "-f", "null", "-"],
+                             stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]  # fmt: skip
+        for reader in readers:
+            _, stderr = reader.communicate(timeout=30)
+            assert reader.returncode == 0 and decoded_frames(stderr) >= 25, stderr[-2000:]
+    finally:
+        srt_server.api("DELETE", "/api/v3/process/srt-out")
