@@ -9,7 +9,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from harness import TEST_VIDEO
+from harness import TEST_AUDIO, TEST_VIDEO
 from rtmp_helpers import FFMPEG
 
 from dragonfork.servers.srt import handshake as hs
@@ -88,11 +88,13 @@ def publish_file(path: Path, url: str, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def publish_live(url: str, log: Path, seconds: int = 600) -> subprocess.Popen[bytes]:
-    """FFmpeg encoding the test pattern (H.264 baseline, 1 s GOP) and publishing it over SRT."""
+def publish_live(url: str, log: Path, seconds: int = 600, *, audio: bool = False) -> subprocess.Popen[bytes]:
+    """FFmpeg encoding the test pattern (H.264 baseline, 1 s GOP; with ``audio`` the tone in AAC) and
+    publishing it over SRT."""
+    tone = ["-re", "-f", "lavfi", "-i", TEST_AUDIO, "-c:a", "aac", "-b:a", "64k"] if audio else []
     return subprocess.Popen(
         [
-            FFMPEG, "-hide_banner", "-loglevel", "warning", "-re", "-f", "lavfi", "-i", TEST_VIDEO,
+            FFMPEG, "-hide_banner", "-loglevel", "warning", "-re", "-f", "lavfi", "-i", TEST_VIDEO, *tone,
             "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
             "-profile:v", "baseline", "-g", "25", "-f", "mpegts", url,
         ],

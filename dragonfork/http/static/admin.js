@@ -4,7 +4,7 @@
 
 import { Api, ApiError } from "./api.js";
 import { copyText } from "./clipboard.js";
-import { publisherRows, publishTargets, rtmpServerUrl } from "./ingest.js";
+import { publisherRows, publishTargets, rtmpServerUrl, srtPublishUrl, srtServerUrl } from "./ingest.js";
 import { ProcessEditor } from "./process-editor.js";
 import { Trends, sparkline } from "./trends.js";
 import { PlayerView } from "./whep-player.js";
@@ -186,7 +186,7 @@ function publishBlock(targets) {
     el("summary", {}, `Publish here (${targets.map((target) => target.protocol).join(", ")})`),
     ...targets.flatMap((target) => [
       copyable(`${target.protocol} server`, target.server),
-      copyable("Stream key", target.key),
+      copyable(target.keyLabel || "Stream key", target.key),
       copyable("FFmpeg URL", target.url),
     ]),
   );
@@ -263,12 +263,14 @@ function render() {
   $("#empty").hidden = ids.length > 0;
 }
 
-function renderPublishers() {
-  const server = rtmpServerUrl(ingest?.rtmp);
-  $("#ingest").hidden = !server;
-  if (!server) return;
+function readerCount(count) {
+  return count === 1 ? "1 reader" : `${count} readers`;
+}
+
+/** How to publish over RTMP: the server URLs and the stream key rule. */
+function rtmpHelp(server) {
   const secure = rtmpServerUrl(ingest.rtmp, true);
-  $("#publish-here").replaceChildren(
+  return [
     copyable("RTMP server", server),
     ...present(secure && copyable("RTMPS server", secure)),
     el(
@@ -278,7 +280,29 @@ function renderPublishers() {
       ingest.rtmp.token ? ` followed by ?token=${ingest.rtmp.token}` : "",
       ". A process reads it with the input address {rtmp,name=NAME}.",
     ),
-  );
+  ];
+}
+
+/** How to publish over SRT: the URL (stream id NAME,mode:publish) and how readers request it. */
+function srtHelp() {
+  return [
+    copyable("SRT URL", srtPublishUrl(ingest.srt, "NAME")),
+    el(
+      "p",
+      { class: "muted" },
+      "Readers request NAME with the stream id NAME,mode:request",
+      ingest.srt.passphrase_set ? "; callers must encrypt with the server's passphrase" : "",
+      ". A process reads it with the input address {srt,name=NAME}.",
+    ),
+  ];
+}
+
+function renderPublishers() {
+  const rtmp = rtmpServerUrl(ingest?.rtmp);
+  const srt = srtServerUrl(ingest?.srt);
+  $("#ingest").hidden = !rtmp && !srt;
+  if (!rtmp && !srt) return;
+  $("#publish-here").replaceChildren(...(rtmp ? rtmpHelp(rtmp) : []), ...(srt ? srtHelp() : []));
   const publishers = publisherRows(ingest);
   $("#publisher-rows").replaceChildren(
     ...publishers.map((publisher) =>
@@ -286,7 +310,14 @@ function renderPublishers() {
         "tr",
         { "data-publisher": publisher.name },
         el("td", { "data-label": "Protocol" }, publisher.protocol),
-        el("td", { "data-label": "Stream" }, el("strong", {}, publisher.name)),
+        el(
+          "td",
+          { "data-label": "Stream" },
+          ...present(
+            el("strong", {}, publisher.name),
+            publisher.readers && el("small", { class: "muted" }, readerCount(publisher.readers.length)),
+          ),
+        ),
         el("td", { "data-label": "From" }, publisher.remote),
         el("td", { "data-label": "Uptime" }, duration(publisher.uptime_seconds)),
         el("td", { "data-label": "Received" }, `${(publisher.bytes_received / 1048576).toFixed(1)} MiB`),

@@ -5,6 +5,7 @@
 // URL and the stream key apart; FFmpeg takes them joined.
 
 const RTMP_INPUT = /\{rtmp,name=([^{}]*)\}/;
+const SRT_INPUT = /\{srt,name=([^{},]*)[^{}]*\}/;
 
 /** The RTMP server URL an encoder connects to, or null when the RTMP server is off. */
 export function rtmpServerUrl(rtmp, secure = false) {
@@ -20,15 +21,39 @@ export function rtmpStreamKey(rtmp, name) {
   return rtmp.token ? `${name}?token=${rtmp.token}` : name;
 }
 
+/** The SRT server an encoder calls, or null when the SRT server is off. */
+export function srtServerUrl(srt) {
+  if (!srt?.enabled) return null;
+  return `srt://${location.hostname}:${srt.port}`;
+}
+
+/** The stream id that publishes stream NAME (datarhei's form, with the token when the server wants one). */
+export function srtStreamId(srt, name) {
+  return `${name},mode:publish${srt.token ? `,token:${srt.token}` : ""}`;
+}
+
+/** The whole SRT URL for FFmpeg; the passphrase (when the server has one) is left for the user to add. */
+export function srtPublishUrl(srt, name) {
+  const passphrase = srt.passphrase_set ? "&passphrase=PASSPHRASE" : "";
+  return `${srtServerUrl(srt)}?streamid=${srtStreamId(srt, name)}${passphrase}`;
+}
+
 /** What to paste into an encoder for each input of `config` that an ingest protocol feeds. */
 export function publishTargets(config, ingest) {
   const targets = [];
   for (const input of config.input || []) {
-    const match = RTMP_INPUT.exec(input.address || "");
+    const address = input.address || "";
+    const match = RTMP_INPUT.exec(address);
     const server = rtmpServerUrl(ingest?.rtmp);
     if (match && server) {
       const key = rtmpStreamKey(ingest.rtmp, match[1]);
       targets.push({ protocol: "RTMP", server, key, url: `${server}/${key}` });
+    }
+    const srt = SRT_INPUT.exec(address);
+    if (srt && ingest?.srt?.enabled) {
+      const key = srtStreamId(ingest.srt, srt[1]);
+      const url = srtPublishUrl(ingest.srt, srt[1]);
+      targets.push({ protocol: "SRT", server: srtServerUrl(ingest.srt), keyLabel: "Stream id", key, url });
     }
   }
   return targets;
@@ -38,6 +63,7 @@ export function publishTargets(config, ingest) {
 export function publisherRows(ingest) {
   const rows = [];
   for (const publisher of ingest?.rtmp?.publishers || []) rows.push({ protocol: "RTMP", ...publisher });
+  for (const publisher of ingest?.srt?.publishers || []) rows.push({ protocol: "SRT", ...publisher });
   return rows;
 }
 
