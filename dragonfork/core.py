@@ -54,7 +54,7 @@ class Core:
     rtmp: RtmpServer | None = None
     """The RTMP server when ``rtmp.enable`` is set."""
     srt: SrtServer | None = None
-    """The SRT server when ``srt.enable`` is set."""
+    """The SRT server while ``srt.enable`` is set (a scoped service: a reload of ``srt.*`` replaces it)."""
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -106,18 +106,29 @@ def build_files(settings: Settings) -> FileService:
 
 def ingest_addresses(settings: Settings) -> IngestAddresses:
     """Where ``{rtmp,…}`` and ``{srt,…}`` point: this server's own ingest servers, when enabled."""
-    rtmp, srt = settings.rtmp, settings.srt
+    rtmp = settings.rtmp
     addresses = (
         IngestAddresses.for_rtmp(rtmp.address, rtmp.app, rtmp.token) if rtmp.enable else IngestAddresses()
     )
-    return addresses.with_srt(srt.address, srt.token, srt.passphrase) if srt.enable else addresses
+    return with_srt_of(addresses, settings)
+
+
+def with_srt_of(addresses: IngestAddresses, settings: Settings) -> IngestAddresses:
+    srt = settings.srt
+    return (
+        addresses.with_srt(srt.address, srt.token, srt.passphrase) if srt.enable else addresses.without_srt()
+    )
+
+
+def srt_settings(settings: Settings) -> SrtSettings:
+    srt = settings.srt
+    return SrtSettings(address=srt.address, passphrase=srt.passphrase, token=srt.token)
 
 
 def build_core(loaded: LoadedSettings) -> Core:
     settings = loaded.settings
     config = SettingsService(loaded)
     rtmp = settings.rtmp
-    srt = settings.srt
     directory = StreamDirectory()
     files = build_files(settings)
     stream_settings = stream_of(settings)
@@ -175,11 +186,6 @@ def build_core(loaded: LoadedSettings) -> Core:
             directory,
             observer=RtmpSessions(client_sessions),
         )
-    srt_server = (
-        SrtServer(SrtSettings(address=srt.address, passphrase=srt.passphrase, token=srt.token))
-        if srt.enable
-        else None
-    )
     core = Core(
         config=config,
         registry=registry,
@@ -189,7 +195,6 @@ def build_core(loaded: LoadedSettings) -> Core:
         files=files,
         client_sessions=client_sessions,
         rtmp=rtmp_server,
-        srt=srt_server,
         started_at=started_at,
     )
     _declare_settings(core)
@@ -295,4 +300,19 @@ async def start_scoped_services(core: Core) -> None:
             return
         await history.run(task_status=task_status)
 
+    async def serve_srt(settings: Settings, *, task_status: trio.TaskStatus[None]) -> None:
+        """The SRT server of these settings; ``{srt,…}`` in configs accepted from now on points to it."""
+        core.registry.ingest = with_srt_of(core.registry.ingest, settings)
+        if not settings.srt.enable:
+            task_status.started()
+            return
+        server = SrtServer(srt_settings(settings))
+        core.srt = server
+        try:
+            await server.run(task_status=task_status)
+        finally:
+            if core.srt is server:
+                core.srt = None
+
     await core.config.run_scoped("metrics history", ("metrics",), sample_metrics)
+    await core.config.run_scoped("srt server", ("srt",), serve_srt)

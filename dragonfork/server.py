@@ -5,9 +5,9 @@ trio.run(serve)
 └── trio_asyncio loop (aiortc runs on it)
     └── root nursery
         ├── rtmp.run          → (rtmp.enable) listeners and one task per RTMP session
-        ├── srt.run           → (srt.enable) one UDP socket: a receive task and a timer for every connection
         ├── config.run        → the services a config reload restarts in their own scopes:
-        │   └── metrics history → samples the metrics for /api/v3/metrics (when metrics.enable)
+        │   ├── metrics history → samples the metrics for /api/v3/metrics (when metrics.enable)
+        │   └── srt server    → (srt.enable) one UDP socket: a receive task and a timer for every connection
         ├── registry.run      → one supervisor (and one nursery per FFmpeg run) per process
         ├── client_sessions.run → the session collectors' tick (expiry, counters, persisted totals)
         ├── hypercorn.trio    → the QuartTrio app
@@ -123,8 +123,6 @@ async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None
         await root.start(core.config.run)
         if core.rtmp is not None:
             await root.start(core.rtmp.run)
-        if core.srt is not None:
-            await root.start(core.srt.run)
         await root.start(core.registry.run)
         await start_scoped_services(core)
         await root.start(core.client_sessions.run)

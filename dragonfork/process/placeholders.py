@@ -60,6 +60,9 @@ class IngestAddresses:
             self, srt=f"srt://{_url_host(address)}", srt_token=token, srt_passphrase=passphrase
         )
 
+    def without_srt(self) -> IngestAddresses:
+        return dataclasses.replace(self, srt=None, srt_token="", srt_passphrase="")
+
     def rtmp_url(self, name: str) -> str | None:
         if self.rtmp is None:
             return None

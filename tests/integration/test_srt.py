@@ -303,3 +303,30 @@ def test_a_process_output_publishes_into_the_server_and_readers_request_it(srt_s
             assert reader.returncode == 0 and decoded_frames(stderr) >= 25, stderr[-2000:]
     finally:
         srt_server.api("DELETE", "/api/v3/process/srt-out")
+
+
+def test_a_config_reload_starts_reconfigures_and_stops_the_srt_server(tmp_path: Path) -> None:
+    port = free_udp_port()
+    process = {**ISSUE_PROCESS, "id": "reload", "autostart": False}
+    with running_server(tmp_path) as server:
+        refused_before = server.api("POST", "/api/v3/process", json=process)
+        assert refused_before.status_code == 400 and "srt.enable" in refused_before.text
+        update = {"version": 3, "srt": {"enable": True, "address": f"127.0.0.1:{port}", "token": TOKEN}}
+        assert server.api("PUT", "/api/v3/config", json=update).json() == "OK"
+        assert server.api("GET", "/api/v3/config/reload").json() == "OK"
+        assert server.api("GET", "/api/v3/ingest").json()["srt"]["enabled"]
+        accepted = server.api("POST", "/api/v3/process", json=process)
+        assert accepted.is_success, accepted.text
+
+        assert short_publish(srt_url(port, "x,mode:publish")).returncode != 0  # no token
+        publisher = publish_live(srt_url(port, f"x,mode:publish,token:{TOKEN}"), tmp_path / "publisher.log")
+        try:
+            wait_published(server, "x")
+            update = {"version": 3, "srt": {"enable": False}}
+            assert server.api("PUT", "/api/v3/config", json=update).json() == "OK"
+            assert server.api("GET", "/api/v3/config/reload").json() == "OK"
+            assert channels(server)["publisher"] == {}
+            publisher.wait(15)  # the server's shutdown ends the publisher (it would send for 10 minutes)
+        finally:
+            stop(publisher)
+        assert not server.api("GET", "/api/v3/ingest").json()["srt"]["enabled"]

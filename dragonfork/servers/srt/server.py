@@ -136,7 +136,8 @@ class SrtServer:
 
     # -- serving ---------------------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; ``address`` is the bound (host, port) once started."""
         sock = _bind(self.settings.address)
         self._socket = sock
         bound = sock.getsockname()
@@ -146,7 +147,7 @@ class SrtServer:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive, sock)
                 nursery.start_soon(self._tick)
-                task_status.started(self.address)
+                task_status.started()
         finally:
             for peer in list(self._peers.values()):
                 self._close(peer, "server stopped", notify=True)
