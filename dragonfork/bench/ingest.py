@@ -1,8 +1,8 @@
-"""Ingest benchmark: publisher → viewer latency for RTMP → FFmpeg copy → WHEP, and server CPU per publisher.
+"""Ingest benchmark: publisher → viewer latency (RTMP/SRT → FFmpeg copy → WHEP), server CPU per publisher.
 
     python -m dragonfork.bench.ingest [--seconds 15] [--json]
 
-It starts its own server (RTMP on, loopback ports) and runs two phases:
+It starts its own server (RTMP and SRT on, loopback ports) and runs two phases per protocol:
 
 1. **CPU per publisher.** One RTMP publisher at 4 Mbit/s (640x360, 30 fps, H.264 baseline, 1 s GOP) and
    nothing else: the server process's CPU (user + system, % of one core) is what one RTMP publisher costs
@@ -17,8 +17,10 @@ figure is camera-to-screen minus the camera: encode, RTMP, our server, FFmpeg's 
 sender, the network stack, aiortc's jitter buffer and decode. Frames whose check row disagrees (a damaged
 block) are not counted.
 
-The publisher is this module's own RTMP client (our chunk writer, AMF0 and FLV code, PyAV's libx264): no
-FFmpeg in front, so nothing between the timecode and the socket but the encoder.
+The RTMP publisher is this module's own RTMP client (our chunk writer, AMF0 and FLV code, PyAV's libx264):
+no FFmpeg in front, so nothing between the timecode and the socket but the encoder. The SRT publisher is
+FFmpeg (libsrt is the peer that matters): this module pipes the timecoded frames raw into its libx264 in
+real time, so the figure also covers the pipe and FFmpeg's MPEG-TS muxer.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -62,16 +65,21 @@ WHITE, BLACK = bytes([235]) * BLOCK, bytes([16]) * BLOCK
 GREY_CHROMA = bytes([128]) * (WIDTH // 2 * HEIGHT // 2)
 
 
-def draw_frame(clock_ms: int) -> av.VideoFrame:
-    """A 4 Mbit/s-worthy frame (noise) with ``clock_ms`` in its top rows: bits, then the complement."""
+def timecoded_luma(clock_ms: int) -> bytes:
+    """A 4 Mbit/s-worthy picture (noise) with ``clock_ms`` in its top rows: bits, then the complement."""
     luma = bytearray(os.urandom(WIDTH * HEIGHT))
     for bit in range(32):
         one = (clock_ms >> (31 - bit)) & 1
         for row in range(2 * BLOCK):
             start = row * WIDTH + bit * BLOCK
             luma[start : start + BLOCK] = WHITE if one == (row < BLOCK) else BLACK
+    return bytes(luma)
+
+
+def draw_frame(clock_ms: int) -> av.VideoFrame:
     frame = av.VideoFrame(WIDTH, HEIGHT, "yuv420p")
-    for plane, data in zip(frame.planes, (bytes(luma), GREY_CHROMA, GREY_CHROMA), strict=True):
+    planes = (timecoded_luma(clock_ms), GREY_CHROMA, GREY_CHROMA)
+    for plane, data in zip(frame.planes, planes, strict=True):
         plane.update(_with_stride(data, plane.line_size, plane.width))
     return frame
 
@@ -113,7 +121,6 @@ class RtmpPublisher:
     def __init__(self, port: int, name: str) -> None:
         self.port = port
         self.name = name
-        self.bytes_sent = 0
         self.frames = 0
         self._writer = ChunkWriter()
         self._reader = ChunkReader()
@@ -136,7 +143,6 @@ class RtmpPublisher:
 
     async def _send(self, writer: asyncio.StreamWriter, *messages: Message) -> None:
         data = b"".join(self._writer.encode(message) for message in messages)
-        self.bytes_sent += len(data)
         writer.write(data)
         await writer.drain()
 
@@ -210,13 +216,50 @@ class RtmpPublisher:
             await asyncio.sleep(max(0.0, started + (self.frames + 1) / FPS - time.monotonic()))
 
 
+# --- the SRT publisher: FFmpeg (libsrt) fed with raw timecoded frames -----------------------------------
+
+
+class SrtPublisher:
+    """FFmpeg encoding this module's timecoded frames and publishing them to ``srt://…,mode:publish``."""
+
+    def __init__(self, port: int, name: str) -> None:
+        self.url = f"srt://127.0.0.1:{port}?streamid={name},mode:publish"
+        self.frames = 0
+
+    async def run(self, seconds: float) -> None:
+        import imageio_ffmpeg
+
+        kbit = BITRATE // 1000
+        encoder = await asyncio.create_subprocess_exec(
+            imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error",
+            "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{WIDTH}x{HEIGHT}", "-r", str(FPS), "-i", "-",
+            "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-profile:v", "baseline",
+            "-b:v", f"{kbit}k", "-maxrate", f"{kbit}k", "-bufsize", f"{kbit}k", "-g", str(FPS),
+            "-x264-params", "scenecut=0:repeat-headers=1", "-flush_packets", "1", "-f", "mpegts", self.url,
+            stdin=subprocess.PIPE,
+        )  # fmt: skip
+        assert encoder.stdin is not None
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < seconds:
+                encoder.stdin.write(timecoded_luma(clock_ms()) + GREY_CHROMA + GREY_CHROMA)
+                await encoder.stdin.drain()
+                self.frames += 1
+                await asyncio.sleep(max(0.0, started + (self.frames + 1) / FPS - time.monotonic()))
+        finally:
+            encoder.stdin.close()
+            with contextlib.suppress(ProcessLookupError):
+                encoder.terminate()
+            await encoder.wait()
+
+
 # --- the server and the measurements ------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def running_server(workdir: Path, cpus: str | None) -> Iterator[tuple[str, int, psutil.Process]]:
-    """``dragonfork serve`` with RTMP on loopback: (API URL, RTMP port, the server process)."""
-    http_port, rtmp_port = free_port(), free_port()
+def running_server(workdir: Path, cpus: str | None) -> Iterator[tuple[str, dict[str, int], psutil.Process]]:
+    """``dragonfork serve`` with RTMP and SRT on loopback: (API URL, port per protocol, server process)."""
+    http_port, rtmp_port, srt_port = free_port(), free_port(), free_udp_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("CORE_")}
     env.update(
         CORE_ADDRESS=f"127.0.0.1:{http_port}",
@@ -225,6 +268,8 @@ def running_server(workdir: Path, cpus: str | None) -> Iterator[tuple[str, int, 
         CORE_LOG_LEVEL="warn",
         CORE_RTMP_ENABLE="true",
         CORE_RTMP_ADDRESS=f"127.0.0.1:{rtmp_port}",
+        CORE_SRT_ENABLE="true",
+        CORE_SRT_ADDRESS=f"127.0.0.1:{srt_port}",
     )
     argv = [sys.executable, "-m", "dragonfork", "serve"]
     if cpus:
@@ -244,7 +289,7 @@ def running_server(workdir: Path, cpus: str | None) -> Iterator[tuple[str, int, 
         server = psutil.Process(process.pid)
         if cpus:
             server = psutil.Process(server.children()[0].pid) if server.name() == "taskset" else server
-        yield url, rtmp_port, server
+        yield url, {"rtmp": rtmp_port, "srt": srt_port}, server
     finally:
         process.terminate()
         try:
@@ -254,17 +299,23 @@ def running_server(workdir: Path, cpus: str | None) -> Iterator[tuple[str, int, 
             process.wait()
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return times.user + times.system
 
 
 @contextlib.asynccontextmanager
-async def publishing(port: int, seconds: float) -> AsyncIterator[RtmpPublisher]:
-    publisher = RtmpPublisher(port, STREAM)
+async def publishing(protocol: str, port: int, seconds: float) -> AsyncIterator[None]:
+    publisher = RtmpPublisher(port, STREAM) if protocol == "rtmp" else SrtPublisher(port, STREAM)
     task = asyncio.create_task(publisher.run(seconds))
     try:
-        yield publisher
+        yield
         await task
     finally:
         task.cancel()
@@ -272,24 +323,35 @@ async def publishing(port: int, seconds: float) -> AsyncIterator[RtmpPublisher]:
             await task
 
 
-async def cpu_per_publisher(port: int, server: psutil.Process, seconds: float) -> dict[str, Any]:
+async def bytes_received(http: httpx.AsyncClient, url: str, protocol: str) -> int:
+    """What the server counted from the publisher of ``STREAM`` so far (0 before it is live)."""
+    publishers = (await http.get(f"{url}/api/v3/ingest")).json()[protocol].get("publishers", [])
+    return sum(publisher["bytes_received"] for publisher in publishers if publisher["name"] == STREAM)
+
+
+async def cpu_per_publisher(
+    url: str, protocol: str, port: int, server: psutil.Process, seconds: float
+) -> dict[str, Any]:
     """Phase 1: one publisher, nothing else; the server's CPU over ``seconds`` after a 3 s warm-up."""
-    async with publishing(port, seconds + 4) as publisher:
+    async with publishing(protocol, port, seconds + 4), httpx.AsyncClient(timeout=10) as http:
         await asyncio.sleep(3)
-        cpu_before, bytes_before, at = cpu_seconds(server), publisher.bytes_sent, time.monotonic()
+        cpu_before, bytes_before = cpu_seconds(server), await bytes_received(http, url, protocol)
+        at = time.monotonic()
         await asyncio.sleep(seconds)
         elapsed = time.monotonic() - at
         cpu = cpu_seconds(server) - cpu_before
-        sent = publisher.bytes_sent - bytes_before
+        received = await bytes_received(http, url, protocol) - bytes_before
     return {
         "server_cpu_percent_per_publisher": round(100 * cpu / elapsed, 2),
-        "publisher_mbit_per_second": round(8 * sent / elapsed / 1e6, 2),
+        "publisher_mbit_per_second": round(8 * received / elapsed / 1e6, 2),
         "seconds": round(elapsed, 1),
     }
 
 
-async def latency(url: str, port: int, server: psutil.Process, seconds: float) -> dict[str, Any]:
-    """Phase 2: the process copying the RTMP stream to WHEP, one decoding viewer reading the timecodes."""
+async def latency(
+    url: str, protocol: str, port: int, server: psutil.Process, seconds: float
+) -> dict[str, Any]:
+    """Phase 2: the process copying the stream to WHEP, one decoding viewer reading the timecodes."""
     from dragonfork.webrtc.client import run_whep_client
 
     samples: list[int] = []
@@ -304,31 +366,34 @@ async def latency(url: str, port: int, server: psutil.Process, seconds: float) -
             return
         samples.append((now - sent) & 0xFFFFFFFF)
 
-    process = {"id": "live", "input": [{"id": "in", "address": f"{{rtmp,name={STREAM}}}"}]}
+    process_id = f"live-{protocol}"
+    process = {"id": process_id, "input": [{"id": "in", "address": f"{{{protocol},name={STREAM}}}"}]}
     process["webrtc"] = {"enabled": True}  # type: ignore[assignment]
-    async with publishing(port, seconds + 25) as _, httpx.AsyncClient(timeout=10) as http:
+    async with publishing(protocol, port, seconds + 25), httpx.AsyncClient(timeout=10) as http:
         await asyncio.sleep(2)
         response = await http.post(f"{url}/api/v3/process", json=process)
         response.raise_for_status()
         for _ in range(200):
-            state = (await http.get(f"{url}/api/v3/process/live/state")).json()
+            state = (await http.get(f"{url}/api/v3/process/{process_id}/state")).json()
             if state.get("webrtc", {}).get("ready"):
                 break
             await asyncio.sleep(0.1)
-        ffmpeg = server.children()
+        ffmpeg = [child for child in server.children() if "live-" + protocol in " ".join(child.cmdline())]
+        ffmpeg = ffmpeg or server.children()
         cpu_before = cpu_seconds(server), sum(cpu_seconds(child) for child in ffmpeg)
         at = time.monotonic()
         report = await run_whep_client(
-            f"{url}/api/v3/whep/live", duration=seconds, on_video_frame=on_video_frame
+            f"{url}/api/v3/whep/{process_id}", duration=seconds, on_video_frame=on_video_frame
         )
         elapsed = time.monotonic() - at
         cpu_after = cpu_seconds(server), sum(cpu_seconds(child) for child in ffmpeg)
+        await http.delete(f"{url}/api/v3/process/{process_id}")
     if report.error or len(samples) < 10:
         return {"error": report.error or f"only {len(samples)} frames with a readable timecode"}
     steady = samples[FPS:]  # the first second includes the viewer's start (keyframe burst, jitter buffer)
     ordered = sorted(steady)
     return {
-        "path": "RTMP → FFmpeg -c:v copy → RTP → WHEP (aiortc viewer, decoding)",
+        "path": f"{protocol.upper()} → FFmpeg -c:v copy → RTP → WHEP (aiortc viewer, decoding)",
         "frames_measured": len(steady),
         "frames_unreadable": unreadable,
         "median_ms": statistics.median(steady),
@@ -341,15 +406,21 @@ async def latency(url: str, port: int, server: psutil.Process, seconds: float) -
 
 
 async def run(seconds: float, cpus: str | None) -> dict[str, Any]:
+    results: dict[str, Any] = {}
     with (
         tempfile.TemporaryDirectory(prefix="dragonfork-bench-ingest-") as workdir,
-        running_server(Path(workdir), cpus) as (url, port, server),
+        running_server(Path(workdir), cpus) as (url, ports, server),
     ):
-        results: dict[str, Any] = {"stream": f"{WIDTH}x{HEIGHT} {FPS} fps H.264 baseline, 4 Mbit/s, 1 s GOP"}
-        results["cpu"] = await cpu_per_publisher(port, server, seconds)
-        await asyncio.sleep(1)  # the publisher of phase 1 is gone before phase 2 publishes the name
-        results["latency"] = await latency(url, port, server, seconds)
-    return {"rtmp": results}
+        for protocol, port in ports.items():
+            figures: dict[str, Any] = {
+                "stream": f"{WIDTH}x{HEIGHT} {FPS} fps H.264 baseline, 4 Mbit/s, 1 s GOP"
+            }
+            figures["cpu"] = await cpu_per_publisher(url, protocol, port, server, seconds)
+            await asyncio.sleep(1)  # the publisher of phase 1 is gone before phase 2 publishes the name
+            figures["latency"] = await latency(url, protocol, port, server, seconds)
+            await asyncio.sleep(1)
+            results[protocol] = figures
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,23 +435,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(results))
         return 0
-    rtmp = results["rtmp"]
-    print(f"stream: {rtmp['stream']}")
-    cpu = rtmp["cpu"]
-    print(
-        f"CPU per RTMP publisher: {cpu['server_cpu_percent_per_publisher']} % of one core "
-        f"(publisher sent {cpu['publisher_mbit_per_second']} Mbit/s over {cpu['seconds']} s)"
-    )
-    figures = rtmp["latency"]
-    if "error" in figures:
-        print(f"latency: failed: {figures['error']}")
-        return 1
-    print(
-        f"latency {figures['path']}: median {figures['median_ms']} ms, p95 {figures['p95_ms']} ms "
-        f"(min {figures['min_ms']}, max {figures['max_ms']}, {figures['frames_measured']} frames); "
-        f"server {figures['server_cpu_percent']} % CPU, FFmpeg {figures['ffmpeg_cpu_percent']} %"
-    )
-    return 0
+    failed = False
+    for protocol, measured in results.items():
+        print(f"{protocol.upper()} stream: {measured['stream']}")
+        cpu = measured["cpu"]
+        print(
+            f"CPU per {protocol.upper()} publisher: {cpu['server_cpu_percent_per_publisher']} % of one core "
+            f"(the server received {cpu['publisher_mbit_per_second']} Mbit/s over {cpu['seconds']} s)"
+        )
+        figures = measured["latency"]
+        if "error" in figures:
+            print(f"latency: failed: {figures['error']}")
+            failed = True
+            continue
+        print(
+            f"latency {figures['path']}: median {figures['median_ms']} ms, p95 {figures['p95_ms']} ms "
+            f"(min {figures['min_ms']}, max {figures['max_ms']}, {figures['frames_measured']} frames); "
+            f"server {figures['server_cpu_percent']} % CPU, FFmpeg {figures['ffmpeg_cpu_percent']} %"
+        )
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -52,8 +52,9 @@ class SrtSettings:
     """Callers must encrypt with this passphrase; empty: callers must not encrypt."""
     token: str = ""
     """Callers must name this token in their stream id; empty: no token."""
-    latency_ms: int = 120
-    """This side's latency; each direction uses the larger of both sides' (libsrt's default 120 ms)."""
+    latency_ms: int = 20
+    """This side's latency (libsrt's minimum): each direction uses the larger of both sides', so the
+    callers decide (libsrt's default is 120 ms; datarhei's ``{srt,name=…}`` asks for 20 ms)."""
     max_connections: int = 256
 
 
