@@ -242,17 +242,20 @@ def test_encrypted_callers_with_the_passphrase_and_token_publish_and_request(
 ) -> None:
     port = port_of(secure_server)
     quoted = PASSPHRASE.replace(" ", "%20")
-    publisher = publish_live(
-        srt_url(port, f"sealed,mode:publish,token:{TOKEN}", passphrase=quoted), tmp_path / "publisher.log"
+    # the publisher refreshes its key every 60 packets (libsrt: every 2^24), announcing it 15 before
+    url = srt_url(
+        port, f"sealed,mode:publish,token:{TOKEN}", passphrase=quoted, kmrefreshrate="60", kmpreannounce="15"
     )
+    publisher = publish_live(url, tmp_path / "publisher.log")
     try:
         wait_published(secure_server, "sealed")
         hashes = frame_hashes(
-            srt_url(port, f"#!::r=sealed,m=request,t={TOKEN}", passphrase=quoted), options=("-t", "2")
+            srt_url(port, f"#!::r=sealed,m=request,t={TOKEN}", passphrase=quoted), options=("-t", "4")
         )
-        assert len(hashes) >= 25
+        assert len(hashes) >= 75
         stats = publisher_stats(secure_server, "sealed")
-        assert stats is not None and stats["recv_pkt"] > 50 and stats["recv_undecrypt_pkt"] == 0, stats
+        assert stats is not None and stats["recv_pkt"] > 180, stats  # three key refreshes at least
+        assert stats["recv_undecrypt_pkt"] == 0 and stats["recv_drop_pkt"] == 0, stats
         assert secure_server.log().count('"encrypted": true') == 2  # the publisher and the reader
     finally:
         stop(publisher)

@@ -95,12 +95,12 @@ def test_syn_cookies_are_bound_to_the_address() -> None:
     assert not hs.SynCookies(b"j" * 32).valid("127.0.0.1", 5000, cookie)
 
 
-def key_material(passphrase: str, sek: bytes, salt: bytes) -> bytes:
-    """Key material as a libsrt caller sends it (one even key)."""
+def key_material(passphrase: str, sek: bytes, salt: bytes, key_flags: int = 0b01) -> bytes:
+    """Key material as a libsrt caller sends it (one key: even, or odd with ``key_flags`` 0b10)."""
     kek = PBKDF2HMAC(algorithm=hashes.SHA1(), length=len(sek), salt=salt[-8:], iterations=2048).derive(
         passphrase.encode()
     )
-    head = struct.pack("!BHBIBBBBHBB", 0x12, 0x2029, 0b01, 0, 2, 0, 2, 0, 0, 4, len(sek) // 4)
+    head = struct.pack("!BHBIBBBBHBB", 0x12, 0x2029, key_flags, 0, 2, 0, 2, 0, 0, 4, len(sek) // 4)
     return head + salt + aes_key_wrap(kek, sek)
 
 
@@ -108,7 +108,7 @@ def test_key_material_unwraps_with_the_passphrase_only_and_payloads_round_trip()
     sek, salt = os.urandom(16), os.urandom(16)
     km = key_material("correct horse battery", sek, salt)
     keys = unwrap_key_material(km, "correct horse battery")
-    assert keys == StreamKeys(even=sek, odd=None, salt=salt)
+    assert keys == StreamKeys({1: (sek, salt)})
     sealed = keys.crypt(1, 77, b"mpeg-ts payload")
     assert sealed != b"mpeg-ts payload" and keys.crypt(1, 77, sealed) == b"mpeg-ts payload"
     assert keys.crypt(1, 78, sealed) != b"mpeg-ts payload"  # the IV depends on the sequence number
@@ -150,7 +150,7 @@ class Link:
     def _connection(self, carry) -> SrtConnection:  # type: ignore[no-untyped-def]
         return SrtConnection(
             socket_id=1, peer_socket_id=1, peer=("127.0.0.1", 1), isn=pk.SEQ_MASK - 50, latency=0.2,
-            keys=None, send=lambda datagram, _peer: carry(datagram), clock=lambda: self.now,
+            keys=None, rekey=None, send=lambda datagram, _peer: carry(datagram), clock=lambda: self.now,
         )  # fmt: skip
 
     def _carry(self, datagram: bytes, to: SrtConnection, *, lossy: bool) -> None:
@@ -204,3 +204,40 @@ def test_a_silent_peer_ends_the_connection() -> None:
     link.now += 6
     with pytest.raises(ConnectionClosed, match="nothing heard"):
         link.receiver.tick()
+
+
+def test_a_key_refresh_adds_the_odd_key_and_is_confirmed() -> None:
+    passphrase, salt = "correct horse battery", os.urandom(16)
+    even, odd = os.urandom(16), os.urandom(16)
+    sent: list[bytes] = []
+    delivered: list[bytes] = []
+    receiver = SrtConnection(
+        socket_id=1, peer_socket_id=2, peer=("127.0.0.1", 1), isn=0, latency=0.1,
+        keys=unwrap_key_material(key_material(passphrase, even, salt), passphrase),
+        rekey=lambda km: unwrap_key_material(km, passphrase),
+        send=lambda datagram, _peer: sent.append(datagram), clock=lambda: 0.0,
+    )  # fmt: skip
+    receiver.attach_receiver(delivered.append)
+    odd_keys = StreamKeys({2: (odd, salt)})
+
+    def odd_packet(seq: int) -> pk.DataPacket:
+        return pk.DataPacket(
+            seq, pk.POSITION_SOLO | pk.ENCRYPTION_ODD | 1, 0, 1, odd_keys.crypt(2, seq, b"ts")
+        )
+
+    receiver.on_data(odd_packet(0))
+    assert delivered == [] and receiver.stats.recv_undecrypt_pkt == 1
+    announce = key_material(passphrase, odd, salt, key_flags=0b10)
+    receiver.on_control(pk.ControlPacket(pk.USER_DEFINED, pk.EXT_KMREQ, 0, 0, 1, announce))
+    confirmation = pk.parse(sent[-1])
+    assert isinstance(confirmation, pk.ControlPacket)
+    assert (confirmation.type, confirmation.subtype, confirmation.body) == (
+        pk.USER_DEFINED,
+        pk.EXT_KMRSP,
+        announce,
+    )
+    receiver.on_data(odd_packet(0))
+    assert delivered == [b"ts"]
+    with pytest.raises(pk.PacketError, match="refreshed key material"):
+        bad = key_material("another passphrase", odd, salt, key_flags=0b10)
+        receiver.on_control(pk.ControlPacket(pk.USER_DEFINED, pk.EXT_KMREQ, 0, 0, 1, bad))

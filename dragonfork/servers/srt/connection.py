@@ -86,15 +86,18 @@ class SrtConnection:
         isn: int,
         latency: float,
         keys: StreamKeys | None,
+        rekey: Callable[[bytes], StreamKeys] | None,
         send: Callable[[bytes, tuple[str, int]], None],
         clock: Callable[[], float],
     ) -> None:
-        """``latency`` (seconds) is the negotiated latency of the direction this connection carries."""
+        """``latency`` (seconds) is the negotiated latency of the direction this connection carries;
+        ``rekey`` unwraps the key material of a key refresh (None: the connection is not encrypted)."""
         self.socket_id = socket_id
         self.peer_socket_id = peer_socket_id
         self.peer = peer
         self.latency = latency
         self.keys = keys
+        self._rekey = rekey
         self.stats = ConnectionStats()
         self._send_datagram = send
         self._clock = clock
@@ -134,8 +137,8 @@ class SrtConnection:
         self._last_sent = self._clock()
         self._send_datagram(datagram, self.peer)
 
-    def send_control(self, kind: int, info: int = 0, body: bytes = b"") -> None:
-        self._send(ControlPacket(kind, 0, info, self._now_us(), self.peer_socket_id, body).encode())
+    def send_control(self, kind: int, info: int = 0, body: bytes = b"", subtype: int = 0) -> None:
+        self._send(ControlPacket(kind, subtype, info, self._now_us(), self.peer_socket_id, body).encode())
 
     def on_control(self, control: ControlPacket) -> None:
         """One control packet from the peer; ``PacketError`` for a malformed one, ``ConnectionClosed``
@@ -152,8 +155,21 @@ class SrtConnection:
             self._on_dropreq(control.body)
         elif kind == pk.SHUTDOWN:
             raise ConnectionClosed("shutdown by the peer")
-        # KEEPALIVE refreshes last_heard; CONGESTION_WARNING, PEERERROR and user-defined messages
-        # (key refresh) change nothing in live mode.
+        elif kind == pk.USER_DEFINED and control.subtype == pk.EXT_KMREQ:
+            self._on_key_refresh(control.body)
+        # KEEPALIVE refreshes last_heard; congestion warnings, peer errors and other extended messages
+        # change nothing in live mode.
+
+    def _on_key_refresh(self, key_material: bytes) -> None:
+        """The peer announces its next key: take it beside the current one and confirm (KMRSP)."""
+        if self.keys is None or self._rekey is None:
+            raise pk.PacketError("key material on a connection that is not encrypted")
+        try:
+            refreshed = self._rekey(key_material)
+        except KeyMaterialError as exc:
+            raise pk.PacketError(f"refreshed key material: {exc}") from None
+        self.keys = self.keys.updated(refreshed)
+        self.send_control(pk.USER_DEFINED, body=key_material, subtype=pk.EXT_KMRSP)
 
     def tick(self) -> None:
         """The timer: too-late drops, periodic NAKs, ACK, keepalive; ``ConnectionClosed`` when idle."""

@@ -6,7 +6,9 @@ SEK wrapped with it (AES key wrap, RFC 3394). Unwrapping fails when the passphra
 wrong passphrase is told apart, and the handshake is refused (``SRT_REJ_BADSECRET``). The listener
 answers with the same key material (KMRSP) and uses the same SEK for both directions (libsrt's "reverse
 KMX"). Each payload is AES-CTR encrypted with the IV: the salt's first 112 bits XOR the packet's
-sequence number at bytes 10..13, the block counter in the last two bytes.
+sequence number at bytes 10..13, the block counter in the last two bytes. A caller refreshes its key now
+and then (libsrt: every 2^24 packets) by announcing the new one in a KMREQ control message; the data packets'
+key flags then switch between the even and the odd key.
 """
 
 from __future__ import annotations
@@ -39,35 +41,36 @@ class KeyMaterialError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class StreamKeys:
-    """A connection's keys: the even and/or odd SEK and the salt."""
+    """A connection's keys by key index (1: even, 2: odd, as a data packet's key flags say), each with its
+    salt. A sender switches between the two when it refreshes its key."""
 
-    even: bytes | None
-    odd: bytes | None
-    salt: bytes
+    keys: dict[int, tuple[bytes, bytes]]
 
     @property
     def key_length(self) -> int:
-        return len(self.even or self.odd or b"")
-
-    def _cipher(self, key_index: int, seq: int) -> Cipher[modes.CTR]:
-        key = self.even if key_index == 1 else self.odd
-        if key is None:
-            raise KeyMaterialError(f"no {'even' if key_index == 1 else 'odd'} key for this packet")
-        iv = bytearray(16)
-        iv[10:14] = seq.to_bytes(4, "big")
-        for index in range(14):
-            iv[index] ^= self.salt[index]
-        return Cipher(algorithms.AES(key), modes.CTR(bytes(iv)))
-
-    def crypt(self, key_index: int, seq: int, payload: bytes) -> bytes:
-        """Encrypt or decrypt (CTR mode is its own inverse) one payload."""
-        context = self._cipher(key_index, seq).encryptor()
-        return context.update(payload) + context.finalize()
+        return len(next(iter(self.keys.values()))[0])
 
     @property
     def send_key_index(self) -> int:
-        """The key flags this side encrypts with: even (1) when there is an even key, else odd (2)."""
-        return 1 if self.even is not None else 2
+        """The key this side encrypts with: the even one when there is one, else the odd."""
+        return min(self.keys)
+
+    def updated(self, refreshed: StreamKeys) -> StreamKeys:
+        """These keys with the ones a key refresh announced in their place."""
+        return StreamKeys({**self.keys, **refreshed.keys})
+
+    def crypt(self, key_index: int, seq: int, payload: bytes) -> bytes:
+        """Encrypt or decrypt (CTR mode is its own inverse) one payload."""
+        try:
+            key, salt = self.keys[key_index]
+        except KeyError:
+            raise KeyMaterialError(f"no {'even' if key_index == 1 else 'odd'} key for this packet") from None
+        iv = bytearray(16)
+        iv[10:14] = seq.to_bytes(4, "big")
+        for index in range(14):
+            iv[index] ^= salt[index]
+        context = Cipher(algorithms.AES(key), modes.CTR(bytes(iv))).encryptor()
+        return context.update(payload) + context.finalize()
 
 
 def unwrap_key_material(km: bytes, passphrase: str) -> StreamKeys:
@@ -101,5 +104,5 @@ def unwrap_key_material(km: bytes, passphrase: str) -> StreamKeys:
         raise KeyMaterialError("the passphrase does not match", bad_secret=True) from None
     first, second = unwrapped[:key_length], unwrapped[key_length:]
     if keys == 0b11:
-        return StreamKeys(even=first, odd=second, salt=salt)
-    return StreamKeys(even=first, odd=None, salt=salt) if keys == 0b01 else StreamKeys(None, first, salt)
+        return StreamKeys({1: (first, salt), 2: (second, salt)})
+    return StreamKeys({keys: (first, salt)})

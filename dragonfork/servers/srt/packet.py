@@ -30,6 +30,9 @@ ACKACK = 0x0006
 DROPREQ = 0x0007
 PEERERROR = 0x0008
 USER_DEFINED = 0x7FFF
+"""Extended messages; the subtype names them."""
+EXT_KMREQ = 3
+EXT_KMRSP = 4
 
 # message-number word flags of a data packet
 POSITION_SOLO = 0b11 << 30

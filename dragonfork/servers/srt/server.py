@@ -318,6 +318,7 @@ class SrtServer:
             isn=request.isn,
             latency=(receive_latency if publishing else send_latency) / 1000,
             keys=keys,
+            rekey=(lambda km: unwrap_key_material(km, settings.passphrase)) if keys is not None else None,
             send=self._send,
             clock=trio.current_time,
         )
