@@ -158,6 +158,13 @@ def test_a_second_publisher_and_a_request_for_nothing_are_refused(
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert missing.returncode != 0
+    bad_mode = subprocess.run(
+        [FFMPEG, "-hide_banner", "-i", srt_url(port, "cam2,mode:bidirectional"), "-f", "null", "-"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert bad_mode.returncode != 0
+    assert metric(srt_server, "dragonfork_ingest_refused_total", protocol="srt", reason="stream_id") >= 1
+    assert "mode must be publish or request" in srt_server.log()
     assert metric(srt_server, "dragonfork_ingest_refused_total", protocol="srt", reason="name_taken") >= 1
     assert metric(srt_server, "dragonfork_ingest_refused_total", protocol="srt", reason="not_found") >= 1
     assert "cam2" in channels(srt_server)["publisher"]

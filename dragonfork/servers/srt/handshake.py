@@ -26,8 +26,6 @@ from dragonfork.servers.srt.packet import PacketError
 
 INDUCTION = 1
 CONCLUSION = 0xFFFF_FFFF
-WAVEAHAND = 0
-AGREEMENT = 0xFFFF_FFFE
 REJECTION_BASE = 1000
 
 SRT_MAGIC = 0x4A17

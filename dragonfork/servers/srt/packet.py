@@ -13,9 +13,6 @@ import dataclasses
 import struct
 
 HEADER_SIZE = 16
-MAX_PAYLOAD = 1456
-"""The largest data payload libsrt sends (1500-byte MTU minus IP, UDP and SRT headers)."""
-
 SEQ_MASK = 0x7FFF_FFFF
 MSGNO_MASK = 0x03FF_FFFF
 
@@ -24,11 +21,9 @@ HANDSHAKE = 0x0000
 KEEPALIVE = 0x0001
 ACK = 0x0002
 NAK = 0x0003
-CONGESTION_WARNING = 0x0004
 SHUTDOWN = 0x0005
 ACKACK = 0x0006
 DROPREQ = 0x0007
-PEERERROR = 0x0008
 USER_DEFINED = 0x7FFF
 """Extended messages; the subtype names them."""
 EXT_KMREQ = 3

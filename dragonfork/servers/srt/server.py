@@ -34,7 +34,13 @@ from dragonfork.servers.srt import handshake as hs
 from dragonfork.servers.srt import packet as pk
 from dragonfork.servers.srt.connection import TICK, ConnectionClosed, ConnectionStats, SrtConnection
 from dragonfork.servers.srt.crypto import KeyMaterialError, StreamKeys, unwrap_key_material
-from dragonfork.servers.srt.streamid import PUBLISH, StreamIdError, StreamRequest, parse_stream_id
+from dragonfork.servers.srt.streamid import (
+    PUBLISH,
+    StreamIdError,
+    StreamModeError,
+    StreamRequest,
+    parse_stream_id,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -376,6 +382,8 @@ class SrtServer:
             raise Refusal(hs.REJX_BAD_REQUEST, "stream_id", f"a stream id over {hs.MAX_STREAM_ID} bytes")
         try:
             stream_request = parse_stream_id(hs.decode_string(block))
+        except StreamModeError as exc:
+            raise Refusal(hs.REJX_BAD_MODE, "stream_id", str(exc)) from None
         except StreamIdError as exc:
             raise Refusal(hs.REJX_BAD_REQUEST, "stream_id", str(exc)) from None
         token = self.settings.token

@@ -24,6 +24,10 @@ class StreamIdError(ValueError):
     """The stream id names no stream or an unknown mode; the message says which."""
 
 
+class StreamModeError(StreamIdError):
+    """The stream id asks for a mode other than publish or request (``bidirectional``, a typo)."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class StreamRequest:
     name: str
@@ -39,7 +43,7 @@ def parse_stream_id(stream_id: str) -> StreamRequest:
     if not request.name:
         raise StreamIdError("the stream id names no stream")
     if request.mode not in (PUBLISH, REQUEST):
-        raise StreamIdError(f"mode must be publish or request, got {request.mode!r}")
+        raise StreamModeError(f"mode must be publish or request, got {request.mode!r}")
     return request
 
 
