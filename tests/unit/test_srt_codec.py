@@ -241,3 +241,13 @@ def test_a_key_refresh_adds_the_odd_key_and_is_confirmed() -> None:
     with pytest.raises(pk.PacketError, match="refreshed key material"):
         bad = key_material("another passphrase", odd, salt, key_flags=0b10)
         receiver.on_control(pk.ControlPacket(pk.USER_DEFINED, pk.EXT_KMREQ, 0, 0, 1, bad))
+
+
+def test_a_sender_a_whole_window_ahead_is_followed_and_the_gap_counted_as_dropped() -> None:
+    link = Link(loss=0.0)
+    link.sender.send_payload(b"before")
+    link.sender._snd_next = pk.seq_add(link.sender._snd_next, 10_000)  # noqa: SLF001 - an outage
+    link.sender.send_payload(b"after")
+    link.sender.send_payload(b"next")
+    assert link.delivered == [b"before", b"after", b"next"]
+    assert link.receiver.stats.recv_drop_pkt == 10_000

@@ -204,8 +204,10 @@ class SrtConnection:
             stats.recv_retran_pkts += 1
         seq = data.seq
         ahead = pk.seq_diff(seq, self._rcv_next)
-        if ahead < 0 or ahead >= RECEIVE_WINDOW or seq in self._buffer:
-            return  # a duplicate, or a packet given up already, or far outside the window
+        if ahead < 0 or seq in self._buffer:
+            return  # a duplicate, or a packet given up already
+        if ahead >= RECEIVE_WINDOW:
+            self._resynchronize(seq)  # the sender is a window ahead (an outage): what is missing is gone
         payload = data.payload
         if data.key:
             if self.keys is None:
@@ -236,6 +238,20 @@ class SrtConnection:
         self._rate_window.append((now, len(payload)))
         self._buffer[seq] = (self._play_time(data.timestamp, now), payload)
         self._deliver()
+
+    def _resynchronize(self, seq: int) -> None:
+        """Deliver what arrived behind the gaps, give the gaps up and continue at ``seq``."""
+        assert self._on_payload is not None
+        waiting = sorted(self._buffer, key=lambda buffered: pk.seq_diff(buffered, self._rcv_next))
+        for buffered in waiting:
+            payload = self._buffer[buffered][1]
+            if payload is not None:
+                self._on_payload(payload)
+        self.stats.recv_drop_pkt += pk.seq_diff(seq, self._rcv_next) - len(waiting)
+        self._buffer.clear()
+        self._losses.clear()
+        self._rcv_next = seq
+        self._rcv_high = pk.seq_add(seq, -1)
 
     def _play_time(self, timestamp: int, now: float) -> float:
         extended = self._timestamps.unwrap(timestamp) / 1_000_000
