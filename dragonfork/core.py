@@ -33,6 +33,7 @@ from dragonfork.sessions.ffmpeg import FfmpegSessions
 from dragonfork.sessions.hls import HlsSessions
 from dragonfork.sessions.registry import SessionRegistry
 from dragonfork.sessions.rtmp import RtmpSessions
+from dragonfork.sessions.srt import SrtSessions
 from dragonfork.sessions.webrtc import WebrtcSessions
 from dragonfork.settings_service import SettingsService
 from dragonfork.stream.directory import StreamDirectory
@@ -306,7 +307,7 @@ async def start_scoped_services(core: Core) -> None:
         if not settings.srt.enable:
             task_status.started()
             return
-        server = SrtServer(srt_settings(settings))
+        server = SrtServer(srt_settings(settings), SrtSessions(core.client_sessions))
         core.srt = server
         try:
             await server.run(task_status=task_status)

@@ -36,7 +36,10 @@ ISSUE_PROCESS = {
 def srt_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = free_udp_port()
     with running_server(
-        tmp_path_factory.mktemp("srt"), CORE_SRT_ENABLE="true", CORE_SRT_ADDRESS=f"127.0.0.1:{port}"
+        tmp_path_factory.mktemp("srt"),
+        CORE_SRT_ENABLE="true",
+        CORE_SRT_ADDRESS=f"127.0.0.1:{port}",
+        CORE_SESSIONS_IP_IGNORELIST="",  # loopback callers are sessions too
     ) as server:
         server.srt_port = port  # type: ignore[attr-defined]
         yield server
@@ -105,6 +108,13 @@ def test_a_process_reading_srt_name_serves_the_publisher_over_whep(
         > 0
     )
     assert metric(srt_server, "dragonfork_srt_bytes_total", stream="cam2", direction="sent") > 0
+
+    def srt_sessions() -> list[dict[str, Any]]:
+        listed = srt_server.api("GET", "/api/v3/session/active", params={"collectors": "srt"}).json()
+        return list(listed["srt"])
+
+    wait_until(lambda: len(srt_sessions()) == 2, 5, "the publisher and the reader as sessions")
+    assert {session["reference"] for session in srt_sessions()} == {"cam2"}
     ingest = srt_server.api("GET", "/api/v3/ingest").json()["srt"]
     assert ingest["enabled"] and ingest["port"] == port
     assert [publisher["name"] for publisher in ingest["publishers"]] == ["cam2"]

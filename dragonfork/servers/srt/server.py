@@ -23,7 +23,8 @@ import dataclasses
 import hmac
 import secrets
 import socket
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import structlog
 import trio
@@ -73,6 +74,21 @@ class Refusal(Exception):
     message: str
 
 
+class ConnectionObserver(Protocol):
+    """Hears of every connection and its end (the ``srt`` session collector)."""
+
+    def opened(
+        self,
+        socket_id: int,
+        stream: str,
+        publishing: bool,
+        remote: str,
+        traffic: Callable[[], tuple[int, int]],
+    ) -> None: ...
+
+    def closed(self, socket_id: int) -> None: ...
+
+
 class Channel:
     """One published stream: its publisher and readers; the publisher's payloads go to every reader."""
 
@@ -99,8 +115,9 @@ class _Peer:
 
 
 class SrtServer:
-    def __init__(self, settings: SrtSettings) -> None:
+    def __init__(self, settings: SrtSettings, observer: ConnectionObserver | None = None) -> None:
         self.settings = settings
+        self._observer = observer
         self.address: tuple[str, int] | None = None
         self.channels: dict[str, Channel] = {}
         self._peers: dict[int, _Peer] = {}
@@ -351,6 +368,10 @@ class SrtServer:
             extensions=extensions,
         )
         reply = pk.ControlPacket(pk.HANDSHAKE, 0, 0, 0, request.socket_id, answer.encode()).encode()
+        if self._observer is not None:
+            self._observer.opened(
+                socket_id, name, publishing, _display(address), lambda: _traffic(connection.stats)
+            )
         self._peers[socket_id] = _Peer(connection, stream_request, reply)
         self._by_caller[(address, request.socket_id)] = socket_id
         if publishing:
@@ -422,6 +443,8 @@ class SrtServer:
         self._by_caller.pop((connection.peer, connection.peer_socket_id), None)
         if notify:
             connection.shutdown()
+        if self._observer is not None:
+            self._observer.closed(connection.socket_id)
         self._flush_metrics(peer)
         name = peer.request.name
         channel = self.channels.get(name)
@@ -498,6 +521,11 @@ def _forget_stream_series(name: str) -> None:
             metric.remove(*labels)
 
 
+def _traffic(stats: ConnectionStats) -> tuple[int, int]:
+    """A connection's cumulative (received, sent) bytes, as the session collector reads them."""
+    return stats.recv_bytes, stats.sent_bytes
+
+
 def _role(publishing: bool) -> str:
     return "publisher" if publishing else "reader"
 
@@ -521,7 +549,8 @@ def _display_host(host: str) -> str:
 
 
 def _display(address: Any) -> str:
-    return f"{_display_host(address[0])}:{address[1]}"
+    host = _display_host(address[0])
+    return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
 
 
 def _bind(address: str) -> socket.socket:
