@@ -1,5 +1,5 @@
 """SRT wire format, stream ids, key material, the {srt,name=} placeholder, and a sender and receiver
-connection exchanging packets over a lossy in-memory path on a stepped clock."""
+connection exchanging packets over a lossy in-memory path on a stepped clock, a channel's reader boundary."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from dragonfork.servers.srt import handshake as hs
 from dragonfork.servers.srt import packet as pk
 from dragonfork.servers.srt.connection import TICK, ConnectionClosed, SrtConnection
 from dragonfork.servers.srt.crypto import KeyMaterialError, StreamKeys, unwrap_key_material
+from dragonfork.servers.srt.server import Channel
 from dragonfork.servers.srt.streamid import StreamIdError, StreamRequest, parse_stream_id
 
 
@@ -251,3 +252,24 @@ def test_a_sender_a_whole_window_ahead_is_followed_and_the_gap_counted_as_droppe
     link.sender.send_payload(b"next")
     assert link.delivered == [b"before", b"after", b"next"]
     assert link.receiver.stats.recv_drop_pkt == 10_000
+
+
+def test_a_reader_that_fails_on_a_payload_ends_alone() -> None:
+    def connection(send) -> SrtConnection:  # type: ignore[no-untyped-def]
+        return SrtConnection(
+            socket_id=1, peer_socket_id=9, peer=("127.0.0.1", 1), isn=0, latency=0.1,
+            keys=None, rekey=None, send=send, clock=lambda: 0.0,
+        )  # fmt: skip
+
+    def broken_socket(datagram: bytes, peer: tuple[str, int]) -> None:
+        raise RuntimeError("a bug below this reader")
+
+    received: list[bytes] = []
+    failed: list[SrtConnection] = []
+    channel = Channel("cam", connection(lambda datagram, peer: None), failed.append)
+    healthy = connection(lambda datagram, peer: received.append(datagram))
+    broken = connection(broken_socket)
+    channel.readers = {1: broken, 2: healthy}
+    channel.forward(b"payload")
+    assert failed == [broken]
+    assert len(received) == 1 and pk.parse(received[0]).payload == b"payload"  # type: ignore[union-attr]

@@ -90,16 +90,25 @@ class ConnectionObserver(Protocol):
 
 
 class Channel:
-    """One published stream: its publisher and readers; the publisher's payloads go to every reader."""
+    """One published stream: its publisher and readers; the publisher's payloads go to every reader.
 
-    def __init__(self, name: str, publisher: SrtConnection) -> None:
+    A reader that fails on a payload is handed to ``reader_failed`` and ends alone: neither the publisher
+    nor the other readers see its exception."""
+
+    def __init__(
+        self, name: str, publisher: SrtConnection, reader_failed: Callable[[SrtConnection], None]
+    ) -> None:
         self.name = name
         self.publisher = publisher
         self.readers: dict[int, SrtConnection] = {}
+        self._reader_failed = reader_failed
 
     def forward(self, payload: bytes) -> None:
-        for reader in self.readers.values():
-            reader.send_payload(payload)
+        for reader in list(self.readers.values()):
+            try:
+                reader.send_payload(payload)
+            except Exception:
+                self._reader_failed(reader)
 
 
 @dataclasses.dataclass
@@ -192,10 +201,9 @@ class SrtServer:
 
     def _send(self, datagram: bytes, address: Any) -> None:
         assert self._socket is not None
-        try:
+        # A full socket buffer or an unreachable peer loses the datagram, as the wire would.
+        with contextlib.suppress(OSError):
             self._socket.sendto(datagram, address)
-        except (BlockingIOError, OSError):
-            metrics.INGEST_REFUSALS.labels(PROTOCOL, "send_failed").inc()
 
     def _refused(self, reason: str) -> None:
         metrics.INGEST_REFUSALS.labels(PROTOCOL, reason).inc()
@@ -211,6 +219,9 @@ class SrtServer:
                 self._on_handshake(packet, address)
             except pk.PacketError:
                 self._refused("bad_handshake")
+            except Exception:  # a bug answering one caller must not end the server
+                log.exception("srt_handshake_failed", remote=_display(address))
+                metrics.FAILURES.labels("srt_handshake", "exception").inc()
             return
         peer = self._peers.get(packet.dest)
         if peer is None or peer.connection.peer != address:
@@ -375,7 +386,7 @@ class SrtServer:
         self._peers[socket_id] = _Peer(connection, stream_request, reply)
         self._by_caller[(address, request.socket_id)] = socket_id
         if publishing:
-            channel = Channel(name, connection)
+            channel = Channel(name, connection, lambda reader: self._failed(self._peers[reader.socket_id]))
             connection.attach_receiver(channel.forward)
             self.channels[name] = channel
             metrics.INGEST_PUBLISHERS.labels(PROTOCOL).inc()
