@@ -32,6 +32,8 @@ KEEPALIVE_INTERVAL = 1.0
 PEER_IDLE_TIMEOUT = 5.0
 RECEIVE_WINDOW = 8192
 """Packets ahead of the first missing one a receiver accepts (libsrt's default flow window)."""
+MAX_REPORTED_LOSSES = 1024
+"""Missing packets NAKed again and again at most (the timer walks them every tick)."""
 SEND_BUFFER_PACKETS = 8192
 MIN_NAK_INTERVAL = 0.02
 SEND_GRACE = 1.0
@@ -227,6 +229,8 @@ class SrtConnection:
             last = pk.seq_add(seq, -1)
             for missing in range(after_high - 1):
                 self._losses[pk.seq_add(first, missing)] = now
+            while len(self._losses) > MAX_REPORTED_LOSSES:  # the oldest wait for their time to play unasked
+                del self._losses[next(iter(self._losses))]
             stats.recv_loss_pkt += after_high - 1
             self._send_nak([(first, last)])
         if after_high > 0:
