@@ -67,7 +67,7 @@ class ConnectionStats:
 
 
 class ConnectionClosed(Exception):
-    """The connection is over (``reason``: shutdown by the peer, idle, or ended by the server)."""
+    """The connection is over; the message says why (shutdown by the peer, a silent peer)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -113,8 +113,9 @@ class SrtConnection:
         # receiving
         self._rcv_next = isn
         self._rcv_high = pk.seq_add(isn, -1)
+        # seq → (time to play, payload; None for a packet the sender gave up), received but not delivered
         self._buffer: dict[int, tuple[float, bytes | None]] = {}
-        self._losses: dict[int, float] = {}
+        self._losses: dict[int, float] = {}  # missing seq → when it was last NAKed, oldest first
         self._tsbpd_base: float | None = None
         self._timestamps = Unwrapper(32)  # SRT's µs timestamps wrap every 71 minutes
         self._acked_upto = isn
