@@ -115,6 +115,7 @@ def test_a_process_reading_srt_name_serves_the_publisher_over_whep(
 
     wait_until(lambda: len(srt_sessions()) == 2, 5, "the publisher and the reader as sessions")
     assert {session["reference"] for session in srt_sessions()} == {"cam2"}
+    assert metric(srt_server, "dragonfork_srt_rtt_seconds", stream="cam2", role="publisher") > 0
     ingest = srt_server.api("GET", "/api/v3/ingest").json()["srt"]
     assert ingest["enabled"] and ingest["port"] == port
     assert [publisher["name"] for publisher in ingest["publishers"]] == ["cam2"]
@@ -350,3 +351,26 @@ def test_a_config_reload_starts_reconfigures_and_stops_the_srt_server(tmp_path: 
         finally:
             stop(publisher)
         assert not server.api("GET", "/api/v3/ingest").json()["srt"]["enabled"]
+
+
+def test_a_publisher_killed_without_a_shutdown_is_ended_after_its_silence_and_so_are_its_readers(
+    srt_server: Server, tmp_path: Path
+) -> None:
+    port = port_of(srt_server)
+    publisher = publish_live(srt_url(port, "killed,mode:publish"), tmp_path / "publisher.log")
+    try:
+        wait_published(srt_server, "killed")
+        reader = subprocess.Popen(
+            [FFMPEG, "-hide_banner", "-i", srt_url(port, "killed,mode:request"), "-f", "null", "-"],
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: channels(srt_server)["subscriber"].get("killed"), 10, "the reader")
+        publisher.kill()  # SIGKILL: no SRT shutdown reaches the server
+        killed_at = time.monotonic()
+        wait_until(
+            lambda: "killed" not in channels(srt_server)["publisher"], 15, "the silent publisher to end"
+        )
+        assert time.monotonic() - killed_at >= 4  # ended by the 5 s peer timeout, not by anything else
+        assert reader.wait(15) is not None  # the server's shutdown ended the reader's input
+    finally:
+        stop(publisher)
