@@ -86,27 +86,22 @@ def log_asyncio_error(loop: object, context: dict[str, object]) -> None:
     )
 
 
-def settle_the_heap_for_serving() -> None:
-    """Keep CPython's full garbage collections short: they stop the event loop for as long as they run.
+def freeze_startup_objects() -> None:
+    """Exempt the ~100,000 objects alive after start-up (modules, classes, routes) from garbage collection.
 
-    A full (generation 2) collection walks every object the collector tracks. Two things made those walks
-    long (45-160 ms on a loaded 2-core machine, measured with a Trio instrument during the hostile fuzzer;
-    ``/ping`` waited for each):
+    CPython's full (generation 2) collection walks every object the collector tracks while the event loop
+    waits; aiortc's peer connections are reference cycles, so viewers setting up and ending trigger one
+    every second or two. With the start-up objects in it, each walk took 45-160 ms on a loaded 2-core
+    machine (measured with a Trio instrument under the hostile fuzzer; ``/ping`` waited for every one).
+    Those objects live as long as the server, so the permanent generation (``gc.freeze``) frees nothing
+    that could have been freed; a collection first keeps start-up garbage out of it.
 
-    - the ~100,000 objects of start-up (modules, classes, routes), walked by every collection although they
-      live as long as the server: they are moved to the permanent generation (``gc.freeze``), after a
-      collection so that no start-up garbage is kept forever;
-    - the default third threshold (10) lets ten young-generation passes of garbage pile up first: aiortc's
-      peer connections are reference cycles, so every viewer that ends leaves ~300 objects for the full
-      collection, and at dozens of viewer set-ups a second that was 30,000 objects per walk. With 1, CPython
-      still waits until the objects promoted since the last full collection are a quarter of the ones that
-      survived it (its own rule), so a big live heap is not walked more often than before; only the
-      garbage piling up between walks is cut, to a few milliseconds each.
+    The collector's thresholds stay CPython's: collecting the oldest generation more often shortened the
+    fuzzer's walks but lengthened the total under 200 HLS clients, whose live connections are what a walk
+    spends its time on.
     """
     gc.collect()
     gc.freeze()
-    young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, 1)
 
 
 async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None:
@@ -128,7 +123,7 @@ async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None
         await root.start(core.client_sessions.run)
         http_stopped = trio.Event()
         await root.start(_serve_http, core, http_stopped)
-        settle_the_heap_for_serving()
+        freeze_startup_objects()
         log.info(
             "ready",
             address=f"http://{loaded.settings.address}",
