@@ -10,7 +10,7 @@ WHEP session outlives the fuzzing, and ``/ping``'s 99th percentile stays under `
 That bound is 250 ms in the suite: it tells a blocked event loop (an offer parsed on the loop took ``/ping``
 to 1.78 s) from a busy CI machine, where the same server measured 60-240 ms at load averages of 5 to 20.
 Issue 9's target, 50 ms, is a figure of a quiet machine, measured with this same test:
-``FUZZ_PING_P99_MS=50 pytest -s tests/integration/test_hostile_fuzz.py`` (docs/whep.md, "Garbage collection and the event loop").
+``FUZZ_PING_P99_MS=50 pytest -s tests/integration/test_hostile_fuzz.py`` (figures in docs/whep.md).
 
 The fuzzer is the load, not what is measured: its threads (which build offers and tokens in Python) run on
 one CPU only and at a lower priority than the server and the ``/ping`` monitor, so on a two-core machine
