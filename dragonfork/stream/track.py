@@ -92,6 +92,9 @@ class Track:
         """The decoder configuration when the publisher sends it out of band (H.264: the
         AVCDecoderConfigurationRecord; AAC: the AudioSpecificConfig), for readers whose format carries it
         out of band too (RTMP, MP4). None when it only travels in band (SPS/PPS in the keyframes)."""
+        self.request_keyframe: Callable[[], None] | None = None
+        """Set by a publisher that can ask its encoder for a keyframe (WHIP: an RTCP PLI): called when a
+        video subscriber must wait for one (no keyframe-cache burst), so it does not wait a whole GOP."""
         self.frames = 0
         self.keyframes = 0
         kind = codec.kind
@@ -169,6 +172,8 @@ class Track:
                 metrics.KEYFRAME_BURSTS.inc()
             else:
                 subscription._awaiting_keyframe = True
+                if self.request_keyframe is not None:
+                    self.request_keyframe()
         self._subscribers.append(subscription)
 
     def _detach(self, subscription: Subscription) -> None:
