@@ -113,6 +113,41 @@ def validate_offer(offer_sdp: str, *, stream_has_audio: bool, limits: OfferLimit
     them by multicast with a 1 s timeout (which fails in containers) inside ``setRemoteDescription``, so they
     would delay every answer. The browser's address is learnt from its connectivity checks instead.
     """
+    parsed = _parse_offer(offer_sdp, limits, WHEP)
+    video, audio = parsed.video, parsed.audio
+    if not any(_is_sendable_h264(codec) for codec in video.rtp.codecs):
+        raise OfferRejected(
+            406,
+            "the video m-line offers no H.264 with packetization-mode=1 in profile "
+            f"{' or '.join(H264_PROFILES.values())}; offered: {_describe_codecs(video)}",
+        )
+    if stream_has_audio and audio is not None and not any(_is_opus(codec) for codec in audio.rtp.codecs):
+        raise OfferRejected(406, f"the audio m-line offers no opus/48000; offered: {_describe_codecs(audio)}")
+    return parsed.offer
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Signalling:
+    """Which way the media of an offer flows: a WHEP client receives, a WHIP client sends (RFC 9725)."""
+
+    protocol: str
+    directions: tuple[str, str]
+    video_needed: str  # what the 406 for an offer without video says
+
+
+WHEP = _Signalling("WHEP", ("recvonly", "sendrecv"), "this stream sends H.264 video")
+WHIP = _Signalling("WHIP", ("sendonly", "sendrecv"), "this server takes H.264 video")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ParsedOffer:
+    offer: Offer
+    video: MediaDescription
+    audio: MediaDescription | None
+
+
+def _parse_offer(offer_sdp: str, limits: OfferLimits | None, signalling: _Signalling) -> _ParsedOffer:
+    """The checks every offer passes (limits, shape, transport, BUNDLE, a video m-line), both directions."""
     limits = limits or OfferLimits.default()
     limits.check_size(offer_sdp, "offer", OfferRejected)
     lines = offer_sdp.strip().splitlines()
@@ -132,31 +167,94 @@ def validate_offer(offer_sdp: str, *, stream_has_audio: bool, limits: OfferLimit
     credentials: dict[int, tuple[str, str]] = {}  # ICE ufrag and pwd of each audio/video m-line, by index
     for index, section in enumerate(description.media):
         if section.kind in ("audio", "video"):
-            credentials[index] = _check_media_section(index, section)
+            credentials[index] = _check_media_section(index, section, signalling)
     video_index = next((i for i in credentials if description.media[i].kind == "video"), None)
     audio = next((description.media[i] for i in credentials if description.media[i].kind == "audio"), None)
     if video_index is None:
-        raise OfferRejected(406, "the offer has no video m-line; this stream sends H.264 video")
-    video = description.media[video_index]
-    if not any(_is_sendable_h264(codec) for codec in video.rtp.codecs):
-        raise OfferRejected(
-            406,
-            "the video m-line offers no H.264 with packetization-mode=1 in profile "
-            f"{' or '.join(H264_PROFILES.values())}; offered: {_describe_codecs(video)}",
-        )
-    if stream_has_audio and audio is not None and not any(_is_opus(codec) for codec in audio.rtp.codecs):
-        raise OfferRejected(406, f"the audio m-line offers no opus/48000; offered: {_describe_codecs(audio)}")
+        raise OfferRejected(406, f"the offer has no video m-line; {signalling.video_needed}")
 
     bundle = next((group for group in description.group if group.semantic == "BUNDLE"), None)
     _check_bundle(description, bundle.items if bundle else None)
     ice_ufrag, ice_pwd = credentials[video_index]
-    return Offer(
+    offer = Offer(
         sdp=sdp,
         has_audio=audio is not None,
         ice_ufrag=ice_ufrag,
         ice_pwd=ice_pwd,
         bundle_mid=str(bundle.items[0]) if bundle and bundle.items else None,
     )
+    return _ParsedOffer(offer, description.media[video_index], audio)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PublisherOffer:
+    """A validated WHIP offer: ``offer.sdp`` is what aiortc negotiates, ``h264_fmtp`` what the answer says."""
+
+    offer: Offer
+    h264_fmtp: dict[int, str]
+    """Payload type → the offer's own ``a=fmtp`` line, for each H.264 format whose profile aiortc does not
+    know: aiortc is shown constrained baseline there (it matches only two profiles, and it never decodes a
+    publisher's media here), and ``answer_publisher`` puts the publisher's profile back into the answer."""
+
+
+def validate_publisher_offer(offer_sdp: str, limits: OfferLimits | None = None) -> PublisherOffer:
+    """Check a WHIP offer: H.264 (packetization-mode 1, any profile) video and, if offered, Opus audio.
+
+    Raises ``OfferRejected``: 400 for a malformed offer or the wrong direction, 406 naming what was offered
+    when there is no usable codec (VP8 or VP9 alone included: the hub carries H.264 video).
+    """
+    parsed = _parse_offer(offer_sdp, limits, WHIP)
+    video, audio = parsed.video, parsed.audio
+    usable = [codec for codec in video.rtp.codecs if _is_h264_mode1(codec)]
+    if not usable:
+        raise OfferRejected(
+            406,
+            "the video m-line offers no H.264 with packetization-mode=1 (this server takes H.264 video, "
+            f"any profile); offered: {_describe_codecs(video)}",
+        )
+    if audio is not None and not any(_is_opus(codec) for codec in audio.rtp.codecs):
+        raise OfferRejected(406, f"the audio m-line offers no opus/48000; offered: {_describe_codecs(audio)}")
+    unknown = {codec.payloadType for codec in usable if not _is_sendable_h264(codec)}
+    lines = parsed.offer.sdp.splitlines()
+    originals: dict[int, str] = {}
+    for index, line in _video_fmtp_lines(lines):
+        payload_type = int(line.split(":", 1)[1].split(" ", 1)[0])
+        if payload_type in unknown:
+            originals[payload_type] = line
+            lines[index] = _with_profile(line, "42e01f")
+    offer = dataclasses.replace(parsed.offer, sdp="\r\n".join(lines) + "\r\n")
+    return PublisherOffer(offer, originals)
+
+
+def answer_publisher(answer_sdp: str, offer: PublisherOffer) -> str:
+    """aiortc's answer with the publisher's own H.264 ``a=fmtp`` lines where ``validate_publisher_offer``
+    had to show aiortc another profile."""
+    if not offer.h264_fmtp:
+        return answer_sdp
+    lines = answer_sdp.splitlines()
+    for index, line in _video_fmtp_lines(lines):
+        payload_type = int(line.split(":", 1)[1].split(" ", 1)[0])
+        if payload_type in offer.h264_fmtp:
+            lines[index] = offer.h264_fmtp[payload_type]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _video_fmtp_lines(lines: list[str]) -> list[tuple[int, str]]:
+    """(index, line) of each well-formed ``a=fmtp:<payload type> ...`` line of the video m-section."""
+    found = []
+    in_video = False
+    for index, line in enumerate(lines):
+        if line.startswith("m="):
+            in_video = line.startswith("m=video ")
+        elif in_video and line.startswith("a=fmtp:") and line[7:].split(" ", 1)[0].isdigit():
+            found.append((index, line))
+    return found
+
+
+def _with_profile(fmtp_line: str, profile_level_id: str) -> str:
+    head, _, parameters = fmtp_line.partition(" ")
+    kept = [p for p in parameters.split(";") if p.strip() and not p.strip().startswith("profile-level-id=")]
+    return f"{head} {';'.join([*kept, f'profile-level-id={profile_level_id}'])}"
 
 
 def _check_shape(lines: list[str], limits: OfferLimits) -> None:
@@ -220,13 +318,14 @@ def _check_bundle(description: SessionDescription, bundle: Sequence[object] | No
         raise OfferRejected(400, f"the m-section with mid {outside[0]!r} is not in the a=group:BUNDLE")
 
 
-def _check_media_section(index: int, media: MediaDescription) -> tuple[str, str]:
+def _check_media_section(index: int, media: MediaDescription, signalling: _Signalling) -> tuple[str, str]:
     """Raise ``OfferRejected`` unless aiortc can answer this audio/video m-line; return its ICE ufrag, pwd."""
     where = f"m-line {index} ({media.kind})"
+    expected = f"a {signalling.protocol} offer is {' or '.join(signalling.directions)}"
     if media.direction is None:
-        raise OfferRejected(400, f"{where} has no direction attribute; a WHEP offer is recvonly or sendrecv")
-    if media.direction not in ("recvonly", "sendrecv"):
-        raise OfferRejected(400, f"{where} is {media.direction}; a WHEP offer is recvonly or sendrecv")
+        raise OfferRejected(400, f"{where} has no direction attribute; {expected}")
+    if media.direction not in signalling.directions:
+        raise OfferRejected(400, f"{where} is {media.direction}; {expected}")
     if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
         raise OfferRejected(400, f"{where} has no ICE credentials (a=ice-ufrag and a=ice-pwd)")
     if media.dtls is None or not media.dtls.fingerprints:
@@ -236,10 +335,16 @@ def _check_media_section(index: int, media: MediaDescription) -> tuple[str, str]
     return media.ice.usernameFragment, media.ice.password
 
 
+def _is_h264_mode1(codec: RTCRtpCodecParameters) -> bool:
+    return (
+        codec.mimeType.lower() == "video/h264"
+        and codec.clockRate == 90_000
+        and str(codec.parameters.get("packetization-mode", "0")) == "1"
+    )
+
+
 def _is_sendable_h264(codec: RTCRtpCodecParameters) -> bool:
-    if codec.mimeType.lower() != "video/h264" or codec.clockRate != 90_000:
-        return False
-    if str(codec.parameters.get("packetization-mode", "0")) != "1":
+    if not _is_h264_mode1(codec):
         return False
     # Like aiortc, read a missing profile-level-id as constrained baseline level 3.1.
     try:
