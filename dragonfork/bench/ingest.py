@@ -50,6 +50,7 @@ from dragonfork.servers.rtmp import amf0, flv
 from dragonfork.servers.rtmp import messages as msg
 from dragonfork.servers.rtmp.chunks import ChunkReader, ChunkWriter, Message
 from dragonfork.servers.rtmp.handshake import HANDSHAKE_SIZE
+from dragonfork.stream import avc
 
 WIDTH, HEIGHT, FPS = 640, 360, 30
 BITRATE = 4_000_000
@@ -201,7 +202,7 @@ class RtmpPublisher:
             for packet in encoder.encode(frame):
                 data = bytes(packet)
                 if packet.is_keyframe:
-                    config = flv.avc_config_from_access_unit(data)
+                    config = avc.avc_config_from_access_unit(data)
                     if config is not None and config != sent_config:
                         sent_config = config
                         tag = flv.video_sequence_header(config)
@@ -210,7 +211,7 @@ class RtmpPublisher:
                         )
                 if sent_config is None:
                     continue
-                tag = flv.video_tag(packet.is_keyframe, 0, flv.annex_b_to_avcc(data))
+                tag = flv.video_tag(packet.is_keyframe, 0, avc.annex_b_to_avcc(data))
                 await self._send(writer, Message(msg.VIDEO, 1, timestamp, tag, msg.VIDEO_CHUNK_STREAM))
                 self.frames += 1
             await asyncio.sleep(max(0.0, started + (self.frames + 1) / FPS - time.monotonic()))

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
+from dragonfork.servers import SignallingRefused, answer_entity_tag, entity_tag_matches
 from dragonfork.servers.whep.sessions import ViewerCapReached, ViewerObserver, ViewerRefused, ViewerSessions
 from dragonfork.stream.directory import StreamDirectory, StreamNotLive
 from dragonfork.stream.stream import StreamEnded
@@ -43,26 +43,8 @@ class PublisherStatus:
     state: str
 
 
-class WhepRefused(Exception):
+class WhepRefused(SignallingRefused):
     """An offer, trickle or session request that cannot be served; ``status`` is the HTTP status."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        field: str | None = None,
-        details: list[str] | None = None,
-        retry_after: int | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.field = field
-        self.details = details  # "<field>: <text>" entries, when the message alone does not say enough
-        self.retry_after = retry_after
-        self.headers = headers or {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +54,7 @@ class WhepSession:
 
     @property
     def etag(self) -> str:
-        """A strong tag that changes with the answer (and so with the ICE credentials)."""
-        return f'"{hashlib.sha256(self.answer.encode()).hexdigest()[:24]}"'
+        return answer_entity_tag(self.answer)
 
 
 class WhepServer:
@@ -163,7 +144,7 @@ class WhepServer:
         ``if_match`` is the request's ``If-Match``: when present it must be ``*`` or the session's ETag.
         """
         viewer = self._session(name, resource_id)
-        if if_match is not None and not _matches(if_match, viewer.entity_tag):
+        if if_match is not None and not entity_tag_matches(if_match, viewer.entity_tag):
             raise WhepRefused(
                 412,
                 f"If-Match {if_match[:80]!r} is not this session's ETag {viewer.entity_tag}",
@@ -180,8 +161,3 @@ class WhepServer:
         viewer = self.sessions.get(resource_id)
         if viewer is not None and viewer.process_id == name:
             viewer.close(CloseReason.DELETE)
-
-
-def _matches(if_match: str, entity_tag: str) -> bool:
-    """RFC 9110 §13.1.1: ``*`` or a list of entity tags, compared strongly (a weak ``W/`` never matches)."""
-    return if_match.strip() == "*" or entity_tag in (tag.strip() for tag in if_match.split(","))
