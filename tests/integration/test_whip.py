@@ -1,0 +1,131 @@
+"""WHIP ingest with FFmpeg's own WHIP muxer as the publisher (real FFmpeg, real aiortc, real HTTP).
+
+A process reading ``{whip,name=cam3}`` goes live and plays over WHEP with video and audio; the publisher
+leaving ends the process's input and the process reconnects when it is back; an offer with no usable codec
+is refused for that client only while the publisher and a viewer keep streaming.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from harness import Server, metric, running_server, whep_url
+from rtmp_helpers import Publisher, play
+from whep_peers import play as whep_play
+from whep_peers import start_client
+from whip_helpers import vp8_only_offer, whip_publish_command
+
+NAME = "cam3"
+PROCESS = "studio"
+
+
+def whip_url(server: Server, name: str = NAME) -> str:
+    return f"{server.url}/api/v3/whip/{name}"
+
+
+def publisher(server: Server, directory: Path, name: str = NAME, **options: str) -> Publisher:
+    url = whip_url(server, name)
+    return Publisher(url, directory / f"whip-{name}.log", command=whip_publish_command(url, **options))
+
+
+def live_publishers(server: Server) -> list[str]:
+    return [entry["name"] for entry in server.api("GET", "/api/v3/ingest").json()["whip"]["publishers"]]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    directory = tmp_path_factory.mktemp("whip")
+    with running_server(directory, CORE_SESSIONS_IP_IGNORELIST="") as running:
+        running.directory = directory  # type: ignore[attr-defined]
+        yield running
+
+
+@pytest.fixture(scope="module")
+def studio(server: Server) -> Iterator[Publisher]:
+    """FFmpeg publishing cam3 (High profile + Opus) and a process reading it, serving WebRTC."""
+    with publisher(server, server.directory) as running:  # type: ignore[attr-defined]
+        server.wait_for(lambda: live_publishers(server) == [NAME], 20, "the WHIP publisher")
+        config = {
+            "id": PROCESS,
+            "input": [{"address": f"{{whip,name={NAME}}}", "options": []}],
+            "output": [],
+            "webrtc": {"enabled": True},
+            "reconnect": True,
+            "reconnect_delay_seconds": 1,
+        }
+        assert server.api("POST", "/api/v3/process", json=config).status_code == 200
+        server.wait_state(PROCESS, "running", timeout=20)
+        yield running
+
+
+def test_a_process_reading_whip_goes_live_and_plays_over_whep(server: Server, studio: Publisher) -> None:
+    command = server.api("GET", f"/api/v3/process/{PROCESS}/state").json()["command"]
+    assert f"{server.url}/api/v3/whip/{NAME}/stream.mkv" in command  # {whip,name=} needs no option
+
+    report = whep_play(whep_url(server, PROCESS), duration=4)
+
+    assert report["status"] == 201 and report["error"] is None, report
+    assert report["video_frames_decoded"] > 40 and report["audio_frames"] > 50, report
+    assert metric(server, "dragonfork_ingest_publishers_active", protocol="whip") == 1
+    assert metric(server, "dragonfork_ingest_packets_total", protocol="whip", kind="audio") > 0
+    sessions = server.api("GET", "/api/v3/session/active", params={"collectors": "webrtc"}).json()["webrtc"]
+    assert any(
+        session["local"] == f"/api/v3/whip/{NAME}" and session["bytes_rx"] > 0 for session in sessions
+    )
+
+
+def test_ffmpeg_reads_the_matroska_stream_with_both_tracks(server: Server, studio: Publisher) -> None:
+    result = play(f"{server.url}/api/v3/whip/{NAME}/stream.mkv", seconds=2)
+
+    assert "Video: h264" in result.stderr and "Audio: opus" in result.stderr, result.stderr[-2000:]
+    assert "frame=" in result.stderr and result.returncode == 0
+
+
+def test_an_offer_with_no_usable_codec_is_refused_for_that_client_only(
+    server: Server, studio: Publisher
+) -> None:
+    viewer = start_client(whep_url(server, PROCESS), duration=6)
+    received_before = metric(server, "dragonfork_ingest_bytes_received_total", protocol="whip")
+
+    refused = httpx.post(
+        whip_url(server, "other"), content=vp8_only_offer(), headers={"Content-Type": "application/sdp"}
+    )
+    garbage = httpx.post(
+        whip_url(server, "other"), content="v=0\r\nnot sdp", headers={"Content-Type": "application/sdp"}
+    )
+
+    assert refused.status_code == 406, refused.text
+    message = refused.json()["message"]
+    assert "no H.264" in message and "VP8/90000" in message and "VP9/90000" in message, message
+    assert garbage.status_code == 400, garbage.text
+    assert metric(server, "dragonfork_ingest_refused_total", protocol="whip", reason="codec") >= 1
+    report = viewer.report()
+    assert report["error"] is None and not report["server_closed"], report
+    assert report["video_frames_decoded"] > 60, report  # the viewer kept playing through the refusals
+    assert metric(server, "dragonfork_ingest_bytes_received_total", protocol="whip") > received_before
+    assert live_publishers(server) == [NAME] and server.state(PROCESS)["exec"] == "running"
+
+
+def test_a_second_publisher_of_a_live_name_is_409(server: Server, studio: Publisher) -> None:
+    offer = vp8_only_offer()  # the name is checked before the offer
+
+    response = httpx.post(whip_url(server), content=offer, headers={"Content-Type": "application/sdp"})
+
+    assert response.status_code == 409 and "already being published" in response.json()["message"]
+
+
+def test_the_publisher_leaving_ends_the_input_and_the_process_reconnects(
+    server: Server, studio: Publisher
+) -> None:
+    studio.stop()  # FFmpeg's muxer sends DELETE on its way out
+    server.wait_for(lambda: server.state(PROCESS)["exec"] != "running", 10, "the process's input to end")
+    assert live_publishers(server) == []
+
+    with publisher(server, server.directory, profile="baseline"):  # type: ignore[attr-defined]
+        server.wait_state(PROCESS, "running", timeout=30)
+        report = whep_play(whep_url(server, PROCESS), duration=3)
+        assert report["video_frames_decoded"] > 20 and report["audio_frames"] > 30, report
+    assert metric(server, "dragonfork_whip_publishers_closed_total", reason="delete") >= 1
