@@ -76,12 +76,12 @@ class MatroskaWriter:
         milliseconds = self._milliseconds(frame)
         if milliseconds < 0:
             return out  # audio from before the file's start
-        keyframe = frame.kind == "video" and frame.keyframe
+        video_keyframe = frame.kind == "video" and frame.keyframe
         cluster_at = self._cluster_at
         if (
             cluster_at is None
             or milliseconds - cluster_at >= CLUSTER_MILLISECONDS
-            or (keyframe and milliseconds != cluster_at)
+            or (video_keyframe and milliseconds != cluster_at)
             or milliseconds < cluster_at
         ):
             out += b"\x1f\x43\xb6\x75" + UNKNOWN_SIZE + _uint(0xE7, milliseconds)
@@ -89,7 +89,7 @@ class MatroskaWriter:
         data = avc.annex_b_to_avcc(frame.data) if frame.kind == "video" else frame.data
         track = VIDEO_TRACK if frame.kind == "video" else AUDIO_TRACK
         header = bytes([0x80 | track]) + struct.pack(
-            ">hB", milliseconds - cluster_at, 0x80 if keyframe else 0
+            ">hB", milliseconds - cluster_at, 0x80 if frame.keyframe else 0
         )
         return out + _element(0xA3, header + data)
 
