@@ -33,6 +33,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
     "--autoplay-policy=no-user-gesture-required",
+    # A fake camera and microphone, granted without a prompt: the WHIP publisher test's getUserMedia.
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
 ]
 VIEWPORT = {"width": 1280, "height": 800}
 # The bottom of the page's content: <main> or an open dialog, whichever reaches lower.

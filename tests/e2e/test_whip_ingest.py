@@ -1,0 +1,83 @@
+"""WHIP ingest from a browser: Chromium's fake camera publishes through the npm package ``whip-whep``
+(``WHIPClient``, installed by the test setup into a cache directory), a process reads ``{whip,name=cam3}``,
+and a second page plays the process over WHEP with video and audio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import pytest
+from e2e_helpers import npm_package, video_pixels, wait_for_media, wait_for_webrtc_ready, whep_url
+from harness import Server, running_server
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+pytestmark = pytest.mark.e2e
+
+WHIP_WHEP_VERSION = "1.2.0"
+PUBLISH = """async (url) => {
+  const constraints = { video: { width: 320, height: 240 }, audio: true };
+  const media = await navigator.mediaDevices.getUserMedia(constraints);
+  const pc = new RTCPeerConnection();
+  for (const track of media.getTracks()) pc.addTransceiver(track, { direction: "sendonly" });
+  const client = new window.WHIPClient();
+  await client.publish(pc, url);
+  window.publisher = { pc, client };
+  return pc.getTransceivers().map((t) => t.sender.track.kind);
+}"""
+
+
+@pytest.fixture(scope="module")
+def whip_client() -> str:
+    """whip-whep's whip.js as a module script that puts ``WHIPClient`` on ``window``."""
+    script = (npm_package(f"whip-whep@{WHIP_WHEP_VERSION}") / "whip-whep" / "whip.js").read_text()
+    return script + "\nwindow.WHIPClient = WHIPClient;\n"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(tmp_path_factory.mktemp("whip-e2e")) as running:
+        yield running
+
+
+def test_chromium_publishes_over_whip_and_a_browser_plays_the_process(
+    new_page: Callable[..., Page], server: Server, whip_client: str, screenshot: Callable[..., Any]
+) -> None:
+    publisher = new_page()
+    publisher.goto(f"{server.url}/ping")
+    publisher.add_script_tag(content=whip_client, type="module")
+    publisher.wait_for_function("window.WHIPClient !== undefined")
+    kinds = publisher.evaluate(PUBLISH, f"{server.url}/api/v3/whip/cam3")
+    assert sorted(kinds) == ["audio", "video"]
+    server.wait_for(
+        lambda: (
+            [p["name"] for p in server.api("GET", "/api/v3/ingest").json()["whip"]["publishers"]] == ["cam3"]
+        ),
+        15,
+        "the browser's WHIP session",
+    )
+    config = {
+        "id": "browsercam",
+        "input": [{"address": "{whip,name=cam3}", "options": []}],
+        "output": [],
+        "webrtc": {"enabled": True},
+        "reconnect": True,
+        "reconnect_delay_seconds": 1,
+    }
+    assert server.api("POST", "/api/v3/process", json=config).status_code == 200
+    wait_for_webrtc_ready(server, "browsercam", timeout=30)
+
+    player = new_page()
+    player.goto(f"{server.url}/whep-player.html?url={quote(whep_url(server, 'browsercam'), safe='')}")
+    player.click("#play")
+    wait_for_media(player, server, frames=30, timeout=20)
+    pixels = video_pixels(player, "video")
+    assert pixels["width"] > 0 and pixels["litFraction"] > 0.3, pixels
+    screenshot(player, "whip-browser-publisher")
+
+    publisher.evaluate("window.publisher.client.stop()")  # DELETE: the publisher leaves
+    server.wait_for(lambda: server.state("browsercam")["exec"] != "running", 15, "the input to end")
