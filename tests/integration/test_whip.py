@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import Server, metric, running_server, whep_url
+from harness import Server, metric, running_logged_in, running_server, whep_url
 from rtmp_helpers import Publisher, play
 from whep_peers import play as whep_play
 from whep_peers import start_client
@@ -72,9 +72,7 @@ def test_a_process_reading_whip_goes_live_and_plays_over_whep(server: Server, st
     assert metric(server, "dragonfork_ingest_publishers_active", protocol="whip") == 1
     assert metric(server, "dragonfork_ingest_packets_total", protocol="whip", kind="audio") > 0
     sessions = server.api("GET", "/api/v3/session/active", params={"collectors": "webrtc"}).json()["webrtc"]
-    assert any(
-        session["local"] == f"/api/v3/whip/{NAME}" and session["bytes_rx"] > 0 for session in sessions
-    )
+    assert any(session["local"] == f"/api/v3/whip/{NAME}" and session["bytes_rx"] > 0 for session in sessions)
 
 
 def test_ffmpeg_reads_the_matroska_stream_with_both_tracks(server: Server, studio: Publisher) -> None:
@@ -129,3 +127,23 @@ def test_the_publisher_leaving_ends_the_input_and_the_process_reconnects(
         report = whep_play(whep_url(server, PROCESS), duration=3)
         assert report["video_frames_decoded"] > 20 and report["audio_frames"] > 30, report
     assert metric(server, "dragonfork_whip_publishers_closed_total", reason="delete") >= 1
+
+
+def test_with_auth_whip_needs_a_bearer_token_and_the_process_reads_with_its_key(tmp_path: Path) -> None:
+    with running_logged_in(tmp_path, "admin", "whip-secret-pw") as server:
+        offer = {"content": vp8_only_offer(), "headers": {"Content-Type": "application/sdp"}}
+        anonymous = httpx.post(whip_url(server, "locked"), **offer)  # type: ignore[arg-type]
+        assert anonymous.status_code == 401 and "Bearer" in anonymous.headers["WWW-Authenticate"]
+        url = whip_url(server, "locked")
+        command = whip_publish_command(url, profile="baseline", audio=False, token=server.token)
+        with Publisher(url, tmp_path / "whip-locked.log", command=command):
+            server.wait_for(lambda: live_publishers(server) == ["locked"], 20, "the publisher with a token")
+            keyless = httpx.get(f"{url}/stream.mkv", timeout=10)
+            assert keyless.status_code == 403 and "key" in keyless.json()["message"]
+            config = {"id": "locked-view", "input": [{"address": "{whip,name=locked}"}], "output": []}
+            config["webrtc"] = {"enabled": True}
+            assert server.api("POST", "/api/v3/process", json=config).status_code == 200
+            running = server.wait_state("locked-view", "running", timeout=20)
+            assert any(part.startswith(f"{url}/stream.mkv?key=") for part in running["command"])
+            report = whep_play(whep_url(server, "locked-view"), duration=2, token=server.token)
+            assert report["video_frames_decoded"] > 10, report
