@@ -60,16 +60,27 @@ def test_chromium_publishes_over_whip_and_a_browser_plays_the_process(
         15,
         "the browser's WHIP session",
     )
-    config = {
-        "id": "browsercam",
-        "input": [{"address": "{whip,name=cam3}", "options": []}],
-        "output": [],
-        "webrtc": {"enabled": True},
-        "reconnect": True,
-        "reconnect_delay_seconds": 1,
-    }
-    assert server.api("POST", "/api/v3/process", json=config).status_code == 200
+
+    # The admin UI lists the publisher, says where to publish, and its form makes the process.
+    admin = new_page()
+    admin.goto(server.url)
+    row = admin.wait_for_selector("#publisher-rows tr[data-publisher='cam3']")
+    assert "WHIP" in row.inner_text()
+    assert f"{server.url}/api/v3/whip/NAME" in admin.inner_text("#publish-here")
+    admin.click("#new-process")
+    admin.fill("#editor input[name=id]", "browsercam")
+    admin.select_option("#editor select[name=ingest-protocol]", "whip")
+    admin.fill("#editor input[name=ingest-name]", "cam3")
+    admin.click("#editor [data-add=ingest]")
+    assert admin.input_value("#editor [data-io=input] input[name=io-address]") == "{whip,name=cam3}"
+    admin.click("#editor [data-io=output] [data-action=remove]")
+    admin.check("#editor input[name='webrtc.enabled']")
+    admin.click("#editor button[type=submit]")
+    admin.wait_for_selector("#editor", state="hidden")
     wait_for_webrtc_ready(server, "browsercam", timeout=30)
+    admin.click("tr[data-id=browsercam] .publish-to summary")
+    assert f"{server.url}/api/v3/whip/cam3" in admin.inner_text("tr[data-id=browsercam] .publish-to")
+    screenshot(admin, "admin-whip-ingest")
 
     player = new_page()
     player.goto(f"{server.url}/whep-player.html?url={quote(whep_url(server, 'browsercam'), safe='')}")

@@ -72,6 +72,7 @@ def ingest_blueprint(core: Core) -> Blueprint:
                 publishers=[
                     {
                         "name": publisher.name,
+                        "remote": publisher.remote,
                         "state": publisher.state,
                         "uptime_seconds": round(now - publisher.since, 1),
                         "bytes_received": publisher.bytes_received,

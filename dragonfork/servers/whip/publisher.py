@@ -90,9 +90,11 @@ class PublisherSettings:
 class WhipPublisher:
     """A WHIP session. Create it, start ``run`` with ``nursery.start``, then PATCH/DELETE through it."""
 
-    def __init__(self, name: str, settings: PublisherSettings) -> None:
+    def __init__(self, name: str, settings: PublisherSettings, *, remote: str = "") -> None:
         self.id = secrets.token_urlsafe(24)
         self.name = name
+        self.remote = remote
+        """The publisher's address as its HTTP request came (the media may come from another of its own)."""
         self.settings = settings
         self.state = PublisherState.ANSWERING
         self.end_reason: EndReason | None = None

@@ -82,6 +82,7 @@ class WhipPublisherInfo:
 
     name: str
     session: str
+    remote: str
     state: str
     since: float
     bytes_received: int
@@ -106,6 +107,7 @@ class WhipServer:
             WhipPublisherInfo(
                 name=name,
                 session=publisher.id,
+                remote=publisher.remote,
                 state=publisher.state.value,
                 since=publisher.since,
                 bytes_received=publisher.bytes_received,
@@ -142,7 +144,7 @@ class WhipServer:
                 "whip.max_publishers",
                 retry_after=RETRY_AFTER_FULL,
             )
-        publisher = WhipPublisher(name, self.settings.publisher)
+        publisher = WhipPublisher(name, self.settings.publisher, remote=getattr(client, "address", ""))
         try:
             answer: str = await nursery.start(self._run_publisher, publisher, offer_sdp, client)
         except SdpRejected as exc:
