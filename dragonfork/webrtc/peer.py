@@ -89,6 +89,26 @@ async def close_peer_connection(pc: RTCPeerConnection, **log_fields: Any) -> Non
         log.warning("peer_close_timeout", **log_fields)
 
 
+class ConnectionStates:
+    """Waits on a peer connection's ``connectionState`` from Trio (aiortc reports changes on asyncio)."""
+
+    def __init__(self, pc: RTCPeerConnection) -> None:
+        self._pc = pc
+        self._changed = trio.Event()
+        pc.on("connectionstatechange", self._notify)
+
+    async def wait_for(self, states: set[str]) -> str:
+        """The connection's state once it is one of ``states`` (at once if it is already)."""
+        while self._pc.connectionState not in states:
+            self._changed = trio.Event()
+            await self._changed.wait()
+        state: str = self._pc.connectionState
+        return state
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+
 def leaf_type(exc: BaseException) -> str:
     """The name of the exception that started it all (the first leaf of nested exception groups)."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:

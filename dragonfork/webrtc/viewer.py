@@ -43,7 +43,13 @@ from aiortc import (
 from trio_asyncio import aio_as_trio
 
 from dragonfork import metrics
-from dragonfork.webrtc.peer import add_trickled_candidates, close_peer_connection, leaf_type, negotiate
+from dragonfork.webrtc.peer import (
+    ConnectionStates,
+    add_trickled_candidates,
+    close_peer_connection,
+    leaf_type,
+    negotiate,
+)
 from dragonfork.webrtc.sdp import (
     Offer,
     OfferLimits,
@@ -130,7 +136,7 @@ class Viewer:
         self._offered_at = 0.0
         self._offer: Offer | None = None
         self._pc: RTCPeerConnection | None = None
-        self._pc_state_changed = trio.Event()
+        self._pc_states: ConnectionStates | None = None
         self._closing = False  # in ``run``'s finally: our own pc.close() stops the senders
         self._stream: Stream | None = None
         self._remote_candidates = 0  # trickled so far, bounded by offer_limits.max_candidates
@@ -171,7 +177,7 @@ class Viewer:
         pc = self._pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[RTCIceServer(**server) for server in self.settings.ice_servers])
         )
-        pc.on("connectionstatechange", self._notify_pc_state)
+        self._pc_states = ConnectionStates(pc)
         try:
             with self._scope:
                 self.state = ViewerState.ANSWERING
@@ -238,7 +244,7 @@ class Viewer:
         """Wait for ICE+DTLS until the deadline; True when connected, else the viewer is closed."""
         state = "timeout"
         with trio.move_on_at(deadline):
-            state = await self._wait_for_pc_state(pc, {"connected", "failed", "closed"})
+            state = await self._wait_for_pc_state({"connected", "failed", "closed"})
         if state != "connected":
             self.close(_PC_END_REASONS.get(state, CloseReason.HANDSHAKE_TIMEOUT))
             return False
@@ -268,7 +274,7 @@ class Viewer:
         self.close(CloseReason.STREAM_ENDED)
 
     async def _watch_pc_state(self, pc: RTCPeerConnection) -> None:
-        state = await self._wait_for_pc_state(pc, set(_PC_END_REASONS))
+        state = await self._wait_for_pc_state(set(_PC_END_REASONS))
         self.close(_PC_END_REASONS[state])
 
     async def _watch_receiver_reports(self, pc: RTCPeerConnection, video: FrameTrack) -> None:
@@ -284,14 +290,9 @@ class Viewer:
                 self.close(CloseReason.ICE_DISCONNECTED)
                 return
 
-    async def _wait_for_pc_state(self, pc: RTCPeerConnection, states: set[str]) -> str:
-        while pc.connectionState not in states:
-            self._pc_state_changed = trio.Event()
-            await self._pc_state_changed.wait()
-        return pc.connectionState
-
-    def _notify_pc_state(self) -> None:
-        self._pc_state_changed.set()
+    async def _wait_for_pc_state(self, states: set[str]) -> str:
+        assert self._pc_states is not None  # set with the peer connection, before anything waits
+        return await self._pc_states.wait_for(states)
 
     def _on_track_stopped(self, track: FrameTrack) -> None:
         """aiortc stopped one of our tracks: its sender task ended. Unless we are closing, a failure."""

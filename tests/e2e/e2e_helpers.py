@@ -120,3 +120,19 @@ def npm_package(spec: str) -> Path:
             timeout=300,
         )
     return modules
+
+
+def create_ingest_process(page: Page, process_id: str, protocol: str, name: str) -> None:
+    """In the admin UI's form: a process reading publisher NAME of ``protocol`` (the form's shortcut), with
+    WebRTC on and no other output; checks the shortcut wrote ``{protocol,name=NAME}``."""
+    page.click("#new-process")
+    page.fill("#editor input[name=id]", process_id)
+    page.select_option("#editor select[name=ingest-protocol]", protocol)
+    page.fill("#editor input[name=ingest-name]", name)
+    page.click("#editor [data-add=ingest]")
+    address = page.input_value("#editor [data-io=input] input[name=io-address]")
+    assert address == f"{{{protocol},name={name}}}", address
+    page.click("#editor [data-io=output] [data-action=remove]")
+    page.check("#editor input[name='webrtc.enabled']")
+    page.click("#editor button[type=submit]")
+    page.wait_for_selector("#editor", state="hidden")

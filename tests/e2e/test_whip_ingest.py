@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pytest
-from e2e_helpers import npm_package, video_pixels, wait_for_media, wait_for_webrtc_ready, whep_url
+from e2e_helpers import (
+    create_ingest_process,
+    npm_package,
+    video_pixels,
+    wait_for_media,
+    wait_for_webrtc_ready,
+    whep_url,
+)
 from harness import Server, running_server
 
 if TYPE_CHECKING:
@@ -67,16 +74,7 @@ def test_chromium_publishes_over_whip_and_a_browser_plays_the_process(
     row = admin.wait_for_selector("#publisher-rows tr[data-publisher='cam3']")
     assert "WHIP" in row.inner_text()
     assert f"{server.url}/api/v3/whip/NAME" in admin.inner_text("#publish-here")
-    admin.click("#new-process")
-    admin.fill("#editor input[name=id]", "browsercam")
-    admin.select_option("#editor select[name=ingest-protocol]", "whip")
-    admin.fill("#editor input[name=ingest-name]", "cam3")
-    admin.click("#editor [data-add=ingest]")
-    assert admin.input_value("#editor [data-io=input] input[name=io-address]") == "{whip,name=cam3}"
-    admin.click("#editor [data-io=output] [data-action=remove]")
-    admin.check("#editor input[name='webrtc.enabled']")
-    admin.click("#editor button[type=submit]")
-    admin.wait_for_selector("#editor", state="hidden")
+    create_ingest_process(admin, "browsercam", "whip", "cam3")
     wait_for_webrtc_ready(server, "browsercam", timeout=30)
     admin.click("tr[data-id=browsercam] .publish-to summary")
     assert f"{server.url}/api/v3/whip/cam3" in admin.inner_text("tr[data-id=browsercam] .publish-to")

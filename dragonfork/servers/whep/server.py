@@ -14,7 +14,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from dragonfork.servers import SignallingRefused, answer_entity_tag, entity_tag_matches
+from dragonfork.servers import SignallingRefused, answer_entity_tag, trickle
 from dragonfork.servers.whep.sessions import ViewerCapReached, ViewerObserver, ViewerRefused, ViewerSessions
 from dragonfork.stream.directory import StreamDirectory, StreamNotLive
 from dragonfork.stream.stream import StreamEnded
@@ -144,17 +144,7 @@ class WhepServer:
         ``if_match`` is the request's ``If-Match``: when present it must be ``*`` or the session's ETag.
         """
         viewer = self._session(name, resource_id)
-        if if_match is not None and not entity_tag_matches(if_match, viewer.entity_tag):
-            raise WhepRefused(
-                412,
-                f"If-Match {if_match[:80]!r} is not this session's ETag {viewer.entity_tag}",
-                field="If-Match",
-                headers={"ETag": viewer.entity_tag},
-            )
-        try:
-            await viewer.add_remote_candidates(sdpfrag, if_match_sent=if_match is not None)
-        except SdpRejected as exc:
-            raise WhepRefused(exc.status, exc.message, field="sdpfrag") from None
+        await trickle(viewer, sdpfrag, if_match, WhepRefused)
 
     def end_session(self, name: str, resource_id: str) -> None:
         """DELETE: end the session if it exists (idempotent)."""

@@ -35,7 +35,13 @@ from dragonfork.stream.ingest.rtp import RtpPacket
 from dragonfork.stream.ingest.rtp_frames import RtpFrameWriter
 from dragonfork.stream.stream import Stream, StreamSettings
 from dragonfork.webrtc import rtp_tap
-from dragonfork.webrtc.peer import add_trickled_candidates, close_peer_connection, leaf_type, negotiate
+from dragonfork.webrtc.peer import (
+    ConnectionStates,
+    add_trickled_candidates,
+    close_peer_connection,
+    leaf_type,
+    negotiate,
+)
 from dragonfork.webrtc.sdp import (
     OfferLimits,
     PublisherOffer,
@@ -106,7 +112,7 @@ class WhipPublisher:
         self._scope = trio.CancelScope()
         self._offer: PublisherOffer | None = None
         self._pc: RTCPeerConnection | None = None
-        self._pc_state_changed = trio.Event()
+        self._pc_states: ConnectionStates | None = None
         self._last_packet_at = 0.0
         self._trickled = 0
         self._keyframe_wanted = trio.Event()
@@ -139,7 +145,7 @@ class WhipPublisher:
         pc = self._pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[RTCIceServer(**server) for server in settings.ice_servers])
         )
-        pc.on("connectionstatechange", self._notify_pc_state)
+        self._pc_states = ConnectionStates(pc)
         answered = False
         try:
             with self._scope:
@@ -259,7 +265,7 @@ class WhipPublisher:
         """Wait for ICE+DTLS until the deadline; True when connected, else the publisher is closed."""
         state = "timeout"
         with trio.move_on_at(deadline):
-            state = await self._wait_for_pc_state(pc, {"connected", "failed", "closed"})
+            state = await self._wait_for_pc_state({"connected", "failed", "closed"})
         if state != "connected":
             self.close(EndReason.ICE_FAILED if state == "failed" else EndReason.HANDSHAKE_TIMEOUT)
             return False
@@ -283,7 +289,7 @@ class WhipPublisher:
             metrics.INGEST_PUBLISHERS.labels(PROTOCOL).dec()
 
     async def _watch_pc_state(self, pc: RTCPeerConnection) -> None:
-        state = await self._wait_for_pc_state(pc, {"failed", "closed"})
+        state = await self._wait_for_pc_state({"failed", "closed"})
         self.close(EndReason.ICE_FAILED if state == "failed" else EndReason.PEER_CLOSED)
 
     async def _request_keyframes(self) -> None:
@@ -300,11 +306,6 @@ class WhipPublisher:
     def _want_keyframe(self) -> None:
         self._keyframe_wanted.set()
 
-    def _notify_pc_state(self) -> None:
-        self._pc_state_changed.set()
-
-    async def _wait_for_pc_state(self, pc: RTCPeerConnection, states: set[str]) -> str:
-        while pc.connectionState not in states:
-            self._pc_state_changed = trio.Event()
-            await self._pc_state_changed.wait()
-        return pc.connectionState
+    async def _wait_for_pc_state(self, states: set[str]) -> str:
+        assert self._pc_states is not None  # set with the peer connection, before anything waits
+        return await self._pc_states.wait_for(states)

@@ -21,7 +21,7 @@ import structlog
 import trio
 
 from dragonfork import metrics
-from dragonfork.servers import SignallingRefused, answer_entity_tag, entity_tag_matches
+from dragonfork.servers import SignallingRefused, answer_entity_tag, trickle
 from dragonfork.servers.whip.matroska import MatroskaWriter
 from dragonfork.servers.whip.publisher import (
     PROTOCOL,
@@ -163,17 +163,7 @@ class WhipServer:
     ) -> None:
         """Apply a trickle-ICE fragment to a session; ``WhipRefused`` 404, 412, or 4xx for the fragment."""
         publisher = self._session(name, resource_id)
-        if if_match is not None and not entity_tag_matches(if_match, publisher.entity_tag):
-            raise WhipRefused(
-                412,
-                f"If-Match {if_match[:80]!r} is not this session's ETag {publisher.entity_tag}",
-                field="If-Match",
-                headers={"ETag": publisher.entity_tag},
-            )
-        try:
-            await publisher.add_remote_candidates(sdpfrag, if_match_sent=if_match is not None)
-        except SdpRejected as exc:
-            raise WhipRefused(exc.status, exc.message, field="sdpfrag") from None
+        await trickle(publisher, sdpfrag, if_match, WhipRefused)
 
     def session_etag(self, name: str, resource_id: str) -> str:
         return self._session(name, resource_id).entity_tag
