@@ -105,11 +105,17 @@ class SessionRegistry:
         client: Client,
         counter: Counter | None = None,
         idle_timeout: float | None = None,
+        ingress: bool = False,
     ) -> Session | None:
-        """Admit and register a viewer: None for an ignored client, ``SessionRefused`` over a limit."""
+        """Admit and register a viewer: None for an ignored client, ``SessionRefused`` over a limit.
+
+        ``ingress`` sessions (WHIP publishers) are collected but never refused: the limits are on
+        what the server sends out.
+        """
         if not self.collectable(client.address):
             return None
-        self.check_admission(collector)
+        if not ingress:
+            self.check_admission(collector)
         return self.collectors[collector].register(
             session_id,
             reference=reference,

@@ -31,6 +31,9 @@ class Codec:
 
 
 H264 = Codec("video", "H264", VIDEO_CLOCK_RATE)
+VP8 = Codec("video", "VP8", VIDEO_CLOCK_RATE)
+VP9 = Codec("video", "VP9", VIDEO_CLOCK_RATE)
+"""VP8 and VP9 as WHIP publishers may send them (every other reader but a Matroska one takes H.264 only)."""
 OPUS = Codec("audio", "opus", AUDIO_CLOCK_RATE)
 AAC = Codec("audio", "AAC", VIDEO_CLOCK_RATE)
 """AAC as RTMP and MPEG-TS publishers carry it; timestamps on the 90 kHz MPEG clock (milliseconds × 90)."""

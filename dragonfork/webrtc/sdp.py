@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiortc import RTCIceCandidate, RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
@@ -188,73 +188,103 @@ def _parse_offer(offer_sdp: str, limits: OfferLimits | None, signalling: _Signal
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PublisherOffer:
-    """A validated WHIP offer: ``offer.sdp`` is what aiortc negotiates, ``h264_fmtp`` what the answer says."""
+    """A validated WHIP offer: ``offer.sdp`` is what aiortc negotiates, ``shown_lines`` what it was told.
+
+    aiortc negotiates H.264 in two profiles only, and VP8 but not VP9, while it never decodes a publisher's
+    media here (``webrtc/rtp_tap.py``): for any other H.264 profile its ``a=fmtp`` line shows constrained
+    baseline, and a VP9 ``a=rtpmap`` line shows VP8. ``answer_publisher`` puts the publisher's own lines
+    back into the answer, so the publisher sends what it offered.
+    """
 
     offer: Offer
-    h264_fmtp: dict[int, str]
-    """Payload type → the offer's own ``a=fmtp`` line, for each H.264 format whose profile aiortc does not
-    know: aiortc is shown constrained baseline there (it matches only two profiles, and it never decodes a
-    publisher's media here), and ``answer_publisher`` puts the publisher's profile back into the answer."""
+    video_codec: str
+    """The codec the publisher will send: "H264" whenever offered, else "VP8", else "VP9"."""
+    shown_lines: dict[str, str]
+    """``a=fmtp:PT`` / ``a=rtpmap:PT`` → the offer's own line, for each line aiortc was shown otherwise."""
+
+    @property
+    def mime_type(self) -> str:
+        """What aiortc calls the negotiated video codec in its answer (VP9 is shown to it as VP8)."""
+        return "video/h264" if self.video_codec == "H264" else "video/vp8"
+
+
+PUBLISHER_VIDEO_CODECS = ("VP8", "VP9")
+"""Taken when an offer has no H.264 (browsers told to send nothing else); readers get them as Matroska."""
 
 
 def validate_publisher_offer(offer_sdp: str, limits: OfferLimits | None = None) -> PublisherOffer:
-    """Check a WHIP offer: H.264 (packetization-mode 1, any profile) video and, if offered, Opus audio.
+    """Check a WHIP offer: H.264 (packetization-mode 1, any profile), else VP8, else VP9 video, and, if
+    offered, Opus audio.
 
     Raises ``OfferRejected``: 400 for a malformed offer or the wrong direction, 406 naming what was offered
-    when there is no usable codec (VP8 or VP9 alone included: the hub carries H.264 video).
+    when there is no usable codec.
     """
     parsed = _parse_offer(offer_sdp, limits, WHIP)
     video, audio = parsed.video, parsed.audio
-    usable = [codec for codec in video.rtp.codecs if _is_h264_mode1(codec)]
-    if not usable:
-        raise OfferRejected(
-            406,
-            "the video m-line offers no H.264 with packetization-mode=1 (this server takes H.264 video, "
-            f"any profile); offered: {_describe_codecs(video)}",
-        )
     if audio is not None and not any(_is_opus(codec) for codec in audio.rtp.codecs):
         raise OfferRejected(406, f"the audio m-line offers no opus/48000; offered: {_describe_codecs(audio)}")
-    unknown = {codec.payloadType for codec in usable if not _is_sendable_h264(codec)}
+    h264 = [codec for codec in video.rtp.codecs if _is_h264_mode1(codec)]
+    offered = {codec.mimeType.split("/", 1)[-1].upper() for codec in video.rtp.codecs}
+    codec_name = "H264" if h264 else next((name for name in PUBLISHER_VIDEO_CODECS if name in offered), None)
+    if codec_name is None:
+        raise OfferRejected(
+            406,
+            "the video m-line offers no H.264 with packetization-mode=1 (any profile), VP8 or VP9; "
+            f"offered: {_describe_codecs(video)}",
+        )
+    rewrite: dict[str, Callable[[str], str]] = {}
+    if codec_name == "H264":
+        rewrite = {
+            f"a=fmtp:{c.payloadType}": _with_constrained_baseline for c in h264 if not _is_sendable_h264(c)
+        }
+    elif codec_name == "VP9":
+        vp9 = [codec for codec in video.rtp.codecs if codec.mimeType.upper() == "VIDEO/VP9"]
+        rewrite = {f"a=rtpmap:{codec.payloadType}": _as_vp8 for codec in vp9}
     lines = parsed.offer.sdp.splitlines()
-    originals: dict[int, str] = {}
-    for index, line in _video_fmtp_lines(lines):
-        payload_type = int(line.split(":", 1)[1].split(" ", 1)[0])
-        if payload_type in unknown:
-            originals[payload_type] = line
-            lines[index] = _with_profile(line, "42e01f")
+    shown: dict[str, str] = {}
+    for index, key, line in _video_lines(lines):
+        if key in rewrite:
+            shown[key] = line
+            lines[index] = rewrite[key](line)
     offer = dataclasses.replace(parsed.offer, sdp="\r\n".join(lines) + "\r\n")
-    return PublisherOffer(offer, originals)
+    return PublisherOffer(offer, codec_name, shown)
 
 
 def answer_publisher(answer_sdp: str, offer: PublisherOffer) -> str:
-    """aiortc's answer with the publisher's own H.264 ``a=fmtp`` lines where ``validate_publisher_offer``
-    had to show aiortc another profile."""
-    if not offer.h264_fmtp:
+    """aiortc's answer with the publisher's own lines where ``validate_publisher_offer`` showed aiortc
+    others (an H.264 profile, VP9)."""
+    if not offer.shown_lines:
         return answer_sdp
     lines = answer_sdp.splitlines()
-    for index, line in _video_fmtp_lines(lines):
-        payload_type = int(line.split(":", 1)[1].split(" ", 1)[0])
-        if payload_type in offer.h264_fmtp:
-            lines[index] = offer.h264_fmtp[payload_type]
+    for index, key, _line in _video_lines(lines):
+        if key in offer.shown_lines:
+            lines[index] = offer.shown_lines[key]
     return "\r\n".join(lines) + "\r\n"
 
 
-def _video_fmtp_lines(lines: list[str]) -> list[tuple[int, str]]:
-    """(index, line) of each well-formed ``a=fmtp:<payload type> ...`` line of the video m-section."""
+def _video_lines(lines: list[str]) -> list[tuple[int, str, str]]:
+    """(index, ``a=fmtp:PT``/``a=rtpmap:PT``, line) of each such well-formed line of the video m-section."""
     found = []
     in_video = False
     for index, line in enumerate(lines):
         if line.startswith("m="):
             in_video = line.startswith("m=video ")
-        elif in_video and line.startswith("a=fmtp:") and line[7:].split(" ", 1)[0].isdigit():
-            found.append((index, line))
+        elif in_video and line.startswith(("a=fmtp:", "a=rtpmap:")):
+            key = line.split(" ", 1)[0]
+            if key.partition(":")[2].isdigit():
+                found.append((index, key, line))
     return found
 
 
-def _with_profile(fmtp_line: str, profile_level_id: str) -> str:
+def _with_constrained_baseline(fmtp_line: str) -> str:
     head, _, parameters = fmtp_line.partition(" ")
     kept = [p for p in parameters.split(";") if p.strip() and not p.strip().startswith("profile-level-id=")]
-    return f"{head} {';'.join([*kept, f'profile-level-id={profile_level_id}'])}"
+    return f"{head} {';'.join([*kept, 'profile-level-id=42e01f'])}"
+
+
+def _as_vp8(rtpmap_line: str) -> str:
+    head, _, _encoding = rtpmap_line.partition(" ")
+    return f"{head} VP8/90000"
 
 
 def _check_shape(lines: list[str], limits: OfferLimits) -> None:

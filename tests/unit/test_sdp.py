@@ -493,7 +493,9 @@ def test_a_whip_offer_takes_any_h264_profile_and_the_answer_keeps_the_publishers
     accepted = validate_publisher_offer(whip_offer())
 
     assert accepted.offer.has_audio
-    assert accepted.h264_fmtp == {112: high}  # the two profiles aiortc knows (102, 106) are left alone
+    assert accepted.shown_lines == {
+        "a=fmtp:112": high
+    }  # the two profiles aiortc knows (102, 106) are left alone
     video = video_section(accepted.offer.sdp)
     assert shown_to_aiortc in video and high not in video
     assert all(line in video for line in H264_FMTP_LINES)
@@ -508,7 +510,7 @@ def test_a_whip_offer_of_a_high_profile_only_publisher_is_accepted() -> None:
 
     accepted = validate_publisher_offer(only_high)
 
-    assert set(accepted.h264_fmtp) == {112}
+    assert set(accepted.shown_lines) == {"a=fmtp:112"} and accepted.video_codec == "H264"
 
 
 @pytest.mark.parametrize("direction", ["recvonly", "inactive"])
@@ -520,15 +522,16 @@ def test_a_whip_offer_that_does_not_send_is_400(direction: str) -> None:
     assert f"is {direction}; a WHIP offer is sendonly or sendrecv" in rejected.value.message
 
 
-def test_a_whip_offer_without_h264_is_406_naming_what_it_offers() -> None:
+def test_a_whip_offer_without_h264_vp8_or_vp9_is_406_naming_what_it_offers() -> None:
+    without = whip_offer().replace("H264/90000", "H265/90000").replace("VP8/90000", "VP7/90000")
+
     with pytest.raises(OfferRejected) as rejected:
-        validate_publisher_offer(whip_offer().replace("H264/90000", "H265/90000"))
+        validate_publisher_offer(without)
 
     message = rejected.value.message
     assert rejected.value.status == 406
-    assert (
-        "no H.264 with packetization-mode=1" in message and "VP8/90000" in message and "AV1/90000" in message
-    )
+    assert "no H.264 with packetization-mode=1 (any profile), VP8 or VP9" in message
+    assert all(codec in message for codec in ("VP7/90000", "H265/90000", "AV1/90000")), message
 
 
 def test_a_whip_offer_whose_audio_has_no_opus_is_406() -> None:
@@ -536,3 +539,18 @@ def test_a_whip_offer_whose_audio_has_no_opus_is_406() -> None:
         validate_publisher_offer(whip_offer().replace("opus/48000/2", "L16/48000/2"))
 
     assert rejected.value.status == 406 and "no opus/48000" in rejected.value.message
+
+
+def test_a_whip_offer_without_h264_takes_vp8_then_vp9_showing_aiortc_vp8() -> None:
+    vp8_and_vp9 = whip_offer().replace("H264/90000", "H265/90000").replace("AV1/90000", "VP9/90000")
+    vp9_only = vp8_and_vp9.replace("VP8/90000", "VP7/90000")
+
+    vp8 = validate_publisher_offer(vp8_and_vp9)
+    vp9 = validate_publisher_offer(vp9_only)
+
+    assert (vp8.video_codec, vp8.shown_lines, vp8.mime_type) == ("VP8", {}, "video/vp8")
+    assert (vp9.video_codec, vp9.mime_type) == ("VP9", "video/vp8")
+    assert vp9.shown_lines == {"a=rtpmap:45": "a=rtpmap:45 VP9/90000"}
+    assert "a=rtpmap:45 VP8/90000" in video_section(vp9.offer.sdp)
+    aiortc_answer = "m=video 9 UDP/TLS/RTP/SAVPF 45\r\na=rtpmap:45 VP8/90000\r\n"
+    assert "a=rtpmap:45 VP9/90000" in answer_publisher(aiortc_answer, vp9)

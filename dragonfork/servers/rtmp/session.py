@@ -378,6 +378,9 @@ class RtmpSession:
             stream = await self._directory.wait_live(path.name, self.settings.player_wait)
         except StreamNotLive as exc:
             raise await self._refuse("NetStream.Play.StreamNotFound", "not_found", str(exc)) from None
+        if stream.video.codec.name != "H264":  # a WHIP publisher's VP8/VP9: FLV carries H.264 here
+            refusal = f"{path.path!r} carries {stream.video.codec.name} video; RTMP plays H.264 only"
+            raise await self._refuse("NetStream.Play.Failed", "codec", refusal)
         self.role = "player"
         player = Player(self, stream, self._metadata_for(path.name))
         gauge = metrics.INGEST_READERS.labels(PROTOCOL)

@@ -34,6 +34,7 @@ from dragonfork.stream.directory import StreamDirectory, StreamNameTaken
 from dragonfork.stream.ingest.rtp import RtpPacket
 from dragonfork.stream.ingest.rtp_frames import RtpFrameWriter
 from dragonfork.stream.stream import Stream, StreamSettings
+from dragonfork.stream.track import H264, VP8, VP9
 from dragonfork.webrtc import rtp_tap
 from dragonfork.webrtc.peer import (
     ConnectionStates,
@@ -56,7 +57,8 @@ log = structlog.get_logger(__name__)
 PROTOCOL = "whip"
 KEYFRAME_REQUEST_INTERVAL = 0.5
 """Seconds between two PLIs at most: readers starting together share one keyframe."""
-_MEDIA_CODECS = {"video": "video/h264", "audio": "audio/opus"}
+KINDS = ("video", "audio")
+VIDEO_CODECS = {codec.name: codec for codec in (H264, VP8, VP9)}
 
 
 class PublisherState(enum.StrEnum):
@@ -119,7 +121,7 @@ class WhipPublisher:
         self._video_ssrc: int | None = None
         self._video_receiver: RTCRtpReceiver | None = None
         self._bytes = metrics.INGEST_BYTES.labels(PROTOCOL)
-        self._packets = {kind: metrics.INGEST_PACKETS.labels(PROTOCOL, kind) for kind in _MEDIA_CODECS}
+        self._packets = {kind: metrics.INGEST_PACKETS.labels(PROTOCOL, kind) for kind in KINDS}
 
     def close(self, reason: EndReason = EndReason.DELETE) -> None:
         """End the session (idempotent; the first reason is kept)."""
@@ -141,7 +143,12 @@ class WhipPublisher:
         settings = self.settings
         offer = self._offer = validate_publisher_offer(offer_sdp, settings.offer_limits)
         deadline = trio.current_time() + settings.handshake_timeout
-        stream = Stream(self.name, settings.stream, has_audio=offer.offer.has_audio)
+        stream = Stream(
+            self.name,
+            settings.stream,
+            has_audio=offer.offer.has_audio,
+            video_codec=VIDEO_CODECS[offer.video_codec],
+        )
         pc = self._pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[RTCIceServer(**server) for server in settings.ice_servers])
         )
@@ -210,30 +217,29 @@ class WhipPublisher:
 
     async def _answer(self, pc: RTCPeerConnection, offer: PublisherOffer, stream: Stream) -> str:
         receivers: dict[str, RTCRtpReceiver] = {}
-        for kind in ("video", "audio") if offer.offer.has_audio else ("video",):
+        mime_types = {"video": offer.mime_type, "audio": "audio/opus"}
+        for kind in KINDS if offer.offer.has_audio else ("video",):
             transceiver = pc.addTransceiver(kind, direction="recvonly")
             capabilities = RTCRtpReceiver.getCapabilities(kind)
             assert capabilities is not None  # aiortc knows both kinds
-            codecs = capabilities.codecs
             transceiver.setCodecPreferences(
-                [codec for codec in codecs if codec.mimeType.lower() in (_MEDIA_CODECS[kind], "video/rtx")]
+                [c for c in capabilities.codecs if c.mimeType.lower() in (mime_types[kind], "video/rtx")]
             )
             receivers[kind] = transceiver.receiver
-        answer = answer_publisher(await negotiate(pc, offer.offer, publisher=self.id, name=self.name), offer)
-        for media in SessionDescription.parse(answer).media:
+        negotiated = await negotiate(pc, offer.offer, publisher=self.id, name=self.name)
+        for media in SessionDescription.parse(negotiated).media:
             track = stream.video if media.kind == "video" else stream.audio
             if track is None or media.kind not in receivers:
                 continue
             payload_types = {
                 codec.payloadType
                 for codec in media.rtp.codecs
-                if codec.mimeType.lower() == _MEDIA_CODECS[media.kind] and codec.payloadType is not None
+                if codec.mimeType.lower() == mime_types[media.kind] and codec.payloadType is not None
             }
             rtp_tap.tap(receivers[media.kind], self._packet_sink(RtpFrameWriter(track), payload_types))
         self._video_receiver = receivers["video"]
         stream.video.request_keyframe = self._want_keyframe
-        answer = advertise_addresses(answer, self.settings.public_ips)
-        return answer
+        return advertise_addresses(answer_publisher(negotiated, offer), self.settings.public_ips)
 
     def _packet_sink(self, frames: RtpFrameWriter, payload_types: set[int]) -> rtp_tap.PacketSink:
         kind = frames.track.kind

@@ -60,8 +60,7 @@ class WhipRefused(SignallingRefused):
 class PublisherObserver(Protocol):
     """Told of every publisher that enters and leaves the table (the session collectors' side)."""
 
-    def opened(self, publisher: WhipPublisher, client: Any, /) -> None:
-        """A publisher is starting; raises ``WhipRefused`` to turn it away (a ``sessions.*`` limit)."""
+    def opened(self, publisher: WhipPublisher, client: Any, /) -> None: ...
 
     def closed(self, publisher: WhipPublisher, /) -> None: ...
 
@@ -242,7 +241,7 @@ async def _matroska_reader(
     stream: Stream, send: trio.MemorySendChannel[bytes], *, task_status: Any = trio.TASK_STATUS_IGNORED
 ) -> None:
     """A reader in the stream's nursery: its frames, as Matroska, into ``send`` until either side ends."""
-    writer = MatroskaWriter(has_audio=stream.audio is not None)
+    writer = MatroskaWriter(has_audio=stream.audio is not None, video_codec=stream.video.codec.name)
     with send, contextlib.ExitStack() as subscriptions:
         merged_send, merged = trio.open_memory_channel[MediaFrame](0)
         async with trio.open_nursery() as nursery:

@@ -1,9 +1,10 @@
 """RTP packets of one track → whole frames written into that track (any RTP publisher: FFmpeg's legs, WHIP).
 
 The publisher parses and validates its packets (its own way: FFmpeg's loopback UDP datagrams, aiortc's
-decrypted SRTP) and pushes them here in arrival order: H.264 goes through the RFC 6184 depacketizer, every
-Opus packet is one frame, timestamps are unwrapped to a growing integer. An H.264 access unit that lost a
-packet is dropped whole and the track resynchronises at the next keyframe (``Track.lost``).
+decrypted SRTP) and pushes them here in arrival order: H.264 goes through the RFC 6184 depacketizer, VP8
+and VP9 through theirs (``vpx.py``), every Opus packet is one frame, timestamps are unwrapped to a growing
+integer. A video frame that lost a packet is dropped whole and the track resynchronises at the next keyframe
+(``Track.lost``).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from dragonfork import metrics
 from dragonfork.stream.frames import MediaFrame
 from dragonfork.stream.ingest.h264 import H264Depacketizer
 from dragonfork.stream.ingest.rtp import RtpPacket, Unwrapper
+from dragonfork.stream.ingest.vpx import VpxDepacketizer
 from dragonfork.stream.track import Track
 
 
 class RtpFrameWriter:
-    """Writes the frames of one RTP stream into ``track`` (video: H.264, audio: one frame per packet)."""
+    """Writes the frames of one RTP stream into ``track`` (video: H.264/VP8/VP9, audio: one per packet)."""
 
     __slots__ = ("track", "clock_rate", "_timestamps", "_depacketizer", "_received_at", "_dropped_incomplete")
 
@@ -24,11 +26,13 @@ class RtpFrameWriter:
         self.track = track
         self.clock_rate = track.codec.clock_rate
         self._timestamps = Unwrapper(32)
-        self._depacketizer = (
-            H264Depacketizer(self._publish_video, self._drop_incomplete_frame)
-            if track.kind == "video"
-            else None
-        )
+        self._depacketizer: H264Depacketizer | VpxDepacketizer | None = None
+        if track.codec.name == "H264":
+            self._depacketizer = H264Depacketizer(self._publish_video, self._drop_incomplete_frame)
+        elif track.kind == "video":  # VP8, VP9
+            self._depacketizer = VpxDepacketizer(
+                track.codec.name, self._publish_video, self._drop_incomplete_frame
+            )
         self._received_at = 0.0
         self._dropped_incomplete = metrics.PACKETS_DROPPED.labels(track.kind, "incomplete_frame")
 
