@@ -36,8 +36,8 @@ def whip_publish_command(
 FINGERPRINT = ":".join(["AB"] * 32)
 
 
-def vp8_only_offer() -> str:
-    """A browser-like WHIP offer (sendonly, BUNDLE, ICE, DTLS) whose video offers only VP8 and VP9."""
+def unusable_offer() -> str:
+    """A browser-like WHIP offer (sendonly, BUNDLE, ICE, DTLS) whose video offers only AV1 and H.265."""
     return "\r\n".join(
         [
             "v=0",
@@ -64,8 +64,8 @@ def vp8_only_offer() -> str:
             "a=ice-pwd:abcdefghijklmnopqrstuvwx",
             f"a=fingerprint:sha-256 {FINGERPRINT}",
             "a=setup:actpass",
-            "a=rtpmap:96 VP8/90000",
-            "a=rtpmap:98 VP9/90000",
+            "a=rtpmap:96 AV1/90000",
+            "a=rtpmap:98 H265/90000",
             "",
         ]
     )

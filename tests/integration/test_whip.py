@@ -12,11 +12,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
+import trio_asyncio
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription, VideoStreamTrack
 from harness import Server, metric, running_logged_in, running_server, whep_url
 from rtmp_helpers import Publisher, play
+from trio_asyncio import aio_as_trio
 from whep_peers import play as whep_play
 from whep_peers import start_client
-from whip_helpers import vp8_only_offer, whip_publish_command
+from whip_helpers import unusable_offer, whip_publish_command
 
 NAME = "cam3"
 PROCESS = "studio"
@@ -89,7 +93,7 @@ def test_an_offer_with_no_usable_codec_is_refused_for_that_client_only(
     received_before = metric(server, "dragonfork_ingest_bytes_received_total", protocol="whip")
 
     refused = httpx.post(
-        whip_url(server, "other"), content=vp8_only_offer(), headers={"Content-Type": "application/sdp"}
+        whip_url(server, "other"), content=unusable_offer(), headers={"Content-Type": "application/sdp"}
     )
     garbage = httpx.post(
         whip_url(server, "other"), content="v=0\r\nnot sdp", headers={"Content-Type": "application/sdp"}
@@ -97,7 +101,7 @@ def test_an_offer_with_no_usable_codec_is_refused_for_that_client_only(
 
     assert refused.status_code == 406, refused.text
     message = refused.json()["message"]
-    assert "no H.264" in message and "VP8/90000" in message and "VP9/90000" in message, message
+    assert "no H.264" in message and "AV1/90000" in message and "H265/90000" in message, message
     assert garbage.status_code == 400, garbage.text
     assert metric(server, "dragonfork_ingest_refused_total", protocol="whip", reason="codec") >= 1
     report = viewer.report()
@@ -108,7 +112,7 @@ def test_an_offer_with_no_usable_codec_is_refused_for_that_client_only(
 
 
 def test_a_second_publisher_of_a_live_name_is_409(server: Server, studio: Publisher) -> None:
-    offer = vp8_only_offer()  # the name is checked before the offer
+    offer = unusable_offer()  # the name is checked before the offer
 
     response = httpx.post(whip_url(server), content=offer, headers={"Content-Type": "application/sdp"})
 
@@ -131,7 +135,7 @@ def test_the_publisher_leaving_ends_the_input_and_the_process_reconnects(
 
 def test_with_auth_whip_needs_a_bearer_token_and_the_process_reads_with_its_key(tmp_path: Path) -> None:
     with running_logged_in(tmp_path, "admin", "whip-secret-pw") as server:
-        offer = {"content": vp8_only_offer(), "headers": {"Content-Type": "application/sdp"}}
+        offer = {"content": unusable_offer(), "headers": {"Content-Type": "application/sdp"}}
         anonymous = httpx.post(whip_url(server, "locked"), **offer)  # type: ignore[arg-type]
         assert anonymous.status_code == 401 and "Bearer" in anonymous.headers["WWW-Authenticate"]
         url = whip_url(server, "locked")
@@ -147,3 +151,47 @@ def test_with_auth_whip_needs_a_bearer_token_and_the_process_reads_with_its_key(
             assert any(part.startswith(f"{url}/stream.mkv?key=") for part in running["command"])
             report = whep_play(whep_url(server, "locked-view"), duration=2, token=server.token)
             assert report["video_frames_decoded"] > 10, report
+
+
+async def _publish_vp8(url: str, stop: trio.Event) -> None:
+    """An aiortc peer publishing its own test pattern in VP8 (aiortc's libvpx encoder) until ``stop``."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        transceiver = pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+        capabilities = RTCRtpSender.getCapabilities("video")
+        assert capabilities is not None
+        transceiver.setCodecPreferences([c for c in capabilities.codecs if c.mimeType == "video/VP8"])
+        await aio_as_trio(pc.setLocalDescription)(await aio_as_trio(pc.createOffer)())
+        response = await trio.to_thread.run_sync(
+            lambda: httpx.post(
+                url, content=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}
+            )
+        )
+        assert response.status_code == 201, response.text
+        await aio_as_trio(pc.setRemoteDescription)(RTCSessionDescription(sdp=response.text, type="answer"))
+        await stop.wait()
+    finally:
+        await aio_as_trio(pc.close)()
+
+
+async def test_a_vp8_publisher_is_read_as_matroska_and_transcoded_for_webrtc(server: Server) -> None:
+    stop = trio.Event()
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        nursery.start_soon(_publish_vp8, whip_url(server, "vp8cam"), stop)
+        try:
+            await trio.to_thread.run_sync(
+                lambda: server.wait_for(lambda: "vp8cam" in live_publishers(server), 20, "the VP8 publisher")
+            )
+            read = await trio.to_thread.run_sync(
+                lambda: play(f"{server.url}/api/v3/whip/vp8cam/stream.mkv", 2)
+            )
+            assert "Video: vp8" in read.stderr and read.returncode == 0, read.stderr[-1500:]
+            config = {"id": "vp8view", "input": [{"address": "{whip,name=vp8cam}"}], "output": []}
+            config["webrtc"] = {"enabled": True}
+            assert server.api("POST", "/api/v3/process", json=config).status_code == 200
+            await trio.to_thread.run_sync(lambda: server.wait_state("vp8view", "running", timeout=20))
+            report = await trio.to_thread.run_sync(lambda: whep_play(whep_url(server, "vp8view"), duration=3))
+            assert report["video_frames_decoded"] > 20, report  # transcoded to H.264 by the process
+        finally:
+            stop.set()
+    server.api("DELETE", "/api/v3/process/vp8view")
