@@ -19,6 +19,8 @@ from e2e_helpers import (
     whep_url,
 )
 from harness import Server, running_server
+from rtmp_helpers import play
+from whep_peers import play as whep_play
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -26,11 +28,17 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.e2e
 
 WHIP_WHEP_VERSION = "1.2.0"
-PUBLISH = """async (url) => {
+PUBLISH = """async ([url, onlyVideoCodec]) => {
   const constraints = { video: { width: 320, height: 240 }, audio: true };
   const media = await navigator.mediaDevices.getUserMedia(constraints);
   const pc = new RTCPeerConnection();
-  for (const track of media.getTracks()) pc.addTransceiver(track, { direction: "sendonly" });
+  for (const track of media.getTracks()) {
+    const transceiver = pc.addTransceiver(track, { direction: "sendonly" });
+    if (track.kind === "video" && onlyVideoCodec) {
+      const codecs = RTCRtpSender.getCapabilities("video").codecs;
+      transceiver.setCodecPreferences(codecs.filter((c) => c.mimeType === onlyVideoCodec));
+    }
+  }
   const client = new window.WHIPClient();
   await client.publish(pc, url);
   window.publisher = { pc, client };
@@ -58,7 +66,7 @@ def test_chromium_publishes_over_whip_and_a_browser_plays_the_process(
     publisher.goto(f"{server.url}/ping")
     publisher.add_script_tag(content=whip_client, type="module")
     publisher.wait_for_function("window.WHIPClient !== undefined")
-    kinds = publisher.evaluate(PUBLISH, f"{server.url}/api/v3/whip/cam3")
+    kinds = publisher.evaluate(PUBLISH, [f"{server.url}/api/v3/whip/cam3", None])
     assert sorted(kinds) == ["audio", "video"]
     server.wait_for(
         lambda: (
@@ -90,3 +98,23 @@ def test_chromium_publishes_over_whip_and_a_browser_plays_the_process(
 
     publisher.evaluate("window.publisher.client.stop()")  # DELETE: the publisher leaves
     server.wait_for(lambda: server.state("browsercam")["exec"] != "running", 15, "the input to end")
+
+
+def test_chromium_publishing_vp9_only_is_read_as_vp9_and_transcoded_for_webrtc(
+    new_page: Callable[..., Page], server: Server, whip_client: str
+) -> None:
+    publisher = new_page()
+    publisher.goto(f"{server.url}/ping")
+    publisher.add_script_tag(content=whip_client, type="module")
+    publisher.wait_for_function("window.WHIPClient !== undefined")
+    publisher.evaluate(PUBLISH, [f"{server.url}/api/v3/whip/vp9cam", "video/VP9"])
+
+    read = play(f"{server.url}/api/v3/whip/vp9cam/stream.mkv", seconds=2)
+    assert "Video: vp9" in read.stderr and "Audio: opus" in read.stderr, read.stderr[-1500:]
+    config = {"id": "vp9view", "input": [{"address": "{whip,name=vp9cam}"}], "output": []}
+    config["webrtc"] = {"enabled": True}
+    assert server.api("POST", "/api/v3/process", json=config).status_code == 200
+    wait_for_webrtc_ready(server, "vp9view", timeout=30)
+    report = whep_play(whep_url(server, "vp9view"), duration=3)
+    assert report["video_frames_decoded"] > 20 and report["audio_frames"] > 30, report
+    publisher.evaluate("window.publisher.client.stop()")
