@@ -8,11 +8,14 @@ aiortc's DTLS transport hands each decrypted RTP packet of that receiver to
 callback instead. Nothing is decoded (aiortc's decoder thread waits on an empty queue until the receiver
 stops). Keyframe requests go out through the receiver's own RTCP path (``_send_rtcp_pli``).
 
-These two private names are the only ones the server uses on the receive side, and only here;
-``tests/unit/test_rtp_tap.py`` checks each against the installed aiortc (pinned in pyproject.toml), so an
-upgrade that moves one fails there, loudly. What the bypass gives up is aiortc's receiver-side feedback:
-NACKs, its REMB bandwidth estimate and the statistics of its receiver reports. A publisher therefore keeps
-its starting bitrate (an encoder with a fixed bitrate, like FFmpeg's, is unaffected).
+These private names, and the receiver's bitrate estimator that ``drop_receive_bitrate_estimator`` frees
+(viewers and tapped receivers never feed it), are the only ones the server uses on the receive side, and
+only here; ``tests/unit/test_rtp_tap.py`` and ``tests/unit/test_viewer_objects.py`` check each against the
+installed aiortc (pinned in pyproject.toml), so an upgrade that moves one fails there, loudly.
+
+What the bypass gives up is aiortc's receiver-side feedback: NACKs, its REMB bandwidth estimate and the
+statistics of its receiver reports. A publisher therefore keeps its starting bitrate (an encoder with a
+fixed bitrate, like FFmpeg's, is unaffected).
 """
 
 from __future__ import annotations
@@ -54,3 +57,19 @@ def tap(receiver: RTCRtpReceiver, sink: PacketSink) -> None:
 async def request_keyframe(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
     """Send an RTCP PLI (picture loss indication) for ``media_ssrc`` to the peer (asyncio side)."""
     await receiver._send_rtcp_pli(media_ssrc)
+
+
+def drop_receive_bitrate_estimator(receiver: RTCRtpReceiver) -> None:
+    """Free the receive-side bitrate estimator aiortc gives every video transceiver, sendonly or not.
+
+    It estimates the bitrate of media we would receive (for REMB feedback) in 1,000 one-millisecond
+    ``RateBucket`` objects: three quarters of the objects of a peer connection, and a viewer receives no
+    media. The garbage collector walks every one of them in each full collection, for every live viewer
+    and, since a peer connection is a reference cycle, for every ended one until that collection frees it;
+    those walks stop the event loop. aiortc skips the estimator when it is ``None``, as it does for audio.
+    A tapped receiver (a WHIP publisher's) never feeds it either. The attribute is aiortc's private one:
+    ``tests/unit/test_viewer_objects.py`` fails if it goes away.
+    """
+    attribute = "_RTCRtpReceiver__remote_bitrate_estimator"
+    if getattr(receiver, attribute, None) is not None:
+        setattr(receiver, attribute, None)

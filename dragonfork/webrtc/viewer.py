@@ -38,7 +38,6 @@ from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
-    RTCRtpReceiver,
 )
 from trio_asyncio import aio_as_trio
 
@@ -50,6 +49,7 @@ from dragonfork.webrtc.peer import (
     leaf_type,
     negotiate,
 )
+from dragonfork.webrtc.rtp_tap import drop_receive_bitrate_estimator
 from dragonfork.webrtc.sdp import (
     Offer,
     OfferLimits,
@@ -326,21 +326,6 @@ class Viewer:
             setup_seconds=self.setup_seconds,
             time_to_first_frame_seconds=self.time_to_first_frame_seconds,
         )
-
-
-def drop_receive_bitrate_estimator(receiver: RTCRtpReceiver) -> None:
-    """Free the receive-side bitrate estimator aiortc gives every video transceiver, sendonly or not.
-
-    It estimates the bitrate of media we would receive (for REMB feedback) in 1,000 one-millisecond
-    ``RateBucket`` objects: three quarters of the objects of a peer connection, and a viewer receives no
-    media. The garbage collector walks every one of them in each full collection, for every live viewer
-    and, since a peer connection is a reference cycle, for every ended one until that collection frees it;
-    those walks stop the event loop. aiortc skips the estimator when it is ``None``, as it does for audio.
-    The attribute is aiortc's private one: ``tests/unit/test_viewer_objects.py`` fails if it goes away.
-    """
-    attribute = "_RTCRtpReceiver__remote_bitrate_estimator"
-    if getattr(receiver, attribute, None) is not None:
-        setattr(receiver, attribute, None)
 
 
 async def _sender_stats(pc: RTCPeerConnection) -> tuple[tuple[object, ...], int]:

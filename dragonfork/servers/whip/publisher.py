@@ -220,6 +220,7 @@ class WhipPublisher:
         mime_types = {"video": offer.mime_type, "audio": "audio/opus"}
         for kind in KINDS if offer.offer.has_audio else ("video",):
             transceiver = pc.addTransceiver(kind, direction="recvonly")
+            rtp_tap.drop_receive_bitrate_estimator(transceiver.receiver)  # the tap never feeds it
             capabilities = RTCRtpReceiver.getCapabilities(kind)
             assert capabilities is not None  # aiortc knows both kinds
             transceiver.setCodecPreferences(
