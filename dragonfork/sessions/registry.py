@@ -1,8 +1,8 @@
 """The session service: one collector per kind of client, the ``sessions.*`` rules, the once-a-second tick.
 
-Collectors are datarhei Core's: ``hls`` (players fetching playlists and segments), ``webrtc`` (WHEP viewers),
-``rtmp`` and ``srt`` (the publishers and players of those servers), ``ffmpeg`` (what FFmpeg processes pull
-from and push to the network). ``open`` is the door for a new viewer: clients in
+Collectors are datarhei Core's: ``hls`` (players fetching playlists and segments), ``webrtc`` (WHEP viewers
+and WHIP publishers), ``rtmp`` and ``srt`` (the publishers and players of those servers), ``ffmpeg`` (what
+FFmpeg processes pull from and push to the network). ``open`` is the door for a new viewer: clients in
 ``sessions.ip_ignorelist`` (loopback by default, as in datarhei) are not collected at all, so neither
 counted nor limited; for the others ``sessions.max_sessions`` (per collector) and
 ``sessions.max_bitrate_mbit`` (the outgoing bitrate of every collector together) refuse new viewers with
