@@ -76,7 +76,6 @@ class EndReason(enum.StrEnum):
     ICE_FAILED = "ice_failed"
     HANDSHAKE_TIMEOUT = "handshake_timeout"
     IDLE = "idle"
-    NAME_TAKEN = "name_taken"
     ERROR = "error"
     SERVER_STOPPED = "server_stopped"
 
@@ -178,7 +177,6 @@ class WhipPublisher:
                             await self._publish(pc)
                         nursery.cancel_scope.cancel()
                 if name_taken:
-                    self.end_reason = EndReason.NAME_TAKEN
                     raise StreamNameTaken(f"a stream named {self.name!r} is already published")
         except Exception as exc:
             if not answered:
