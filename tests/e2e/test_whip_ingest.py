@@ -60,9 +60,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_chromium_publishes_over_whip_and_a_browser_plays_the_process(
-    new_page: Callable[..., Page], server: Server, whip_client: str, screenshot: Callable[..., Any]
+    new_page: Callable[..., Page],
+    new_publisher_page: Callable[..., Page],
+    server: Server,
+    whip_client: str,
+    screenshot: Callable[..., Any],
 ) -> None:
-    publisher = new_page()
+    publisher = new_publisher_page()
     publisher.goto(f"{server.url}/ping")
     publisher.add_script_tag(content=whip_client, type="module")
     publisher.wait_for_function("window.WHIPClient !== undefined")
@@ -101,9 +105,9 @@ def test_chromium_publishes_over_whip_and_a_browser_plays_the_process(
 
 
 def test_chromium_publishing_vp9_only_is_read_as_vp9_and_transcoded_for_webrtc(
-    new_page: Callable[..., Page], server: Server, whip_client: str
+    new_publisher_page: Callable[..., Page], server: Server, whip_client: str
 ) -> None:
-    publisher = new_page()
+    publisher = new_publisher_page()
     publisher.goto(f"{server.url}/ping")
     publisher.add_script_tag(content=whip_client, type="module")
     publisher.wait_for_function("window.WHIPClient !== undefined")
