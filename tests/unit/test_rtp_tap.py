@@ -8,6 +8,7 @@ for what it does, between two real aiortc peers on this machine.
 
 from __future__ import annotations
 
+import gc
 import inspect
 
 import trio
@@ -76,3 +77,5 @@ async def test_a_tapped_receiver_hands_its_packets_over_and_sends_plis() -> None
             await aio_as_trio(sending.close)()
             await aio_as_trio(receiving.close)()
     assert all(packet.payload for packet in packets)
+    del sending, receiving, receiver, rtp_sender, transceiver, receiving_transceiver
+    gc.collect()  # peer connections are reference cycles: free them now, not in a later test's object count
