@@ -403,6 +403,16 @@ class SessionsSettings(_Section):
         return ranges
 
 
+class WhipSettings(_Section):
+    """WHIP ingest (ours; datarhei Core has none): publishers POST offers to /api/v3/whip/NAME."""
+
+    enable: bool = Field(True, description="Take WHIP publishers (needs webrtc.enable)")
+    max_publishers: int = Field(20, ge=1, description="Live WHIP publishers at most (503 above)")
+    idle_timeout_seconds: float = Field(
+        10.0, gt=0, description="A connected WHIP publisher that sends no media this long is ended"
+    )
+
+
 class Settings(_Section):
     """The effective configuration of one server."""
 
@@ -427,6 +437,7 @@ class Settings(_Section):
     service: ServiceSettings = ServiceSettings()
     router: RouterSettings = RouterSettings()
     webrtc: WebRTCSettings = WebRTCSettings()
+    whip: WhipSettings = WhipSettings()
 
     @field_validator("address")
     @classmethod

@@ -7,6 +7,7 @@ It also owns the settings service and declares, per service, which settings it r
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import socket
 import time
@@ -29,12 +30,13 @@ from dragonfork.process.store import Store
 from dragonfork.servers.rtmp import RtmpServer, RtmpSessionSettings, RtmpSettings
 from dragonfork.servers.srt import SrtServer, SrtSettings
 from dragonfork.servers.whep import PublisherStatus, WhepServer, WhepSettings
+from dragonfork.servers.whip import PublisherSettings, WhipServer, WhipSettings
 from dragonfork.sessions.ffmpeg import FfmpegSessions
 from dragonfork.sessions.hls import HlsSessions
 from dragonfork.sessions.registry import SessionRegistry
 from dragonfork.sessions.rtmp import RtmpSessions
 from dragonfork.sessions.srt import SrtSessions
-from dragonfork.sessions.webrtc import WebrtcSessions
+from dragonfork.sessions.webrtc import WebrtcSessions, WhipSessions
 from dragonfork.settings_service import SettingsService
 from dragonfork.stream.directory import StreamDirectory
 from dragonfork.stream.ingest.rtp_udp import RtpIngestSettings
@@ -56,6 +58,8 @@ class Core:
     """The RTMP server when ``rtmp.enable`` is set."""
     srt: SrtServer | None = None
     """The SRT server while ``srt.enable`` is set (a scoped service: a reload of ``srt.*`` replaces it)."""
+    whip: WhipServer | None = None
+    """WHIP ingest when ``whip.enable`` and ``webrtc.enable`` are set."""
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -87,6 +91,25 @@ def loopback_base_url(address: str) -> str:
     elif ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}"
+
+
+def _whip_reader_key(settings: Settings) -> str:
+    """The key ``{whip,name=}`` addresses carry, so FFmpeg reads a WHIP stream without the API's token.
+
+    Only with API auth (without it the whole API is open anyway). Kept in ``<data>/whip-reader.key`` since
+    the expanded addresses are stored in the processes' configs and must keep working after a restart.
+    """
+    if not settings.api.auth.enable:
+        return ""
+    path = settings.data_dir / "whip-reader.key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(24)
+        path.write_text(key + "\n")
+        path.chmod(0o600)
+        return key
 
 
 def build_files(settings: Settings) -> FileService:
@@ -132,6 +155,9 @@ def build_core(loaded: LoadedSettings) -> Core:
     rtmp = settings.rtmp
     directory = StreamDirectory()
     files = build_files(settings)
+    webrtc = settings.webrtc
+    whip_enabled = settings.whip.enable and webrtc.enable
+    whip_reader_key = _whip_reader_key(settings) if whip_enabled else ""
     stream_settings = stream_of(settings)
     runtime = process_runtime(
         settings, stream_settings, directory=directory, ledger=ChildLedger(settings.data_dir), files=files
@@ -143,7 +169,11 @@ def build_core(loaded: LoadedSettings) -> Core:
         diskfs=files.diskfs_base,
         memfs=files.memfs_base,
         seed_demo=settings.demo,
-        ingest=ingest_addresses(settings),
+        ingest=dataclasses.replace(
+            ingest_addresses(settings),
+            whip=f"{loopback_base_url(settings.address)}/api/v3/whip" if whip_enabled else None,
+            whip_key=whip_reader_key,
+        ),
     )
 
     def publisher_status(name: str) -> PublisherStatus | None:
@@ -187,6 +217,25 @@ def build_core(loaded: LoadedSettings) -> Core:
             directory,
             observer=RtmpSessions(client_sessions),
         )
+    whip_server = None
+    if whip_enabled:
+        whip_server = WhipServer(
+            directory,
+            WhipSettings(
+                max_publishers=settings.whip.max_publishers,
+                reader_wait=webrtc.publisher_wait_seconds,
+                reader_key=whip_reader_key,
+                publisher=PublisherSettings(
+                    stream=stream_settings,
+                    handshake_timeout=webrtc.handshake_timeout_seconds,
+                    idle_timeout=settings.whip.idle_timeout_seconds,
+                    ice_servers=ice_servers_of(settings),
+                    public_ips=list(webrtc.public_ips),
+                    offer_limits=OfferLimits.of(webrtc),
+                ),
+            ),
+            observer=WhipSessions(client_sessions),
+        )
     core = Core(
         config=config,
         registry=registry,
@@ -196,6 +245,7 @@ def build_core(loaded: LoadedSettings) -> Core:
         files=files,
         client_sessions=client_sessions,
         rtmp=rtmp_server,
+        whip=whip_server,
         started_at=started_at,
     )
     _declare_settings(core)
@@ -246,12 +296,18 @@ def access_policy(settings: Settings) -> AccessPolicy:
     )
 
 
-def whep_settings(settings: Settings) -> WhepSettings:
+def ice_servers_of(settings: Settings) -> list[dict[str, str]]:
+    """The configured STUN/TURN servers as aiortc's ``RTCIceServer`` arguments (WHEP and WHIP)."""
     webrtc = settings.webrtc
-    ice_servers = [
+    return [
         {"urls": url, "username": webrtc.ice_username, "credential": webrtc.ice_credential}
         for url in webrtc.ice_servers
     ]
+
+
+def whep_settings(settings: Settings) -> WhepSettings:
+    webrtc = settings.webrtc
+    ice_servers = ice_servers_of(settings)
     return WhepSettings(
         max_viewers_per_stream=webrtc.max_peers_per_stream,
         publisher_wait=webrtc.publisher_wait_seconds,

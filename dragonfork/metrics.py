@@ -295,6 +295,17 @@ INGEST_READERS = Gauge(
     ["protocol"],
     registry=REGISTRY,
 )
+WHIP_PUBLISHERS_CLOSED = Counter(
+    "dragonfork_whip_publishers_closed_total",
+    "WHIP publishers ended after their answer, by reason (delete, peer_closed, ice_failed, idle, ...)",
+    ["reason"],
+    registry=REGISTRY,
+)
+WHIP_KEYFRAME_REQUESTS = Counter(
+    "dragonfork_whip_keyframe_requests_total",
+    "RTCP PLIs sent to WHIP publishers because a reader was waiting for a keyframe",
+    registry=REGISTRY,
+)
 INGEST_REFUSALS = Counter(
     "dragonfork_ingest_refused_total",
     "Clients refused by an ingest server (bad handshake or chunks, token, name taken, codec), by reason",

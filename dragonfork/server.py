@@ -8,6 +8,7 @@ trio.run(serve)
         ├── config.run        → the services a config reload restarts in their own scopes:
         │   ├── metrics history → samples the metrics for /api/v3/metrics (when metrics.enable)
         │   └── srt server    → (srt.enable) one UDP socket: a receive task and a timer for every connection
+        ├── whip.run          → (whip.enable) one task per WHIP publisher (its stream and readers inside)
         ├── registry.run      → one supervisor (and one nursery per FFmpeg run) per process
         ├── client_sessions.run → the session collectors' tick (expiry, counters, persisted totals)
         ├── hypercorn.trio    → the QuartTrio app
@@ -118,6 +119,8 @@ async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None
         await root.start(core.config.run)
         if core.rtmp is not None:
             await root.start(core.rtmp.run)
+        if core.whip is not None:
+            await root.start(core.whip.run)
         await root.start(core.registry.run)
         await start_scoped_services(core)
         await root.start(core.client_sessions.run)

@@ -39,13 +39,15 @@ def publish_command(
 
 
 class Publisher:
-    """A background FFmpeg publisher; its stderr goes to a file for the assertions."""
+    """A background FFmpeg publisher (RTMP unless another ``command`` is given); its stderr goes to a file."""
 
-    def __init__(self, url: str, log: Path, **options: str | None) -> None:
+    def __init__(
+        self, url: str, log: Path, *, command: list[str] | None = None, **options: str | None
+    ) -> None:
         self.log_path = log
         self._log = log.open("w")
         self.proc = subprocess.Popen(
-            publish_command(url, **options), stderr=self._log, stdin=subprocess.DEVNULL
+            command or publish_command(url, **options), stderr=self._log, stdin=subprocess.DEVNULL
         )
 
     def log(self) -> str:

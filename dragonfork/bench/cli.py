@@ -160,7 +160,7 @@ async def run_suite(settings: Any, with_janus: bool) -> dict[str, Any]:
                 ours["first_frames_cache_off"] = await first_frames(server, settings)
         except ServerFailed as exc:
             ours["error"] = str(exc)
-        say("ingest: RTMP and SRT publisher → WHEP viewer latency, CPU per publisher")
+        say("ingest: RTMP, SRT and WHIP publisher → WHEP viewer latency, CPU per publisher")
         results["ingest"] = await ingest_figures(settings.server_cpus)
         if with_janus and feed is not None:
             for key, event_loops, with_first_frames in JANUS_RUNS:

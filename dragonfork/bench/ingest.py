@@ -1,8 +1,8 @@
-"""Ingest benchmark: publisher → viewer latency (RTMP/SRT → FFmpeg copy → WHEP), server CPU per publisher.
+"""Ingest benchmark: publisher → viewer latency (RTMP/SRT/WHIP → FFmpeg copy → WHEP), CPU per publisher.
 
     python -m dragonfork.bench.ingest [--seconds 15] [--json]
 
-It starts its own server (RTMP and SRT on, loopback ports) and runs two phases per protocol:
+It starts its own server (RTMP, SRT and WHIP on, loopback ports) and runs two phases per protocol:
 
 1. **CPU per publisher.** One RTMP publisher at 4 Mbit/s (640x360, 30 fps, H.264 baseline, 1 s GOP) and
    nothing else: the server process's CPU (user + system, % of one core) is what one RTMP publisher costs
@@ -20,7 +20,9 @@ block) are not counted.
 The RTMP publisher is this module's own RTMP client (our chunk writer, AMF0 and FLV code, PyAV's libx264):
 no FFmpeg in front, so nothing between the timecode and the socket but the encoder. The SRT publisher is
 FFmpeg (libsrt is the peer that matters): this module pipes the timecoded frames raw into its libx264 in
-real time, so the figure also covers the pipe and FFmpeg's MPEG-TS muxer.
+real time, so the figure also covers the pipe and FFmpeg's MPEG-TS muxer. The WHIP publisher is an aiortc
+peer sending the same PyAV-encoded frames pre-encoded (aiortc packetizes them, no second encode); its
+process reads ``{whip,name=…}``, the server's live Matroska.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -44,12 +46,17 @@ from typing import Any
 import av
 import httpx
 import psutil
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
+from av.video.codeccontext import VideoCodecContext
 
 from dragonfork.bench.servers import free_port
 from dragonfork.servers.rtmp import amf0, flv
 from dragonfork.servers.rtmp import messages as msg
 from dragonfork.servers.rtmp.chunks import ChunkReader, ChunkWriter, Message
 from dragonfork.servers.rtmp.handshake import HANDSHAKE_SIZE
+from dragonfork.stream import avc
+from dragonfork.webrtc.sdp import preferred_codecs
 
 WIDTH, HEIGHT, FPS = 640, 360, 30
 BITRATE = 4_000_000
@@ -113,6 +120,23 @@ def clock_ms() -> int:
 
 
 # --- the publisher: our own RTMP client ---------------------------------------------------------------------
+
+
+def timecode_encoder() -> VideoCodecContext:
+    """libx264 for the timecode frames: 4 Mbit/s, baseline, no B-frames, 1 s GOP, SPS/PPS on every IDR."""
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+    encoder.time_base = Fraction(1, 1000)
+    encoder.framerate = Fraction(FPS, 1)
+    encoder.bit_rate = BITRATE
+    encoder.options = {
+        "preset": "ultrafast",
+        "tune": "zerolatency",
+        "profile": "baseline",
+        "x264-params": f"keyint={FPS}:min-keyint={FPS}:scenecut=0:repeat-headers=1:"
+        f"vbv-maxrate={BITRATE // 1000}:vbv-bufsize={BITRATE // 1000}",
+    }
+    return encoder
 
 
 class RtmpPublisher:
@@ -180,18 +204,7 @@ class RtmpPublisher:
         await self._send(writer, Message(msg.DATA_AMF0, 1, 0, payload, msg.DATA_CHUNK_STREAM))
 
     async def _stream(self, writer: asyncio.StreamWriter, seconds: float) -> None:
-        encoder = av.CodecContext.create("libx264", "w")
-        encoder.width, encoder.height, encoder.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        encoder.time_base = Fraction(1, 1000)
-        encoder.framerate = Fraction(FPS, 1)
-        encoder.bit_rate = BITRATE
-        encoder.options = {
-            "preset": "ultrafast",
-            "tune": "zerolatency",
-            "profile": "baseline",
-            "x264-params": f"keyint={FPS}:min-keyint={FPS}:scenecut=0:repeat-headers=1:"
-            f"vbv-maxrate={BITRATE // 1000}:vbv-bufsize={BITRATE // 1000}",
-        }
+        encoder = timecode_encoder()
         sent_config: bytes | None = None
         started = time.monotonic()
         while (elapsed := time.monotonic() - started) < seconds:
@@ -201,7 +214,7 @@ class RtmpPublisher:
             for packet in encoder.encode(frame):
                 data = bytes(packet)
                 if packet.is_keyframe:
-                    config = flv.avc_config_from_access_unit(data)
+                    config = avc.avc_config_from_access_unit(data)
                     if config is not None and config != sent_config:
                         sent_config = config
                         tag = flv.video_sequence_header(config)
@@ -210,7 +223,7 @@ class RtmpPublisher:
                         )
                 if sent_config is None:
                     continue
-                tag = flv.video_tag(packet.is_keyframe, 0, flv.annex_b_to_avcc(data))
+                tag = flv.video_tag(packet.is_keyframe, 0, avc.annex_b_to_avcc(data))
                 await self._send(writer, Message(msg.VIDEO, 1, timestamp, tag, msg.VIDEO_CHUNK_STREAM))
                 self.frames += 1
             await asyncio.sleep(max(0.0, started + (self.frames + 1) / FPS - time.monotonic()))
@@ -253,12 +266,63 @@ class SrtPublisher:
             await encoder.wait()
 
 
+class TimecodeTrack(MediaStreamTrack):
+    """A video track whose ``recv`` encodes the next timecode frame in real time and returns the packet."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames = 0
+        self._encoder = timecode_encoder()
+        self._started = time.monotonic()
+
+    async def recv(self) -> av.Packet:
+        while True:
+            await asyncio.sleep(max(0.0, self._started + self.frames / FPS - time.monotonic()))
+            frame = draw_frame(clock_ms())
+            frame.pts = int((time.monotonic() - self._started) * 1000)
+            self.frames += 1
+            packets = self._encoder.encode(frame)
+            if packets:
+                packet = packets[0]
+                packet.pts = frame.pts * 90  # aiortc takes pts in time_base units: 90 kHz
+                packet.time_base = Fraction(1, 90_000)
+                return packet
+
+
+class WhipPublisher:
+    """Publishes the timecode frames to ``url`` over WHIP (an aiortc peer) for ``seconds``, then DELETEs."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.track = TimecodeTrack()
+
+    async def run(self, seconds: float) -> None:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            transceiver = pc.addTransceiver(self.track, direction="sendonly")
+            transceiver.setCodecPreferences(preferred_codecs("video"))
+            await pc.setLocalDescription(await pc.createOffer())
+            async with httpx.AsyncClient(timeout=10) as http:
+                response = await http.post(
+                    self.url, content=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}
+                )
+                if response.status_code != 201:
+                    raise ConnectionError(f"WHIP offer refused: {response.status_code} {response.text}")
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
+                await asyncio.sleep(seconds)
+                await http.delete(str(httpx.URL(self.url).join(response.headers["Location"])))
+        finally:
+            await pc.close()
+
+
 # --- the server and the measurements ------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
 def running_server(workdir: Path, cpus: str | None) -> Iterator[tuple[str, dict[str, int], psutil.Process]]:
-    """``dragonfork serve`` with RTMP and SRT on loopback: (API URL, port per protocol, server process)."""
+    """``dragonfork serve`` with RTMP, SRT and WHIP on loopback: (API URL, port per protocol, the process)."""
     http_port, rtmp_port, srt_port = free_port(), free_port(), free_udp_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("CORE_")}
     env.update(
@@ -289,7 +353,7 @@ def running_server(workdir: Path, cpus: str | None) -> Iterator[tuple[str, dict[
         server = psutil.Process(process.pid)
         if cpus:
             server = psutil.Process(server.children()[0].pid) if server.name() == "taskset" else server
-        yield url, {"rtmp": rtmp_port, "srt": srt_port}, server
+        yield url, {"rtmp": rtmp_port, "srt": srt_port, "whip": http_port}, server
     finally:
         process.terminate()
         try:
@@ -312,7 +376,12 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 @contextlib.asynccontextmanager
 async def publishing(protocol: str, port: int, seconds: float) -> AsyncIterator[None]:
-    publisher = RtmpPublisher(port, STREAM) if protocol == "rtmp" else SrtPublisher(port, STREAM)
+    publishers: dict[str, Callable[[], RtmpPublisher | SrtPublisher | WhipPublisher]] = {
+        "rtmp": lambda: RtmpPublisher(port, STREAM),
+        "srt": lambda: SrtPublisher(port, STREAM),
+        "whip": lambda: WhipPublisher(f"http://127.0.0.1:{port}/api/v3/whip/{STREAM}"),
+    }
+    publisher = publishers[protocol]()
     task = asyncio.create_task(publisher.run(seconds))
     try:
         yield
@@ -393,7 +462,8 @@ async def latency(
     steady = samples[FPS:]  # the first second includes the viewer's start (keyframe burst, jitter buffer)
     ordered = sorted(steady)
     return {
-        "path": f"{protocol.upper()} → FFmpeg -c:v copy → RTP → WHEP (aiortc viewer, decoding)",
+        "path": f"{protocol.upper()}{' → Matroska' if protocol == 'whip' else ''} → FFmpeg -c:v copy → RTP → "
+        "WHEP (aiortc viewer, decoding)",
         "frames_measured": len(steady),
         "frames_unreadable": unreadable,
         "median_ms": statistics.median(steady),

@@ -27,6 +27,7 @@ from dragonfork.http.routes.process import process_blueprint
 from dragonfork.http.routes.sessions import WIDGET_PREFIX, sessions_blueprint
 from dragonfork.http.routes.ui import ui_blueprint
 from dragonfork.http.routes.whep import whep_blueprint
+from dragonfork.http.routes.whip import is_reader_path, whip_blueprint
 
 log = structlog.get_logger("dragonfork.http")
 
@@ -43,7 +44,8 @@ def create_app(core: Core) -> QuartTrio:
     @app.before_request
     async def _before() -> None:
         g.started = time.perf_counter()
-        public = request.path.startswith(WIDGET_PREFIX)  # datarhei's widget needs no auth
+        # datarhei's widget needs no auth; a WHIP stream's Matroska read is authorised by its own key
+        public = request.path.startswith(WIDGET_PREFIX) or is_reader_path(request.path)
         if request.path.startswith("/api/v3") and not public:
             issuer.require()
             if core.settings.api.read_only and changes_state(request.method, request.path):
@@ -94,6 +96,7 @@ def create_app(core: Core) -> QuartTrio:
     app.register_blueprint(process_blueprint(core))
     app.register_blueprint(monitor_blueprint(core))
     app.register_blueprint(whep_blueprint(core))
+    app.register_blueprint(whip_blueprint(core))
     app.register_blueprint(files_blueprint(core.files))
     app.register_blueprint(sessions_blueprint(core))
     app.register_blueprint(ingest_blueprint(core))

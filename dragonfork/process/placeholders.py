@@ -18,23 +18,29 @@ only when it is not ``/``). FFmpeg plays it in an input and publishes to it in a
 ``srt://HOST:PORT?mode=caller&transtype=live&latency=20000&streamid=NAME,mode:request`` in an input
 (``mode:publish`` in an output), then ``,token:T`` and ``&passphrase=P`` when ``srt.token`` and
 ``srt.passphrase`` are set. The latency is FFmpeg's, in microseconds (datarhei's default 20 ms).
+
+``{whip,name=NAME}`` (ours) is the stream a WHIP publisher pushes under NAME, as live Matroska over this
+server's own HTTP address: ``http://127.0.0.1:PORT/api/v3/whip/NAME/stream.mkv[?key=K]`` (docs/whip.md). It
+is an input only: in an output it stays as it is, and is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from urllib.parse import quote
 
 from dragonfork.process.access import AddressDenied
 from dragonfork.process.schema import CleanupRule, IOConfig, ProcessConfig
 
 _PLACEHOLDER = re.compile(
     r"\{(processid|reference|inputid|outputid|diskfs|memfs|fs:disk|fs:mem)(?:\^(.))?\}|\{rtmp,name=([^{}]*)\}"
-    r"|\{srt,([^{}]*)\}"
+    r"|\{srt,([^{}]*)\}|\{whip,name=([^{}]*)\}"
 )
 _ALIASES = {"fs:disk": "diskfs", "fs:mem": "memfs"}
 _RTMP = re.compile(r"\{rtmp,name=[^{}]*\}")
 _SRT = re.compile(r"\{srt,[^{}]*\}")
+_WHIP = re.compile(r"\{whip,name=[^{}]*\}")
 SRT_DEFAULT_LATENCY_US = "20000"
 
 
@@ -49,6 +55,9 @@ class IngestAddresses:
     """``srt://HOST:PORT``, the base of every ``{srt,name=NAME}``."""
     srt_token: str = ""
     srt_passphrase: str = ""
+    whip: str | None = None
+    """``http://127.0.0.1:PORT/api/v3/whip``, the base of every ``{whip,name=NAME}``."""
+    whip_key: str = ""
 
     @classmethod
     def for_rtmp(cls, address: str, app: str, token: str) -> IngestAddresses:
@@ -67,6 +76,12 @@ class IngestAddresses:
         if self.rtmp is None:
             return None
         return f"{self.rtmp}/{name}" + (f"?token={self.rtmp_token}" if self.rtmp_token else "")
+
+    def whip_url(self, name: str, section: str) -> str | None:
+        if self.whip is None or section != "input":
+            return None
+        key = f"?key={self.whip_key}" if self.whip_key else ""
+        return f"{self.whip}/{quote(name, safe='')}/stream.mkv{key}"
 
     def srt_url(self, params: str, section: str) -> str | None:
         """``params`` as datarhei reads them: comma-separated ``key=value`` (``name``, ``latency``)."""
@@ -101,10 +116,11 @@ def _escaped(value: str, char: str) -> str:
 def expand(
     text: str, values: dict[str, str], ingest: IngestAddresses | None = None, section: str = "input"
 ) -> str:
-    """``section`` (input, output) picks the SRT mode: FFmpeg requests in an input, publishes in an output."""
+    """``section`` (input, output) picks the SRT mode (FFmpeg requests in an input, publishes in an output)
+    and leaves ``{whip,...}`` in an output as it is (``check_ingest_available`` refuses it)."""
 
     def replace(match: re.Match[str]) -> str:
-        name, escape, rtmp_name, srt_params = match.group(1), match.group(2), match.group(3), match.group(4)
+        name, escape, rtmp_name, srt_params, whip_name = match.groups()
         if name is not None:
             value = values.get(_ALIASES.get(name, name))
             if value is None:
@@ -112,7 +128,12 @@ def expand(
             return _escaped(value, escape) if escape else value
         if ingest is None:
             return match.group(0)
-        url = ingest.rtmp_url(rtmp_name) if srt_params is None else ingest.srt_url(srt_params, section)
+        if whip_name is not None:
+            url = ingest.whip_url(whip_name, section)
+        elif srt_params is not None:
+            url = ingest.srt_url(srt_params, section)
+        else:
+            url = ingest.rtmp_url(rtmp_name)
         return match.group(0) if url is None else url
 
     return _PLACEHOLDER.sub(replace, text)
@@ -154,10 +175,19 @@ def expand_config(
 
 
 def check_ingest_available(resolved: ProcessConfig) -> None:
-    """Refuse an address still holding ``{rtmp,...}`` or ``{srt,...}`` after expansion: its server is not
-    enabled."""
+    """Refuse an address still holding ``{rtmp,...}``, ``{srt,...}`` or ``{whip,...}`` after expansion: its
+    server is not enabled (or, for ``{whip,...}``, it is an output: WHIP streams are read, not written)."""
     for kind, ios in (("input", resolved.input), ("output", resolved.output)):
         for index, io in enumerate(ios):
+            if _WHIP.search(io.address):
+                raise AddressDenied(
+                    f"{kind}.{index}.address",
+                    io.address,
+                    "{whip,name=...} is an input (a WHIP publisher's stream); it cannot be an output"
+                    if kind == "output"
+                    else "{whip,name=...} needs WHIP ingest: set whip.enable and webrtc.enable "
+                    "(CORE_WHIP_ENABLE)",
+                )
             for pattern, server in ((_RTMP, "rtmp"), (_SRT, "srt")):
                 if pattern.search(io.address):
                     raise AddressDenied(

@@ -1,9 +1,72 @@
-"""Protocol services, one folder each (``whep/``, ``rtmp/``): signalling, session table, caps, read model.
+"""Protocol services, one folder each (``whep/``, ``whip/``, ``rtmp/``): signalling, sessions, read model.
 
 A service asks a ``Stream`` of the hub to start its readers (in the stream's nursery); it owns sessions, not
 reader tasks. HTTP routes call a service's small API and never wire objects together themselves.
 """
 
+import hashlib
+from typing import Protocol
+
+from dragonfork.webrtc.sdp import SdpRejected
+
 
 class ListenFailed(Exception):
     """A service cannot listen on its configured address (in use, not ours); the message names the key."""
+
+
+class SignallingRefused(Exception):
+    """A WHEP/WHIP offer, trickle or session request that cannot be served; ``status`` is the HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        field: str | None = None,
+        details: list[str] | None = None,
+        retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.details = details  # "<field>: <text>" entries, when the message alone does not say enough
+        self.retry_after = retry_after
+        self.headers = headers or {}
+
+
+def answer_entity_tag(answer_sdp: str) -> str:
+    """A session's strong ETag: it changes with the answer (and so with the ICE credentials)."""
+    return f'"{hashlib.sha256(answer_sdp.encode()).hexdigest()[:24]}"'
+
+
+def entity_tag_matches(if_match: str, entity_tag: str) -> bool:
+    """RFC 9110 §13.1.1: ``*`` or a list of entity tags, compared strongly (a weak ``W/`` never matches)."""
+    return if_match.strip() == "*" or entity_tag in (tag.strip() for tag in if_match.split(","))
+
+
+class TrickleTarget(Protocol):
+    """A WHEP viewer or WHIP publisher: its session ETag and how it takes trickled candidates."""
+
+    entity_tag: str
+
+    async def add_remote_candidates(self, sdpfrag: str, *, if_match_sent: bool) -> None: ...
+
+
+async def trickle(
+    session: TrickleTarget, sdpfrag: str, if_match: str | None, refused: type[SignallingRefused]
+) -> None:
+    """A PATCH on a session: ``If-Match``, when present, must be ``*`` or its ETag (else 412), then the
+    fragment is applied; a refused fragment is ``refused`` with its status (400, 422, 428)."""
+    if if_match is not None and not entity_tag_matches(if_match, session.entity_tag):
+        raise refused(
+            412,
+            f"If-Match {if_match[:80]!r} is not this session's ETag {session.entity_tag}",
+            field="If-Match",
+            headers={"ETag": session.entity_tag},
+        )
+    try:
+        await session.add_remote_candidates(sdpfrag, if_match_sent=if_match is not None)
+    except SdpRejected as exc:
+        raise refused(exc.status, exc.message, field="sdpfrag") from None

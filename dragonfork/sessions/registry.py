@@ -1,8 +1,8 @@
 """The session service: one collector per kind of client, the ``sessions.*`` rules, the once-a-second tick.
 
-Collectors are datarhei Core's: ``hls`` (players fetching playlists and segments), ``webrtc`` (WHEP viewers),
-``rtmp`` and ``srt`` (the publishers and players of those servers), ``ffmpeg`` (what FFmpeg processes pull
-from and push to the network). ``open`` is the door for a new viewer: clients in
+Collectors are datarhei Core's: ``hls`` (players fetching playlists and segments), ``webrtc`` (WHEP viewers
+and WHIP publishers), ``rtmp`` and ``srt`` (the publishers and players of those servers), ``ffmpeg`` (what
+FFmpeg processes pull from and push to the network). ``open`` is the door for a new viewer: clients in
 ``sessions.ip_ignorelist`` (loopback by default, as in datarhei) are not collected at all, so neither
 counted nor limited; for the others ``sessions.max_sessions`` (per collector) and
 ``sessions.max_bitrate_mbit`` (the outgoing bitrate of every collector together) refuse new viewers with
@@ -105,11 +105,17 @@ class SessionRegistry:
         client: Client,
         counter: Counter | None = None,
         idle_timeout: float | None = None,
+        ingress: bool = False,
     ) -> Session | None:
-        """Admit and register a viewer: None for an ignored client, ``SessionRefused`` over a limit."""
+        """Admit and register a viewer: None for an ignored client, ``SessionRefused`` over a limit.
+
+        ``ingress`` sessions (WHIP publishers) are collected but never refused: the limits are on
+        what the server sends out.
+        """
         if not self.collectable(client.address):
             return None
-        self.check_admission(collector)
+        if not ingress:
+            self.check_admission(collector)
         return self.collectors[collector].register(
             session_id,
             reference=reference,

@@ -3,9 +3,10 @@
 A ``Stream`` is protocol-neutral: its publisher (FFmpeg's RTP legs, see ``stream.ingest.rtp_udp``, or an
 RTMP publisher session in ``servers/rtmp``) writes whole frames into its tracks, and readers (WHEP viewers,
 RTMP players, later HLS) subscribe to them. Its audio codec is the publisher's (Opus from the RTP legs, AAC
-from RTMP). ``Stream.run`` is started in the publisher's nursery (a process run, a publisher session) and
-holds the nursery every reader runs in (``start_reader``), so cancelling the publisher ends every reader with
-it, in one place. A stream runs once: a restarted publisher makes a new one (see docs/hub.md for why).
+from RTMP), and so is its video codec (H.264; VP8 or VP9 from a WHIP publisher that sends nothing else).
+``Stream.run`` is started in the publisher's nursery (a process run, a publisher session) and holds the
+nursery every reader runs in (``start_reader``), so cancelling the publisher ends every reader with it, in
+one place. A stream runs once: a restarted publisher makes a new one (see docs/hub.md for why).
 """
 
 from __future__ import annotations
@@ -40,7 +41,13 @@ class Stream:
     """The video (and optional audio) track of one publisher, and the readers' nursery."""
 
     def __init__(
-        self, name: str, settings: StreamSettings, *, has_audio: bool, audio_codec: Codec = OPUS
+        self,
+        name: str,
+        settings: StreamSettings,
+        *,
+        has_audio: bool,
+        audio_codec: Codec = OPUS,
+        video_codec: Codec = H264,
     ) -> None:
         self.name = name
         self.has_audio = has_audio
@@ -52,7 +59,9 @@ class Stream:
             else None
         )
         buffer = settings.subscriber_buffer_frames
-        self.video = Track(H264, cache=cache, subscriber_buffer=buffer, on_first_keyframe=self.live.set)
+        self.video = Track(
+            video_codec, cache=cache, subscriber_buffer=buffer, on_first_keyframe=self.live.set
+        )
         self.audio = Track(audio_codec, cache=None, subscriber_buffer=buffer) if has_audio else None
         self.ending = False
         """Set by ``end``: the publisher is going; a reader that ends now ends because of that."""

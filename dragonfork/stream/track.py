@@ -31,6 +31,9 @@ class Codec:
 
 
 H264 = Codec("video", "H264", VIDEO_CLOCK_RATE)
+VP8 = Codec("video", "VP8", VIDEO_CLOCK_RATE)
+VP9 = Codec("video", "VP9", VIDEO_CLOCK_RATE)
+"""VP8 and VP9 as WHIP publishers may send them (every other reader but a Matroska one takes H.264 only)."""
 OPUS = Codec("audio", "opus", AUDIO_CLOCK_RATE)
 AAC = Codec("audio", "AAC", VIDEO_CLOCK_RATE)
 """AAC as RTMP and MPEG-TS publishers carry it; timestamps on the 90 kHz MPEG clock (milliseconds × 90)."""
@@ -92,6 +95,9 @@ class Track:
         """The decoder configuration when the publisher sends it out of band (H.264: the
         AVCDecoderConfigurationRecord; AAC: the AudioSpecificConfig), for readers whose format carries it
         out of band too (RTMP, MP4). None when it only travels in band (SPS/PPS in the keyframes)."""
+        self.request_keyframe: Callable[[], None] | None = None
+        """Set by a publisher that can ask its encoder for a keyframe (WHIP: an RTCP PLI): called when a
+        video subscriber must wait for one (no keyframe-cache burst), so it does not wait a whole GOP."""
         self.frames = 0
         self.keyframes = 0
         kind = codec.kind
@@ -169,6 +175,8 @@ class Track:
                 metrics.KEYFRAME_BURSTS.inc()
             else:
                 subscription._awaiting_keyframe = True
+                if self.request_keyframe is not None:
+                    self.request_keyframe()
         self._subscribers.append(subscription)
 
     def _detach(self, subscription: Subscription) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiortc import RTCIceCandidate, RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
@@ -113,6 +113,41 @@ def validate_offer(offer_sdp: str, *, stream_has_audio: bool, limits: OfferLimit
     them by multicast with a 1 s timeout (which fails in containers) inside ``setRemoteDescription``, so they
     would delay every answer. The browser's address is learnt from its connectivity checks instead.
     """
+    parsed = _parse_offer(offer_sdp, limits, WHEP)
+    video, audio = parsed.video, parsed.audio
+    if not any(_is_sendable_h264(codec) for codec in video.rtp.codecs):
+        raise OfferRejected(
+            406,
+            "the video m-line offers no H.264 with packetization-mode=1 in profile "
+            f"{' or '.join(H264_PROFILES.values())}; offered: {_describe_codecs(video)}",
+        )
+    if stream_has_audio and audio is not None and not any(_is_opus(codec) for codec in audio.rtp.codecs):
+        raise OfferRejected(406, f"the audio m-line offers no opus/48000; offered: {_describe_codecs(audio)}")
+    return parsed.offer
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Signalling:
+    """Which way the media of an offer flows: a WHEP client receives, a WHIP client sends (RFC 9725)."""
+
+    protocol: str
+    directions: tuple[str, str]
+    video_needed: str  # what the 406 for an offer without video says
+
+
+WHEP = _Signalling("WHEP", ("recvonly", "sendrecv"), "this stream sends H.264 video")
+WHIP = _Signalling("WHIP", ("sendonly", "sendrecv"), "this server takes H.264 video")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ParsedOffer:
+    offer: Offer
+    video: MediaDescription
+    audio: MediaDescription | None
+
+
+def _parse_offer(offer_sdp: str, limits: OfferLimits | None, signalling: _Signalling) -> _ParsedOffer:
+    """The checks every offer passes (limits, shape, transport, BUNDLE, a video m-line), both directions."""
     limits = limits or OfferLimits.default()
     limits.check_size(offer_sdp, "offer", OfferRejected)
     lines = offer_sdp.strip().splitlines()
@@ -132,31 +167,124 @@ def validate_offer(offer_sdp: str, *, stream_has_audio: bool, limits: OfferLimit
     credentials: dict[int, tuple[str, str]] = {}  # ICE ufrag and pwd of each audio/video m-line, by index
     for index, section in enumerate(description.media):
         if section.kind in ("audio", "video"):
-            credentials[index] = _check_media_section(index, section)
+            credentials[index] = _check_media_section(index, section, signalling)
     video_index = next((i for i in credentials if description.media[i].kind == "video"), None)
     audio = next((description.media[i] for i in credentials if description.media[i].kind == "audio"), None)
     if video_index is None:
-        raise OfferRejected(406, "the offer has no video m-line; this stream sends H.264 video")
-    video = description.media[video_index]
-    if not any(_is_sendable_h264(codec) for codec in video.rtp.codecs):
-        raise OfferRejected(
-            406,
-            "the video m-line offers no H.264 with packetization-mode=1 in profile "
-            f"{' or '.join(H264_PROFILES.values())}; offered: {_describe_codecs(video)}",
-        )
-    if stream_has_audio and audio is not None and not any(_is_opus(codec) for codec in audio.rtp.codecs):
-        raise OfferRejected(406, f"the audio m-line offers no opus/48000; offered: {_describe_codecs(audio)}")
+        raise OfferRejected(406, f"the offer has no video m-line; {signalling.video_needed}")
 
     bundle = next((group for group in description.group if group.semantic == "BUNDLE"), None)
     _check_bundle(description, bundle.items if bundle else None)
     ice_ufrag, ice_pwd = credentials[video_index]
-    return Offer(
+    offer = Offer(
         sdp=sdp,
         has_audio=audio is not None,
         ice_ufrag=ice_ufrag,
         ice_pwd=ice_pwd,
         bundle_mid=str(bundle.items[0]) if bundle and bundle.items else None,
     )
+    return _ParsedOffer(offer, description.media[video_index], audio)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PublisherOffer:
+    """A validated WHIP offer: ``offer.sdp`` is what aiortc negotiates, ``shown_lines`` what it was told.
+
+    aiortc negotiates H.264 in two profiles only, and VP8 but not VP9, while it never decodes a publisher's
+    media here (``webrtc/rtp_tap.py``): for any other H.264 profile its ``a=fmtp`` line shows constrained
+    baseline, and a VP9 ``a=rtpmap`` line shows VP8. ``answer_publisher`` puts the publisher's own lines
+    back into the answer, so the publisher sends what it offered.
+    """
+
+    offer: Offer
+    video_codec: str
+    """The codec the publisher will send: "H264" whenever offered, else "VP8", else "VP9"."""
+    shown_lines: dict[str, str]
+    """``a=fmtp:PT`` / ``a=rtpmap:PT`` → the offer's own line, for each line aiortc was shown otherwise."""
+
+    @property
+    def mime_type(self) -> str:
+        """What aiortc calls the negotiated video codec in its answer (VP9 is shown to it as VP8)."""
+        return "video/h264" if self.video_codec == "H264" else "video/vp8"
+
+
+PUBLISHER_VIDEO_CODECS = ("VP8", "VP9")
+"""Taken when an offer has no H.264 (browsers told to send nothing else); readers get them as Matroska."""
+
+
+def validate_publisher_offer(offer_sdp: str, limits: OfferLimits | None = None) -> PublisherOffer:
+    """Check a WHIP offer: H.264 (packetization-mode 1, any profile), else VP8, else VP9 video, and, if
+    offered, Opus audio.
+
+    Raises ``OfferRejected``: 400 for a malformed offer or the wrong direction, 406 naming what was offered
+    when there is no usable codec.
+    """
+    parsed = _parse_offer(offer_sdp, limits, WHIP)
+    video, audio = parsed.video, parsed.audio
+    if audio is not None and not any(_is_opus(codec) for codec in audio.rtp.codecs):
+        raise OfferRejected(406, f"the audio m-line offers no opus/48000; offered: {_describe_codecs(audio)}")
+    h264 = [codec for codec in video.rtp.codecs if _is_h264_mode1(codec)]
+    offered = {codec.mimeType.split("/", 1)[-1].upper() for codec in video.rtp.codecs}
+    codec_name = "H264" if h264 else next((name for name in PUBLISHER_VIDEO_CODECS if name in offered), None)
+    if codec_name is None:
+        raise OfferRejected(
+            406,
+            "the video m-line offers no H.264 with packetization-mode=1 (any profile), VP8 or VP9; "
+            f"offered: {_describe_codecs(video)}",
+        )
+    rewrite: dict[str, Callable[[str], str]] = {}
+    if codec_name == "H264":
+        rewrite = {
+            f"a=fmtp:{c.payloadType}": _with_constrained_baseline for c in h264 if not _is_sendable_h264(c)
+        }
+    elif codec_name == "VP9":
+        vp9 = [codec for codec in video.rtp.codecs if codec.mimeType.upper() == "VIDEO/VP9"]
+        rewrite = {f"a=rtpmap:{codec.payloadType}": _as_vp8 for codec in vp9}
+    lines = parsed.offer.sdp.splitlines()
+    shown: dict[str, str] = {}
+    for index, key, line in _video_lines(lines):
+        if key in rewrite:
+            shown[key] = line
+            lines[index] = rewrite[key](line)
+    offer = dataclasses.replace(parsed.offer, sdp="\r\n".join(lines) + "\r\n")
+    return PublisherOffer(offer, codec_name, shown)
+
+
+def answer_publisher(answer_sdp: str, offer: PublisherOffer) -> str:
+    """aiortc's answer with the publisher's own lines where ``validate_publisher_offer`` showed aiortc
+    others (an H.264 profile, VP9)."""
+    if not offer.shown_lines:
+        return answer_sdp
+    lines = answer_sdp.splitlines()
+    for index, key, _line in _video_lines(lines):
+        if key in offer.shown_lines:
+            lines[index] = offer.shown_lines[key]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _video_lines(lines: list[str]) -> list[tuple[int, str, str]]:
+    """(index, ``a=fmtp:PT``/``a=rtpmap:PT``, line) of each such well-formed line of the video m-section."""
+    found = []
+    in_video = False
+    for index, line in enumerate(lines):
+        if line.startswith("m="):
+            in_video = line.startswith("m=video ")
+        elif in_video and line.startswith(("a=fmtp:", "a=rtpmap:")):
+            key = line.split(" ", 1)[0]
+            if key.partition(":")[2].isdigit():
+                found.append((index, key, line))
+    return found
+
+
+def _with_constrained_baseline(fmtp_line: str) -> str:
+    head, _, parameters = fmtp_line.partition(" ")
+    kept = [p for p in parameters.split(";") if p.strip() and not p.strip().startswith("profile-level-id=")]
+    return f"{head} {';'.join([*kept, 'profile-level-id=42e01f'])}"
+
+
+def _as_vp8(rtpmap_line: str) -> str:
+    head, _, _encoding = rtpmap_line.partition(" ")
+    return f"{head} VP8/90000"
 
 
 def _check_shape(lines: list[str], limits: OfferLimits) -> None:
@@ -220,13 +348,14 @@ def _check_bundle(description: SessionDescription, bundle: Sequence[object] | No
         raise OfferRejected(400, f"the m-section with mid {outside[0]!r} is not in the a=group:BUNDLE")
 
 
-def _check_media_section(index: int, media: MediaDescription) -> tuple[str, str]:
+def _check_media_section(index: int, media: MediaDescription, signalling: _Signalling) -> tuple[str, str]:
     """Raise ``OfferRejected`` unless aiortc can answer this audio/video m-line; return its ICE ufrag, pwd."""
     where = f"m-line {index} ({media.kind})"
+    expected = f"a {signalling.protocol} offer is {' or '.join(signalling.directions)}"
     if media.direction is None:
-        raise OfferRejected(400, f"{where} has no direction attribute; a WHEP offer is recvonly or sendrecv")
-    if media.direction not in ("recvonly", "sendrecv"):
-        raise OfferRejected(400, f"{where} is {media.direction}; a WHEP offer is recvonly or sendrecv")
+        raise OfferRejected(400, f"{where} has no direction attribute; {expected}")
+    if media.direction not in signalling.directions:
+        raise OfferRejected(400, f"{where} is {media.direction}; {expected}")
     if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
         raise OfferRejected(400, f"{where} has no ICE credentials (a=ice-ufrag and a=ice-pwd)")
     if media.dtls is None or not media.dtls.fingerprints:
@@ -236,10 +365,16 @@ def _check_media_section(index: int, media: MediaDescription) -> tuple[str, str]
     return media.ice.usernameFragment, media.ice.password
 
 
+def _is_h264_mode1(codec: RTCRtpCodecParameters) -> bool:
+    return (
+        codec.mimeType.lower() == "video/h264"
+        and codec.clockRate == 90_000
+        and str(codec.parameters.get("packetization-mode", "0")) == "1"
+    )
+
+
 def _is_sendable_h264(codec: RTCRtpCodecParameters) -> bool:
-    if codec.mimeType.lower() != "video/h264" or codec.clockRate != 90_000:
-        return False
-    if str(codec.parameters.get("packetization-mode", "0")) != "1":
+    if not _is_h264_mode1(codec):
         return False
     # Like aiortc, read a missing profile-level-id as constrained baseline level 3.1.
     try:

@@ -36,21 +36,23 @@ import structlog
 import trio
 from aiortc import (
     RTCConfiguration,
-    RTCIceCandidate,
     RTCIceServer,
     RTCPeerConnection,
-    RTCRtpReceiver,
-    RTCSessionDescription,
 )
-from aiortc.exceptions import OperationError
 from trio_asyncio import aio_as_trio
 
 from dragonfork import metrics
+from dragonfork.webrtc.peer import (
+    ConnectionStates,
+    add_trickled_candidates,
+    close_peer_connection,
+    leaf_type,
+    negotiate,
+)
+from dragonfork.webrtc.rtp_tap import drop_receive_bitrate_estimator
 from dragonfork.webrtc.sdp import (
-    FragmentRejected,
     Offer,
     OfferLimits,
-    OfferRejected,
     advertise_addresses,
     parse_trickle_fragment,
     preferred_codecs,
@@ -64,7 +66,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-CLOSE_TIMEOUT = 5.0  # bound on pc.close(); it normally takes a few milliseconds
 LIVENESS_INTERVAL = 1.0  # how often the receiver reports are checked
 
 
@@ -135,7 +136,7 @@ class Viewer:
         self._offered_at = 0.0
         self._offer: Offer | None = None
         self._pc: RTCPeerConnection | None = None
-        self._pc_state_changed = trio.Event()
+        self._pc_states: ConnectionStates | None = None
         self._closing = False  # in ``run``'s finally: our own pc.close() stops the senders
         self._stream: Stream | None = None
         self._remote_candidates = 0  # trickled so far, bounded by offer_limits.max_candidates
@@ -176,7 +177,7 @@ class Viewer:
         pc = self._pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[RTCIceServer(**server) for server in self.settings.ice_servers])
         )
-        pc.on("connectionstatechange", self._notify_pc_state)
+        self._pc_states = ConnectionStates(pc)
         try:
             with self._scope:
                 self.state = ViewerState.ANSWERING
@@ -201,12 +202,12 @@ class Viewer:
             if self.close_reason is None:
                 self.close_reason = CloseReason.ERROR
             log.exception("viewer_failed", viewer=self.id, process=self.process_id)
-            metrics.FAILURES.labels("viewer", _leaf_type(exc)).inc()
+            metrics.FAILURES.labels("viewer", leaf_type(exc)).inc()
         finally:
             self._closing = True
             if answered and self.close_reason is None:  # nobody called close(): the stream's scope ended
                 self.close_reason = CloseReason.PROCESS_STOPPED
-            await self._close_pc(pc)
+            await close_peer_connection(pc, viewer=self.id, process=self.process_id)
             for track, _ in feeds:
                 track.stop()
             self.state = ViewerState.CLOSED
@@ -216,27 +217,13 @@ class Viewer:
     async def add_remote_candidates(self, sdpfrag: str, *, if_match_sent: bool = True) -> None:
         """Apply a trickle-ICE PATCH body (RFC 8840). ICE restarts: 428 without If-Match, else 422."""
         limits = self.settings.offer_limits
-        fragment = parse_trickle_fragment(sdpfrag, limits)
         offer, pc = self._offer, self._pc
         if offer is None or pc is None or self.state is ViewerState.CLOSED:
+            parse_trickle_fragment(sdpfrag, limits)  # a malformed fragment is still a 400
             return
-        if fragment.restarts_ice(offer.ice_ufrag, offer.ice_pwd):
-            if not if_match_sent:
-                raise FragmentRejected(428, "an ICE restart (new ice-ufrag/ice-pwd) requires If-Match")
-            raise FragmentRejected(422, "ICE restart is not supported; start a new WHEP session")
-        self._remote_candidates += len(fragment.candidates)
-        if self._remote_candidates > limits.max_candidates:
-            raise limits.too_many_candidates("this session's trickled ICE", FragmentRejected)
-        candidates: list[RTCIceCandidate | None] = list(fragment.candidates)
-        if offer.bundle_mid is not None:
-            # With BUNDLE every m-line shares the first one's transport; aiortc only looks there.
-            candidates = [
-                dataclasses.replace(candidate, sdpMid=offer.bundle_mid, sdpMLineIndex=None)
-                for candidate in fragment.candidates
-            ]
-        if fragment.end_of_candidates:
-            candidates.append(None)
-        await aio_as_trio(_add_ice_candidates)(pc, candidates)  # one trio → asyncio hop for the whole PATCH
+        self._remote_candidates = await add_trickled_candidates(
+            pc, offer, sdpfrag, limits, trickled_so_far=self._remote_candidates, if_match_sent=if_match_sent
+        )
 
     def traffic(self) -> tuple[int, int]:
         """(received, sent) bytes so far, the session collector's counter (media flows one way: rx is 0)."""
@@ -250,37 +237,14 @@ class Viewer:
             drop_receive_bitrate_estimator(transceiver.receiver)
             # Before setRemoteDescription, or aiortc negotiates VP8 and sends our H.264 labelled VP8.
             transceiver.setCodecPreferences(preferred_codecs(track.kind))
-        try:
-            await aio_as_trio(pc.setRemoteDescription)(RTCSessionDescription(sdp=offer.sdp, type="offer"))
-            await aio_as_trio(pc.setLocalDescription)()  # creates the answer and gathers every candidate
-        except OperationError as exc:  # no codec in common
-            raise OfferRejected(406, f"offer refused by the WebRTC stack: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - the offer passed our checks; aiortc's own refusal is still a 400
-            log.info("offer_refused_by_aiortc", viewer=self.id, process=self.process_id, error=repr(exc))
-            raise OfferRejected(
-                400, f"offer refused by the WebRTC stack: {type(exc).__name__}: {exc}"
-            ) from exc
-        return advertise_addresses(pc.localDescription.sdp, self.settings.public_ips)
-
-    async def _close_pc(self, pc: RTCPeerConnection) -> None:
-        """Close the peer connection, bounded in time; a failure to close is logged, never raised.
-
-        aiortc can fail half-way through ``close()`` after an offer it refused (a transceiver without a
-        sender's transport); the viewer's own outcome (the refusal) must reach the client, not that.
-        """
-        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT) as close_scope:
-            try:
-                await aio_as_trio(pc.close)()
-            except Exception as exc:  # noqa: BLE001 - see the docstring
-                log.warning("viewer_close_failed", viewer=self.id, process=self.process_id, error=repr(exc))
-        if close_scope.cancelled_caught:
-            log.warning("viewer_close_timeout", viewer=self.id, process=self.process_id)
+        answer = await negotiate(pc, offer, viewer=self.id, process=self.process_id)
+        return advertise_addresses(answer, self.settings.public_ips)
 
     async def _connect(self, pc: RTCPeerConnection, deadline: float) -> bool:
         """Wait for ICE+DTLS until the deadline; True when connected, else the viewer is closed."""
         state = "timeout"
         with trio.move_on_at(deadline):
-            state = await self._wait_for_pc_state(pc, {"connected", "failed", "closed"})
+            state = await self._wait_for_pc_state({"connected", "failed", "closed"})
         if state != "connected":
             self.close(_PC_END_REASONS.get(state, CloseReason.HANDSHAKE_TIMEOUT))
             return False
@@ -310,7 +274,7 @@ class Viewer:
         self.close(CloseReason.STREAM_ENDED)
 
     async def _watch_pc_state(self, pc: RTCPeerConnection) -> None:
-        state = await self._wait_for_pc_state(pc, set(_PC_END_REASONS))
+        state = await self._wait_for_pc_state(set(_PC_END_REASONS))
         self.close(_PC_END_REASONS[state])
 
     async def _watch_receiver_reports(self, pc: RTCPeerConnection, video: FrameTrack) -> None:
@@ -326,14 +290,9 @@ class Viewer:
                 self.close(CloseReason.ICE_DISCONNECTED)
                 return
 
-    async def _wait_for_pc_state(self, pc: RTCPeerConnection, states: set[str]) -> str:
-        while pc.connectionState not in states:
-            self._pc_state_changed = trio.Event()
-            await self._pc_state_changed.wait()
-        return pc.connectionState
-
-    def _notify_pc_state(self) -> None:
-        self._pc_state_changed.set()
+    async def _wait_for_pc_state(self, states: set[str]) -> str:
+        assert self._pc_states is not None  # set with the peer connection, before anything waits
+        return await self._pc_states.wait_for(states)
 
     def _on_track_stopped(self, track: FrameTrack) -> None:
         """aiortc stopped one of our tracks: its sender task ended. Unless we are closing, a failure."""
@@ -367,34 +326,6 @@ class Viewer:
             setup_seconds=self.setup_seconds,
             time_to_first_frame_seconds=self.time_to_first_frame_seconds,
         )
-
-
-def drop_receive_bitrate_estimator(receiver: RTCRtpReceiver) -> None:
-    """Free the receive-side bitrate estimator aiortc gives every video transceiver, sendonly or not.
-
-    It estimates the bitrate of media we would receive (for REMB feedback) in 1,000 one-millisecond
-    ``RateBucket`` objects: three quarters of the objects of a peer connection, and a viewer receives no
-    media. The garbage collector walks every one of them in each full collection, for every live viewer
-    and, since a peer connection is a reference cycle, for every ended one until that collection frees it;
-    those walks stop the event loop. aiortc skips the estimator when it is ``None``, as it does for audio.
-    The attribute is aiortc's private one: ``tests/unit/test_viewer_objects.py`` fails if it goes away.
-    """
-    attribute = "_RTCRtpReceiver__remote_bitrate_estimator"
-    if getattr(receiver, attribute, None) is not None:
-        setattr(receiver, attribute, None)
-
-
-def _leaf_type(exc: BaseException) -> str:
-    """The name of the exception that started it all (the first leaf of nested exception groups)."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return type(exc).__name__
-
-
-async def _add_ice_candidates(pc: RTCPeerConnection, candidates: list[RTCIceCandidate | None]) -> None:
-    """``addIceCandidate`` for each (``None``: end of candidates), on the asyncio side."""
-    for candidate in candidates:
-        await pc.addIceCandidate(candidate)
 
 
 async def _sender_stats(pc: RTCPeerConnection) -> tuple[tuple[object, ...], int]:

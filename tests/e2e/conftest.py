@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Page, Playwright
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "e2e"
@@ -34,6 +34,9 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--autoplay-policy=no-user-gesture-required",
 ]
+PUBLISHER_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+"""A fake camera and microphone, granted without a prompt (WHIP publishers). A page with that permission
+gets raw host candidates instead of mDNS names, so only the publishing browser has it."""
 VIEWPORT = {"width": 1280, "height": 800}
 # The bottom of the page's content: <main> or an open dialog, whichever reaches lower.
 CONTENT_BOTTOM_JS = """Math.ceil(Math.max(
@@ -42,22 +45,37 @@ CONTENT_BOTTOM_JS = """Math.ceil(Math.max(
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    """One Chromium for the session (each test gets its own fresh context); a temporary profile."""
+def playwright_session() -> Iterator[Playwright]:
+    """One Playwright for the session (its sync API runs one instance at a time)."""
     if not CHROMIUM.exists():
         pytest.fail(
             f"{CHROMIUM} is missing: `nox -s e2e` installs it (apt-get install chromium chromium-driver)"
         )
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    with sync_playwright() as running:
+        yield running
 
 
-@pytest.fixture
-def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
+@pytest.fixture(scope="session")
+def browser(playwright_session: Playwright) -> Iterator[Browser]:
+    """One Chromium for the session (each test gets its own fresh context); a temporary profile."""
+    browser = playwright_session.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="session")
+def publishing_browser(playwright_session: Playwright) -> Iterator[Browser]:
+    """A second Chromium whose pages can publish: a fake camera and microphone (``PUBLISHER_ARGS``)."""
+    browser = playwright_session.chromium.launch(
+        executable_path=str(CHROMIUM), args=[*CHROMIUM_ARGS, *PUBLISHER_ARGS]
+    )
+    yield browser
+    browser.close()
+
+
+def _pages_of(browser: Browser) -> Iterator[Callable[..., Page]]:
     """Open pages in fresh browser contexts; uncaught script errors in any of them fail the test."""
     contexts = []
     errors: list[str] = []
@@ -73,6 +91,18 @@ def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
     for context in contexts:
         context.close()
     assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture
+def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
+    """Pages of the viewing browser (mDNS host candidates, as Chromium's defaults have them)."""
+    yield from _pages_of(browser)
+
+
+@pytest.fixture
+def new_publisher_page(publishing_browser: Browser) -> Iterator[Callable[..., Page]]:
+    """Pages of the publishing browser (a fake camera and microphone)."""
+    yield from _pages_of(publishing_browser)
 
 
 @pytest.fixture

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import Server
@@ -100,3 +103,36 @@ def whep_requests(server: Server, method: str, status: int) -> float:
 
 def has_horizontal_scroll(page: Page) -> bool:
     return bool(page.evaluate("document.documentElement.scrollWidth > window.innerWidth"))
+
+
+def npm_package(spec: str) -> Path:
+    """``node_modules`` holding the npm package ``spec`` (``name@version``), installed once into a cache
+    directory outside the repository (never copied into it)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dragonfork-e2e" / "npm"
+    modules = cache / "node_modules"
+    name, _, version = spec.rpartition("@")
+    package_json = modules / name / "package.json"
+    if not package_json.exists() or json.loads(package_json.read_text()).get("version") != version:
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["npm", "install", "--prefix", str(cache), "--no-audit", "--no-fund", spec],
+            check=True,
+            timeout=300,
+        )
+    return modules
+
+
+def create_ingest_process(page: Page, process_id: str, protocol: str, name: str) -> None:
+    """In the admin UI's form: a process reading publisher NAME of ``protocol`` (the form's shortcut), with
+    WebRTC on and no other output; checks the shortcut wrote ``{protocol,name=NAME}``."""
+    page.click("#new-process")
+    page.fill("#editor input[name=id]", process_id)
+    page.select_option("#editor select[name=ingest-protocol]", protocol)
+    page.fill("#editor input[name=ingest-name]", name)
+    page.click("#editor [data-add=ingest]")
+    address = page.input_value("#editor [data-io=input] input[name=io-address]")
+    assert address == f"{{{protocol},name={name}}}", address
+    page.click("#editor [data-io=output] [data-action=remove]")
+    page.check("#editor input[name='webrtc.enabled']")
+    page.click("#editor button[type=submit]")
+    page.wait_for_selector("#editor", state="hidden")

@@ -6,15 +6,13 @@ is served to the browser from diskfs, next to a minimal player page: the same or
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_helpers import video_pixels
+from e2e_helpers import npm_package, video_pixels
 from harness import Server, file_names, restreamer_hls_process
 
 pytestmark = pytest.mark.e2e
@@ -47,16 +45,7 @@ PLAYER_PAGE = """<!doctype html>
 @pytest.fixture(scope="session")
 def hlsjs() -> Path:
     """hls.js from npm, installed once into a cache directory outside the repository."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dragonfork-e2e" / "npm"
-    script = cache / "node_modules" / "hls.js" / "dist" / "hls.min.js"
-    if not script.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["npm", "install", "--prefix", str(cache), "--no-audit", "--no-fund", f"hls.js@{HLSJS_VERSION}"],
-            check=True,
-            timeout=300,
-        )
-    return script
+    return npm_package(f"hls.js@{HLSJS_VERSION}") / "hls.js" / "dist" / "hls.min.js"
 
 
 def test_hlsjs_plays_the_restreamer_output_from_memfs(

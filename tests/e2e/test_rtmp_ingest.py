@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pytest
-from e2e_helpers import video_pixels, wait_for_media, wait_for_webrtc_ready, whep_url
+from e2e_helpers import create_ingest_process, video_pixels, wait_for_media, wait_for_webrtc_ready, whep_url
 from harness import Server, free_port, running_server
 from rtmp_helpers import Publisher, wait_until
 
@@ -48,15 +48,7 @@ def test_admin_lists_the_publisher_creates_the_process_and_shows_obs_settings(
     assert f"rtmp://127.0.0.1:{port}" in page.inner_text("#publish-here")
 
     # The form's "From a publisher" shortcut fills the input; WebRTC on, no other output.
-    page.click("#new-process")
-    page.fill("#editor input[name=id]", "live")
-    page.fill("#editor input[name=ingest-name]", "live.stream")
-    page.click("#editor [data-add=ingest]")
-    assert page.input_value("#editor [data-io=input] input[name=io-address]") == "{rtmp,name=live.stream}"
-    page.click("#editor [data-io=output] [data-action=remove]")
-    page.check("#editor input[name='webrtc.enabled']")
-    page.click("#editor button[type=submit]")
-    page.wait_for_selector("#editor", state="hidden")
+    create_ingest_process(page, "live", "rtmp", "live.stream")
     wait_for_webrtc_ready(server, "live")
 
     # The process row says what to paste into OBS: server URL and stream key, each with a copy button.

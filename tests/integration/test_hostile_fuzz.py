@@ -542,4 +542,4 @@ def test_hostile_fuzzing_gets_4xx_only_never_hangs_leaks_nothing_and_ping_stays_
     assert metric(fuzz_server, "dragonfork_webrtc_viewers_active", process="cam") == 0
     assert fuzz_server.api("GET", "/ping").status_code == 200
     log = fuzz_server.log()
-    assert "unhandled error" not in log and "viewer_close_failed" not in log
+    assert "unhandled error" not in log and "peer_close_failed" not in log

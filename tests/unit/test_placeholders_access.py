@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from dragonfork.config import AccessRules
 from dragonfork.process.access import AccessPolicy, AddressDenied
-from dragonfork.process.placeholders import expand, expand_config
+from dragonfork.process.placeholders import IngestAddresses, check_ingest_available, expand, expand_config
 from dragonfork.process.schema import ProcessConfig
 
 DISKFS = "/srv/dragonfork/data"
@@ -102,6 +102,31 @@ def test_text_without_placeholder_names_is_unchanged(text: str) -> None:
     for name, value in (*values.items(), ("fs:disk", "D")):
         expected = expected.replace("{" + name + "}", value)
     assert expand(text, values) == expected
+
+
+WHIP = IngestAddresses(whip="http://127.0.0.1:8080/api/v3/whip", whip_key="k3y")
+
+
+def test_whip_input_expands_to_the_matroska_read_with_its_key() -> None:
+    config = process([{"id": "in", "address": "{whip,name=cam 3}"}])
+
+    resolved = expand_config(config, diskfs=DISKFS, memfs=MEMFS, ingest=WHIP)
+
+    assert resolved.input[0].address == "http://127.0.0.1:8080/api/v3/whip/cam%203/stream.mkv?key=k3y"
+    check_ingest_available(resolved)
+
+
+def test_whip_as_an_output_or_without_whip_ingest_is_refused_naming_the_field() -> None:
+    as_output = process([{"id": "in", "address": "-"}], [{"id": "out", "address": "{whip,name=cam3}"}])
+    without = process([{"id": "in", "address": "{whip,name=cam3}"}])
+
+    with pytest.raises(AddressDenied) as output_refused:
+        check_ingest_available(expand_config(as_output, diskfs=DISKFS, memfs=MEMFS, ingest=WHIP))
+    with pytest.raises(AddressDenied) as off_refused:
+        check_ingest_available(expand_config(without, diskfs=DISKFS, memfs=MEMFS))
+
+    assert output_refused.value.field == "output.0.address" and "is an input" in str(output_refused.value)
+    assert off_refused.value.field == "input.0.address" and "whip.enable" in str(off_refused.value)
 
 
 # --- access rules -------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from dragonfork.process.placeholders import IngestAddresses, expand
 from dragonfork.servers.rtmp import amf0, flv
 from dragonfork.servers.rtmp.chunks import ChunkError, ChunkReader, ChunkWriter, Message
 from dragonfork.servers.rtmp.session import RtmpRefused, resolve_path
+from dragonfork.stream import avc
 
 
 def read_all(reader: ChunkReader, data: bytes) -> list[Message]:
@@ -102,9 +103,9 @@ def test_avcc_and_annex_b_convert_both_ways_with_parameter_sets_on_keyframes() -
     idr = bytes.fromhex("65888400")
     annex_b, keyframe = flv.avcc_to_annex_b(len(idr).to_bytes(4, "big") + idr, config)
     assert keyframe
-    assert flv.split_annex_b(annex_b) == [SPS, PPS, idr]
-    assert flv.avc_config_from_access_unit(annex_b) == RECORD
-    assert flv.annex_b_to_avcc(annex_b) == b"".join(len(u).to_bytes(4, "big") + u for u in (SPS, PPS, idr))
+    assert avc.split_annex_b(annex_b) == [SPS, PPS, idr]
+    assert avc.avc_config_from_access_unit(annex_b) == RECORD
+    assert avc.annex_b_to_avcc(annex_b) == b"".join(len(u).to_bytes(4, "big") + u for u in (SPS, PPS, idr))
     with pytest.raises(flv.MalformedMedia, match="overruns"):
         flv.avcc_to_annex_b((99).to_bytes(4, "big") + idr, config)
 

@@ -12,9 +12,11 @@ from dragonfork.webrtc.sdp import (
     OfferLimits,
     OfferRejected,
     advertise_addresses,
+    answer_publisher,
     parse_trickle_fragment,
     preferred_codecs,
     validate_offer,
+    validate_publisher_offer,
 )
 
 # What Chromium sends for a WHEP player (recvonly audio + video, BUNDLE, host candidate hidden behind mDNS),
@@ -475,3 +477,80 @@ def test_trickle_fragment_limits() -> None:
         parse_trickle_fragment("a=mid:0\r\n" + "a=x:" + "y" * 5000 + "\r\n", limits)
     assert big.value.status == 413
     assert len(parse_trickle_fragment("a=mid:0\r\n" + _candidates(3), limits).candidates) == 3
+
+
+# --- WHIP offers (the publisher sends) -------------------------------------------------------------------
+
+
+def whip_offer(**replace: str) -> str:
+    return offer(replace={"a=recvonly": "a=sendonly", **replace})
+
+
+def test_a_whip_offer_takes_any_h264_profile_and_the_answer_keeps_the_publishers() -> None:
+    high = "a=fmtp:112 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=640c1f"
+    shown_to_aiortc = "a=fmtp:112 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
+
+    accepted = validate_publisher_offer(whip_offer())
+
+    assert accepted.offer.has_audio
+    assert accepted.shown_lines == {
+        "a=fmtp:112": high
+    }  # the two profiles aiortc knows (102, 106) are left alone
+    video = video_section(accepted.offer.sdp)
+    assert shown_to_aiortc in video and high not in video
+    assert all(line in video for line in H264_FMTP_LINES)
+    aiortc_answer = offer().replace(high, shown_to_aiortc)
+    restored = video_section(answer_publisher(aiortc_answer, accepted))
+    assert high in restored and shown_to_aiortc not in restored
+    assert all(line in restored for line in H264_FMTP_LINES)
+
+
+def test_a_whip_offer_of_a_high_profile_only_publisher_is_accepted() -> None:
+    only_high = whip_offer(**{"96 97 102 103 104 105 106 107 112 113 45": "112 113"})
+
+    accepted = validate_publisher_offer(only_high)
+
+    assert set(accepted.shown_lines) == {"a=fmtp:112"} and accepted.video_codec == "H264"
+
+
+@pytest.mark.parametrize("direction", ["recvonly", "inactive"])
+def test_a_whip_offer_that_does_not_send_is_400(direction: str) -> None:
+    with pytest.raises(OfferRejected) as rejected:
+        validate_publisher_offer(offer(replace={"a=recvonly": f"a={direction}"}))
+
+    assert rejected.value.status == 400
+    assert f"is {direction}; a WHIP offer is sendonly or sendrecv" in rejected.value.message
+
+
+def test_a_whip_offer_without_h264_vp8_or_vp9_is_406_naming_what_it_offers() -> None:
+    without = whip_offer().replace("H264/90000", "H265/90000").replace("VP8/90000", "VP7/90000")
+
+    with pytest.raises(OfferRejected) as rejected:
+        validate_publisher_offer(without)
+
+    message = rejected.value.message
+    assert rejected.value.status == 406
+    assert "no H.264 with packetization-mode=1 (any profile), VP8 or VP9" in message
+    assert all(codec in message for codec in ("VP7/90000", "H265/90000", "AV1/90000")), message
+
+
+def test_a_whip_offer_whose_audio_has_no_opus_is_406() -> None:
+    with pytest.raises(OfferRejected) as rejected:
+        validate_publisher_offer(whip_offer().replace("opus/48000/2", "L16/48000/2"))
+
+    assert rejected.value.status == 406 and "no opus/48000" in rejected.value.message
+
+
+def test_a_whip_offer_without_h264_takes_vp8_then_vp9_showing_aiortc_vp8() -> None:
+    vp8_and_vp9 = whip_offer().replace("H264/90000", "H265/90000").replace("AV1/90000", "VP9/90000")
+    vp9_only = vp8_and_vp9.replace("VP8/90000", "VP7/90000")
+
+    vp8 = validate_publisher_offer(vp8_and_vp9)
+    vp9 = validate_publisher_offer(vp9_only)
+
+    assert (vp8.video_codec, vp8.shown_lines, vp8.mime_type) == ("VP8", {}, "video/vp8")
+    assert (vp9.video_codec, vp9.mime_type) == ("VP9", "video/vp8")
+    assert vp9.shown_lines == {"a=rtpmap:45": "a=rtpmap:45 VP9/90000"}
+    assert "a=rtpmap:45 VP8/90000" in video_section(vp9.offer.sdp)
+    aiortc_answer = "m=video 9 UDP/TLS/RTP/SAVPF 45\r\na=rtpmap:45 VP8/90000\r\n"
+    assert "a=rtpmap:45 VP9/90000" in answer_publisher(aiortc_answer, vp9)

@@ -9,7 +9,7 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import VideoStreamTrack
 from aiortc.rate import RateBucket
 
-from dragonfork.webrtc.viewer import drop_receive_bitrate_estimator
+from dragonfork.webrtc.rtp_tap import drop_receive_bitrate_estimator
 
 
 def _rate_buckets() -> int:

@@ -3,10 +3,11 @@
 
 ``/api/v3/srt`` answers one ``api.SRTChannels`` object, as datarhei Core sends it (its swagger document says
 an array of them; datarhei's handler and its clients use the object). ``/api/v3/ingest`` has one entry per
-ingest protocol (RTMP, SRT; WHIP adds its own): whether it is
+ingest protocol (RTMP, SRT, WHIP): whether it is
 enabled, what an encoder needs to publish (port, app, stream key token) and the live publishers with their
-counters. The token is shown here because the admin UI builds OBS's stream key from it; ``/api/v3``
-requires authentication whenever auth is enabled.
+counters (WHIP: its endpoint path and whether it needs an API access token). The RTMP token is here
+because the admin UI builds OBS's stream key from it; ``/api/v3`` requires authentication whenever auth is
+enabled.
 """
 
 from __future__ import annotations
@@ -63,6 +64,23 @@ def ingest_blueprint(core: Core) -> Blueprint:
                 passphrase_set=bool(core.settings.srt.passphrase),
                 publishers=core.srt.publishers(),
             )
-        return jsonify({"rtmp": rtmp, "srt": srt})
+        whip: dict[str, object] = {"enabled": core.whip is not None}
+        if core.whip is not None:
+            whip.update(
+                path="/api/v3/whip",
+                bearer_token_required=core.settings.api.auth.enable,
+                publishers=[
+                    {
+                        "name": publisher.name,
+                        "remote": publisher.remote,
+                        "state": publisher.state,
+                        "uptime_seconds": round(now - publisher.since, 1),
+                        "bytes_received": publisher.bytes_received,
+                        "packets_received": publisher.packets_received,
+                    }
+                    for publisher in core.whip.publishers()
+                ],
+            )
+        return jsonify({"rtmp": rtmp, "srt": srt, "whip": whip})
 
     return bp

@@ -16,31 +16,13 @@ from quart_trio.wrappers import TrioResponse as Response
 
 from dragonfork import metrics
 from dragonfork.core import Core
-from dragonfork.http.errors import ApiError, read_body
+from dragonfork.http.errors import read_body
+from dragonfork.http.routes.signalling import add_cors, api_error, created
+from dragonfork.http.routes.signalling import preflight as preflight_response
 from dragonfork.http.viewers import request_client
 from dragonfork.servers.whep import WhepRefused
 
 PREFIX = "/api/v3/whep"
-
-
-def _api_error(refused: WhepRefused) -> ApiError:
-    headers = dict(refused.headers)
-    if refused.retry_after is not None:
-        headers["Retry-After"] = str(refused.retry_after)
-    return ApiError(
-        refused.status, refused.message, field=refused.field or "", details=refused.details, headers=headers
-    )
-
-
-def _link_headers(core: Core) -> list[str]:
-    links = []
-    for server in core.whep.settings.viewer.ice_servers:
-        link = f'<{server["urls"]}>; rel="ice-server"'
-        if server.get("username"):
-            link += f'; username="{server["username"]}"; credential="{server["credential"]}"'
-            link += '; credential-type="password"'
-        links.append(link)
-    return links
 
 
 def whep_blueprint(core: Core) -> Blueprint:
@@ -49,14 +31,7 @@ def whep_blueprint(core: Core) -> Blueprint:
 
     @bp.after_request
     async def _cors_and_metrics(response: Response) -> Response:
-        origin = request.headers.get("Origin")
-        allowed = webrtc.allowed_origins
-        if "*" in allowed:
-            response.headers["Access-Control-Allow-Origin"] = "*"
-        elif origin and origin in allowed:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
-        response.headers["Access-Control-Expose-Headers"] = "Location, ETag, Link, Retry-After, Accept-Patch"
+        add_cors(response, webrtc.allowed_origins)
         if request.method != "OPTIONS":
             metrics.WHEP_REQUESTS.labels(request.method, str(response.status_code)).inc()
             metrics.WHEP_REQUEST_DURATION.labels(request.method).observe(time.perf_counter() - g.started)
@@ -65,25 +40,14 @@ def whep_blueprint(core: Core) -> Blueprint:
     @bp.route(f"{PREFIX}/<process_id>", methods=["OPTIONS"])
     @bp.route(f"{PREFIX}/<process_id>/<resource_id>", methods=["OPTIONS"])
     async def preflight(process_id: str, resource_id: str | None = None):  # type: ignore[no-untyped-def]
-        methods = "POST, GET, HEAD, OPTIONS" if resource_id is None else "PATCH, DELETE, GET, HEAD, OPTIONS"
-        headers = {
-            "Access-Control-Allow-Methods": methods,
-            "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
-            "Access-Control-Max-Age": "86400",
-            "Allow": methods,
-        }
-        if resource_id is None:
-            headers["Accept-Post"] = "application/sdp"
-        else:
-            headers["Accept-Patch"] = "application/trickle-ice-sdpfrag"
-        return Response(status=204, headers=headers)
+        return preflight_response(resource_id)
 
     @bp.get(f"{PREFIX}/<process_id>")  # Quart answers HEAD from GET routes
     async def endpoint(process_id: str):  # type: ignore[no-untyped-def]
         try:
             core.whep.check_endpoint(process_id)
         except WhepRefused as refused:
-            raise _api_error(refused) from None
+            raise api_error(refused) from None
         return Response(status=204, headers={"Accept-Post": "application/sdp"})
 
     @bp.get(f"{PREFIX}/<process_id>/<resource_id>")
@@ -91,7 +55,7 @@ def whep_blueprint(core: Core) -> Blueprint:
         try:
             etag = core.whep.session_etag(process_id, resource_id)
         except WhepRefused as refused:
-            raise _api_error(refused) from None
+            raise api_error(refused) from None
         return Response(status=204, headers={"ETag": etag, "Accept-Patch": "application/trickle-ice-sdpfrag"})
 
     @bp.post(f"{PREFIX}/<process_id>")
@@ -100,17 +64,9 @@ def whep_blueprint(core: Core) -> Blueprint:
         try:
             session = await core.whep.new_session(process_id, offer_sdp, request_client())
         except WhepRefused as refused:
-            raise _api_error(refused) from None
-        headers = {
-            "Location": f"{PREFIX}/{process_id}/{session.resource_id}",
-            "ETag": session.etag,
-            "Content-Type": "application/sdp",
-            "Accept-Patch": "application/trickle-ice-sdpfrag",
-        }
-        response = Response(session.answer, status=201, headers=headers)
-        for link in _link_headers(core):
-            response.headers.add("Link", link)
-        return response
+            raise api_error(refused) from None
+        location = f"{PREFIX}/{process_id}/{session.resource_id}"
+        return created(location, session.answer, session.etag, core.whep.settings.viewer.ice_servers)
 
     @bp.patch(f"{PREFIX}/<process_id>/<resource_id>")
     async def trickle(process_id: str, resource_id: str):  # type: ignore[no-untyped-def]
@@ -118,7 +74,7 @@ def whep_blueprint(core: Core) -> Blueprint:
         try:
             await core.whep.trickle(process_id, resource_id, body, if_match=request.headers.get("If-Match"))
         except WhepRefused as refused:
-            raise _api_error(refused) from None
+            raise api_error(refused) from None
         return Response(status=204)
 
     @bp.delete(f"{PREFIX}/<process_id>/<resource_id>")

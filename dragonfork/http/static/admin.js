@@ -4,12 +4,13 @@
 
 import { Api, ApiError } from "./api.js";
 import { copyText } from "./clipboard.js";
-import { publisherRows, publishTargets, rtmpServerUrl, srtPublishUrl, srtServerUrl } from "./ingest.js";
+import { publisherRows, publishTargets, rtmpServerUrl, srtPublishUrl, srtServerUrl, whipUrl } from "./ingest.js";
 import { ProcessEditor } from "./process-editor.js";
 import { Trends, sparkline } from "./trends.js";
 import { PlayerView } from "./whep-player.js";
 
 const POLL_MS = 1500;
+const WHIP_TOKEN_NOTE = "Bearer token: an access token of this server (POST /api/login).";
 const api = new Api();
 const $ = (selector) => document.querySelector(selector);
 
@@ -185,9 +186,8 @@ function publishBlock(targets) {
     { class: "publish-to" },
     el("summary", {}, `Publish here (${targets.map((target) => target.protocol).join(", ")})`),
     ...targets.flatMap((target) => [
-      copyable(`${target.protocol} server`, target.server),
-      copyable(target.keyLabel || "Stream key", target.key),
-      copyable("FFmpeg URL", target.url),
+      ...target.fields.map(([label, value]) => copyable(label, value)),
+      ...present(target.token && el("p", { class: "muted" }, WHIP_TOKEN_NOTE)),
     ]),
   );
 }
@@ -297,12 +297,31 @@ function srtHelp() {
   ];
 }
 
+/** How to publish over WHIP: the URL per stream NAME (OBS's Server), the Bearer token when auth is on. */
+function whipHelp(url) {
+  return [
+    copyable("WHIP URL", url),
+    el(
+      "p",
+      { class: "muted" },
+      "OBS (WHIP service) and FFmpeg (-f whip) publish to it with NAME replaced. ",
+      ingest.whip.bearer_token_required ? `${WHIP_TOKEN_NOTE} ` : "",
+      "A process reads it with the input address {whip,name=NAME}.",
+    ),
+  ];
+}
+
 function renderPublishers() {
   const rtmp = rtmpServerUrl(ingest?.rtmp);
   const srt = srtServerUrl(ingest?.srt);
-  $("#ingest").hidden = !rtmp && !srt;
-  if (!rtmp && !srt) return;
-  $("#publish-here").replaceChildren(...(rtmp ? rtmpHelp(rtmp) : []), ...(srt ? srtHelp() : []));
+  const whip = whipUrl(ingest?.whip, "NAME");
+  $("#ingest").hidden = !rtmp && !srt && !whip;
+  if (!rtmp && !srt && !whip) return;
+  $("#publish-here").replaceChildren(
+    ...(rtmp ? rtmpHelp(rtmp) : []),
+    ...(srt ? srtHelp() : []),
+    ...(whip ? whipHelp(whip) : []),
+  );
   const publishers = publisherRows(ingest);
   $("#publisher-rows").replaceChildren(
     ...publishers.map((publisher) =>

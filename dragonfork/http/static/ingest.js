@@ -2,10 +2,18 @@
 //
 // The API says which port and app the RTMP server uses; the host is the one this page was loaded from (the
 // server's own "localhost" means nothing to OBS on another machine). OBS and most encoders take the server
-// URL and the stream key apart; FFmpeg takes them joined.
+// URL and the stream key apart; FFmpeg takes them joined. WHIP has one URL per stream (OBS: "Server") and,
+// when the API needs authentication, an access token as the Bearer token.
 
 const RTMP_INPUT = /\{rtmp,name=([^{}]*)\}/;
 const SRT_INPUT = /\{srt,name=([^{},]*)[^{}]*\}/;
+const WHIP_INPUT = /\{whip,name=([^{}]*)\}/;
+
+/** The WHIP endpoint of stream NAME on this server, or null when WHIP ingest is off. */
+export function whipUrl(whip, name) {
+  if (!whip?.enabled) return null;
+  return `${location.origin}${whip.path}/${encodeURIComponent(name)}`;
+}
 
 /** The RTMP server URL an encoder connects to, or null when the RTMP server is off. */
 export function rtmpServerUrl(rtmp, secure = false) {
@@ -47,13 +55,21 @@ export function publishTargets(config, ingest) {
     const server = rtmpServerUrl(ingest?.rtmp);
     if (match && server) {
       const key = rtmpStreamKey(ingest.rtmp, match[1]);
-      targets.push({ protocol: "RTMP", server, key, url: `${server}/${key}` });
+      const fields = [["RTMP server", server], ["Stream key", key], ["FFmpeg URL", `${server}/${key}`]];
+      targets.push({ protocol: "RTMP", fields });
+    }
+    const whip = WHIP_INPUT.exec(address);
+    const endpoint = whip && whipUrl(ingest?.whip, whip[1]);
+    if (endpoint) {
+      const token = ingest.whip.bearer_token_required;
+      targets.push({ protocol: "WHIP", fields: [["WHIP URL", endpoint]], token });
     }
     const srt = SRT_INPUT.exec(address);
     if (srt && ingest?.srt?.enabled) {
       const key = srtStreamId(ingest.srt, srt[1]);
       const url = srtPublishUrl(ingest.srt, srt[1]);
-      targets.push({ protocol: "SRT", server: srtServerUrl(ingest.srt), keyLabel: "Stream id", key, url });
+      const fields = [["SRT server", srtServerUrl(ingest.srt)], ["Stream id", key], ["FFmpeg URL", url]];
+      targets.push({ protocol: "SRT", fields });
     }
   }
   return targets;
@@ -64,6 +80,7 @@ export function publisherRows(ingest) {
   const rows = [];
   for (const publisher of ingest?.rtmp?.publishers || []) rows.push({ protocol: "RTMP", ...publisher });
   for (const publisher of ingest?.srt?.publishers || []) rows.push({ protocol: "SRT", ...publisher });
+  for (const publisher of ingest?.whip?.publishers || []) rows.push({ protocol: "WHIP", ...publisher });
   return rows;
 }
 

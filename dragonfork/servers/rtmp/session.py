@@ -30,6 +30,7 @@ from dragonfork.servers.rtmp import amf0, flv
 from dragonfork.servers.rtmp import messages as msg
 from dragonfork.servers.rtmp.chunks import ChunkError, ChunkReader, ChunkWriter, Message
 from dragonfork.servers.rtmp.handshake import HANDSHAKE_SIZE, HandshakeError, check_version, server_reply
+from dragonfork.stream import avc
 from dragonfork.stream.directory import StreamDirectory, StreamNameTaken, StreamNotLive
 from dragonfork.stream.frames import VIDEO_CLOCK_RATE, MediaFrame
 from dragonfork.stream.ingest.rtp import Unwrapper
@@ -377,6 +378,9 @@ class RtmpSession:
             stream = await self._directory.wait_live(path.name, self.settings.player_wait)
         except StreamNotLive as exc:
             raise await self._refuse("NetStream.Play.StreamNotFound", "not_found", str(exc)) from None
+        if stream.video.codec.name != "H264":  # a WHIP publisher's VP8/VP9: FLV carries H.264 here
+            refusal = f"{path.path!r} carries {stream.video.codec.name} video; RTMP plays H.264 only"
+            raise await self._refuse("NetStream.Play.Failed", "codec", refusal)
         self.role = "player"
         player = Player(self, stream, self._metadata_for(path.name))
         gauge = metrics.INGEST_READERS.labels(PROTOCOL)
@@ -592,7 +596,7 @@ class Player:
         if timestamp is None:
             return
         if frame.keyframe:
-            config = track.config or flv.avc_config_from_access_unit(frame.data)
+            config = track.config or avc.avc_config_from_access_unit(frame.data)
             if config is not None and config != self._video_config:
                 self._video_config = config
                 await self._send_media(msg.VIDEO, timestamp, flv.video_sequence_header(config))
@@ -600,7 +604,7 @@ class Player:
             return  # no decoder configuration yet: wait for a keyframe that carries one
         composition = frame.composition_offset * 1000 // frame.clock_rate
         await self._send_media(
-            msg.VIDEO, timestamp, flv.video_tag(frame.keyframe, composition, flv.annex_b_to_avcc(frame.data))
+            msg.VIDEO, timestamp, flv.video_tag(frame.keyframe, composition, avc.annex_b_to_avcc(frame.data))
         )
 
     def _timestamp(self, frame: MediaFrame) -> int | None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
+from dragonfork.servers import SignallingRefused, answer_entity_tag, trickle
 from dragonfork.servers.whep.sessions import ViewerCapReached, ViewerObserver, ViewerRefused, ViewerSessions
 from dragonfork.stream.directory import StreamDirectory, StreamNotLive
 from dragonfork.stream.stream import StreamEnded
@@ -43,26 +43,8 @@ class PublisherStatus:
     state: str
 
 
-class WhepRefused(Exception):
+class WhepRefused(SignallingRefused):
     """An offer, trickle or session request that cannot be served; ``status`` is the HTTP status."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        field: str | None = None,
-        details: list[str] | None = None,
-        retry_after: int | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.field = field
-        self.details = details  # "<field>: <text>" entries, when the message alone does not say enough
-        self.retry_after = retry_after
-        self.headers = headers or {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +54,7 @@ class WhepSession:
 
     @property
     def etag(self) -> str:
-        """A strong tag that changes with the answer (and so with the ICE credentials)."""
-        return f'"{hashlib.sha256(self.answer.encode()).hexdigest()[:24]}"'
+        return answer_entity_tag(self.answer)
 
 
 class WhepServer:
@@ -163,25 +144,10 @@ class WhepServer:
         ``if_match`` is the request's ``If-Match``: when present it must be ``*`` or the session's ETag.
         """
         viewer = self._session(name, resource_id)
-        if if_match is not None and not _matches(if_match, viewer.entity_tag):
-            raise WhepRefused(
-                412,
-                f"If-Match {if_match[:80]!r} is not this session's ETag {viewer.entity_tag}",
-                field="If-Match",
-                headers={"ETag": viewer.entity_tag},
-            )
-        try:
-            await viewer.add_remote_candidates(sdpfrag, if_match_sent=if_match is not None)
-        except SdpRejected as exc:
-            raise WhepRefused(exc.status, exc.message, field="sdpfrag") from None
+        await trickle(viewer, sdpfrag, if_match, WhepRefused)
 
     def end_session(self, name: str, resource_id: str) -> None:
         """DELETE: end the session if it exists (idempotent)."""
         viewer = self.sessions.get(resource_id)
         if viewer is not None and viewer.process_id == name:
             viewer.close(CloseReason.DELETE)
-
-
-def _matches(if_match: str, entity_tag: str) -> bool:
-    """RFC 9110 §13.1.1: ``*`` or a list of entity tags, compared strongly (a weak ``W/`` never matches)."""
-    return if_match.strip() == "*" or entity_tag in (tag.strip() for tag in if_match.split(","))

@@ -25,10 +25,10 @@ import structlog
 import trio
 
 from dragonfork import metrics
-from dragonfork.stream.frames import MediaFrame, MediaKind
-from dragonfork.stream.ingest.h264 import H264Depacketizer
+from dragonfork.stream.frames import MediaKind
 from dragonfork.stream.ingest.ports import LOOPBACK, PortPair, bind_port_pair
-from dragonfork.stream.ingest.rtp import MAX_DATAGRAM_SIZE, RtpPacket, Unwrapper, is_rtcp, parse_rtp
+from dragonfork.stream.ingest.rtp import MAX_DATAGRAM_SIZE, is_rtcp, parse_rtp
+from dragonfork.stream.ingest.rtp_frames import RtpFrameWriter
 from dragonfork.stream.stream import Stream
 from dragonfork.stream.track import Track
 
@@ -92,11 +92,7 @@ class RtpReceiver:
         self.payload_type = DEFAULT_PAYLOAD_TYPES[kind] if payload_type is None else payload_type
         self.max_packet_size = max_packet_size
         self._sock = sock
-        self._timestamps = Unwrapper(32)
-        self._depacketizer = (
-            H264Depacketizer(self._publish_video, self._drop_incomplete_frame) if kind == "video" else None
-        )
-        self._received_at = 0.0  # receive time of the datagram being handled
+        self._frames = RtpFrameWriter(track)
         self.packets = 0
         """Datagrams received, including refused ones."""
         self.bytes = 0
@@ -107,7 +103,7 @@ class RtpReceiver:
         """``trio.current_time()`` of the last datagram, or None before the first."""
         self._dropped = {
             reason: metrics.PACKETS_DROPPED.labels(kind, reason)
-            for reason in ("malformed", "oversize", "rtcp", "incomplete_frame")
+            for reason in ("malformed", "oversize", "rtcp")
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -126,7 +122,6 @@ class RtpReceiver:
         """Process one received datagram (the receive loop's per-packet step; also the benchmark's entry)."""
         self.packets += 1
         self.last_packet_at = received_at
-        self._received_at = received_at
         if len(datagram) > self.max_packet_size:
             self.oversize += 1
             self._dropped["oversize"].inc()
@@ -137,10 +132,7 @@ class RtpReceiver:
                 self._reject(datagram)
                 return
             self.bytes += len(packet.payload)
-            depacketizer = self._depacketizer
-            if depacketizer is None:
-                self._publish_audio(packet)
-            elif not depacketizer.push(packet.sequence, packet.timestamp, packet.marker, packet.payload):
+            if not self._frames.push(packet, received_at):
                 self._count_malformed()
         except Exception:
             # A bug on this path must cost one packet, not the whole process run with all its viewers.
@@ -187,44 +179,6 @@ class RtpReceiver:
     def _count_malformed(self) -> None:
         self.malformed += 1
         self._dropped["malformed"].inc()
-
-    def _publish_audio(self, packet: RtpPacket) -> None:
-        payload = packet.payload
-        if not payload:
-            self._count_malformed()
-            return
-        self.track.write(
-            MediaFrame(
-                "audio",
-                bytes(payload),
-                self._timestamps.unwrap(packet.timestamp),
-                self.clock_rate,
-                True,  # every Opus packet decodes on its own
-                1,
-                len(payload),
-                self._received_at,
-            )
-        )
-
-    def _publish_video(
-        self, data: bytes, rtp_timestamp: int, keyframe: bool, packets: int, size: int
-    ) -> None:
-        self.track.write(
-            MediaFrame(
-                "video",
-                data,
-                self._timestamps.unwrap(rtp_timestamp),
-                self.clock_rate,
-                keyframe,
-                packets,
-                size,
-                self._received_at,
-            )
-        )
-
-    def _drop_incomplete_frame(self, packets: int) -> None:
-        self._dropped["incomplete_frame"].inc(packets)
-        self.track.lost()
 
 
 class RtpUdpPublisher:
