@@ -13,12 +13,13 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
 from dragonfork import metrics
 from dragonfork.config import LoadedSettings, Settings, host_port, is_loopback_host
-from dragonfork.files.service import FileService, MemfsWriteAuth
+from dragonfork.files.service import FileService
 from dragonfork.logs import configure_logging
 from dragonfork.metrics_history import MetricsHistory, SystemMetrics
 from dragonfork.process.access import AccessPolicy
@@ -55,7 +56,7 @@ class Core:
     files: FileService
     client_sessions: SessionRegistry  # who watches what: /api/v3/session, limits for new viewers
     rtmp: RtmpServer | None = None
-    """The RTMP server when ``rtmp.enable`` is set."""
+    """The RTMP server while ``rtmp.enable`` is set and it listens (a reload may replace it)."""
     srt: SrtServer | None = None
     """The SRT server while ``srt.enable`` is set (a scoped service: a reload of ``srt.*`` replaces it)."""
     whip: WhipServer | None = None
@@ -113,18 +114,8 @@ def _whip_reader_key(settings: Settings) -> str:
 
 
 def build_files(settings: Settings) -> FileService:
-    memory = settings.storage.memory
     return FileService(
-        disk_dir=settings.disk_dir,
-        disk_max_mbytes=settings.storage.disk.max_size_mbytes,
-        memory_max_mbytes=memory.max_size_mbytes,
-        memory_purge=memory.purge,
-        memfs_auth=MemfsWriteAuth(
-            enable=memory.auth.enable,
-            username=memory.auth.username,
-            password=memory.auth.password or secrets.token_urlsafe(18),
-        ),
-        http_base=loopback_base_url(settings.address),
+        settings.storage, disk_dir=settings.disk_dir, http_base=loopback_base_url(settings.address)
     )
 
 
@@ -152,7 +143,6 @@ def srt_settings(settings: Settings) -> SrtSettings:
 def build_core(loaded: LoadedSettings) -> Core:
     settings = loaded.settings
     config = SettingsService(loaded)
-    rtmp = settings.rtmp
     directory = StreamDirectory()
     files = build_files(settings)
     webrtc = settings.webrtc
@@ -160,7 +150,7 @@ def build_core(loaded: LoadedSettings) -> Core:
     whip_reader_key = _whip_reader_key(settings) if whip_enabled else ""
     stream_settings = stream_of(settings)
     runtime = process_runtime(
-        settings, stream_settings, directory=directory, ledger=ChildLedger(settings.data_dir), files=files
+        settings, directory=directory, ledger=ChildLedger(settings.data_dir), files=files
     )
     registry = Registry(
         Store(settings.data_dir),
@@ -204,19 +194,6 @@ def build_core(loaded: LoadedSettings) -> Core:
         interval_seconds=settings.metrics.interval_sec,
         system=SystemMetrics(started_at=started_at, disk_path=settings.disk_dir),
     )
-    rtmp_server = None
-    if rtmp.enable:
-        rtmp_server = RtmpServer(
-            RtmpSettings(
-                address=rtmp.address,
-                tls_address=rtmp.address_tls if rtmp.enable_tls else None,
-                cert_file=settings.tls.cert_file,
-                key_file=settings.tls.key_file,
-                session=RtmpSessionSettings(app=rtmp.app, token=rtmp.token, stream=stream_settings),
-            ),
-            directory,
-            observer=RtmpSessions(client_sessions),
-        )
     whip_server = None
     if whip_enabled:
         whip_server = WhipServer(
@@ -244,7 +221,6 @@ def build_core(loaded: LoadedSettings) -> Core:
         metrics_history=history,
         files=files,
         client_sessions=client_sessions,
-        rtmp=rtmp_server,
         whip=whip_server,
         started_at=started_at,
     )
@@ -264,7 +240,6 @@ def stream_of(settings: Settings) -> StreamSettings:
 
 def process_runtime(
     settings: Settings,
-    stream: StreamSettings,
     *,
     directory: StreamDirectory,
     ledger: ChildLedger | None,
@@ -280,10 +255,21 @@ def process_runtime(
         max_processes=settings.ffmpeg.max_processes,
         webrtc_enabled=webrtc.enable,
         cleaner=files.cleaner,
-        stream=stream,
+        stream=stream_of(settings),
         rtp=RtpIngestSettings(port_first=webrtc.port_first, port_last=webrtc.port_last),
         directory=directory,
         ledger=ledger,
+    )
+
+
+def rtmp_settings(settings: Settings) -> RtmpSettings:
+    rtmp = settings.rtmp
+    return RtmpSettings(
+        address=rtmp.address,
+        tls_address=rtmp.address_tls if rtmp.enable_tls else None,
+        cert_file=settings.tls.cert_file,
+        key_file=settings.tls.key_file,
+        session=RtmpSessionSettings(app=rtmp.app, token=rtmp.token, stream=stream_of(settings)),
     )
 
 
@@ -322,31 +308,98 @@ def whep_settings(settings: Settings) -> WhepSettings:
     )
 
 
+# What a running RTMP server reads: a change restarts it (its listeners and sessions) in its own scope.
+RTMP_SERVER_KEYS = (
+    "rtmp.enable",
+    "rtmp.enable_tls",
+    "rtmp.address",
+    "rtmp.address_tls",
+    "rtmp.app",
+    "rtmp.token",
+    "tls.cert_file",
+    "tls.key_file",
+)
+# What the registry's processes read besides ffmpeg.* and webrtc.*: what their placeholders expand to.
+PLACEHOLDER_KEYS = (
+    "rtmp.enable",
+    "rtmp.address",
+    "rtmp.app",
+    "rtmp.token",
+    "srt.enable",
+    "srt.address",
+    "srt.token",
+    "srt.passphrase",
+    "storage.memory.auth",
+    "storage.disk.dir",
+)
+# What a stream in the hub is made with: RTMP publishers read them too.
+STREAM_KEYS = (
+    "webrtc.subscriber_buffer_frames",
+    "webrtc.keyframe_cache_enable",
+    "webrtc.keyframe_cache_max_packets",
+    "webrtc.keyframe_cache_max_bytes",
+)
+
+
 def _declare_settings(core: Core) -> None:
-    """What each core service reads, for reloads (the HTTP layer declares its own). The files service, the
-    RTMP server and the disk directory are bound at start: their keys wait for the next start."""
+    """What each core service reads, for reloads (the HTTP layer declares its own; the scoped services are
+    declared in ``start_scoped_services``). Declaration order is the order a reload applies them in: the
+    files service before the registry, which expands ``{memfs}`` and ``{diskfs}`` from it."""
+
+    def files_take(settings: Settings) -> None:
+        core.files.configure(settings.storage, disk_dir=settings.disk_dir)
+        if core.metrics_history.system is not None:  # datarhei's disk metrics read the served directory
+            core.metrics_history.system.disk_path = settings.disk_dir
 
     async def registry_takes(settings: Settings) -> None:
         current = core.registry.runtime  # the same stream directory, child ledger and cleaner
         runtime = process_runtime(
-            settings,
-            stream_of(settings),
-            directory=current.directory,
-            ledger=current.ledger,
-            files=core.files,
+            settings, directory=current.directory, ledger=current.ledger, files=core.files
         )
-        await core.registry.apply_settings(runtime, access_policy(settings), core.registry.diskfs)
+        bound = core.registry.ingest  # WHIP ingest is bound at start: its part of {whip,…} stays
+        await core.registry.apply_settings(
+            runtime,
+            access_policy(settings),
+            diskfs=core.files.diskfs_base,
+            memfs=core.files.memfs_base,
+            ingest=dataclasses.replace(ingest_addresses(settings), whip=bound.whip, whip_key=bound.whip_key),
+        )
 
     def whep_takes(settings: Settings) -> None:  # new viewers; running ones keep theirs
         core.whep.settings = whep_settings(settings)
 
-    core.config.depend("process registry", ("ffmpeg", "webrtc"), registry_takes)
-    core.config.depend("whep", ("webrtc",), whep_takes)
-    core.config.depend("log", ("log.level",), lambda settings: configure_logging(settings.log.level))
+    def rtmp_sessions_take(settings: Settings) -> None:  # new RTMP publishers; live ones keep theirs
+        if core.rtmp is not None:
+            core.rtmp.settings = rtmp_settings(settings)
+
+    config = core.config
+    config.depend("files", ("storage.memory", "storage.disk"), files_take)
+    config.depend("process_registry", ("ffmpeg", "webrtc", *PLACEHOLDER_KEYS), registry_takes)
+    config.depend("whep", ("webrtc",), whep_takes)
+    config.depend("rtmp_sessions", STREAM_KEYS, rtmp_sessions_take)
+    config.depend(
+        "sessions", ("sessions",), lambda settings: core.client_sessions.configure(settings.sessions)
+    )
+    config.depend("log", ("log.level",), lambda settings: configure_logging(settings.log.level))
 
 
 async def start_scoped_services(core: Core) -> None:
-    """The services a reload restarts in a scope of their own (``SettingsService.run``'s nursery)."""
+    """The services a reload restarts in a scope of their own (``SettingsService.run``'s nursery), started
+    before the registry so that a process reading ``{rtmp,…}`` or ``{srt,…}`` finds its server listening."""
+
+    async def serve_rtmp(settings: Settings, *, task_status: trio.TaskStatus[Any]) -> None:
+        if not settings.rtmp.enable:
+            task_status.started()
+            return
+        server = RtmpServer(
+            rtmp_settings(settings), core.directory, observer=RtmpSessions(core.client_sessions)
+        )
+        core.rtmp = server
+        try:
+            await server.run(task_status=task_status)
+        finally:
+            if core.rtmp is server:
+                core.rtmp = None
 
     async def sample_metrics(settings: Settings, *, task_status: trio.TaskStatus[None]) -> None:
         history = core.metrics_history  # the samples survive a restart; range and interval are new
@@ -358,8 +411,6 @@ async def start_scoped_services(core: Core) -> None:
         await history.run(task_status=task_status)
 
     async def serve_srt(settings: Settings, *, task_status: trio.TaskStatus[None]) -> None:
-        """The SRT server of these settings; ``{srt,…}`` in configs accepted from now on points to it."""
-        core.registry.ingest = with_srt_of(core.registry.ingest, settings)
         if not settings.srt.enable:
             task_status.started()
             return
@@ -371,5 +422,8 @@ async def start_scoped_services(core: Core) -> None:
             if core.srt is server:
                 core.srt = None
 
-    await core.config.run_scoped("metrics history", ("metrics",), sample_metrics)
-    await core.config.run_scoped("srt server", ("srt",), serve_srt)
+    await core.config.run_scoped("rtmp_server", RTMP_SERVER_KEYS, serve_rtmp)
+    await core.config.run_scoped("srt_server", ("srt",), serve_srt)
+    await core.config.run_scoped(
+        "metrics_history", ("metrics.enable", "metrics.range_sec", "metrics.interval_sec"), sample_metrics
+    )

@@ -4,10 +4,10 @@
 trio.run(serve)
 └── trio_asyncio loop (aiortc runs on it)
     └── root nursery
-        ├── rtmp.run          → (rtmp.enable) listeners and one task per RTMP session
         ├── config.run        → the services a config reload restarts in their own scopes:
-        │   ├── metrics history → samples the metrics for /api/v3/metrics (when metrics.enable)
-        │   └── srt server    → (srt.enable) one UDP socket: a receive task and a timer for every connection
+        │   ├── rtmp server   → (rtmp.enable) listeners and one task per RTMP session
+        │   ├── srt server    → (srt.enable) one UDP socket: a receive task and a timer for every connection
+        │   └── metrics history → samples the metrics for /api/v3/metrics (when metrics.enable)
         ├── whip.run          → (whip.enable) one task per WHIP publisher (its stream and readers inside)
         ├── registry.run      → one supervisor (and one nursery per FFmpeg run) per process
         ├── client_sessions.run → the session collectors' tick (expiry, counters, persisted totals)
@@ -117,12 +117,10 @@ async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None
         loop.set_exception_handler(log_asyncio_error)
         root.start_soon(watch_event_loop, loaded.settings.metrics.interval_sec)
         await root.start(core.config.run)
-        if core.rtmp is not None:
-            await root.start(core.rtmp.run)
+        await start_scoped_services(core)
         if core.whip is not None:
             await root.start(core.whip.run)
         await root.start(core.registry.run)
-        await start_scoped_services(core)
         await root.start(core.client_sessions.run)
         http_stopped = trio.Event()
         await root.start(_serve_http, core, http_stopped)
@@ -163,8 +161,7 @@ async def _serve_http(
     config.h11_max_incomplete_size = api.max_header_bytes
     config.keep_alive_timeout = api.keep_alive_timeout_seconds
     config.backlog = 1024  # hundreds of players connecting at once must not wait for SYN retransmits
-    if core.files.memfs_auth.enable:
-        challenge_memfs_writes_first()
+    challenge_memfs_writes_first(lambda: core.files.memfs_auth.enable)
     app = UnreadBodyGuard(
         create_app(core), drain_max_bytes=api.drain_max_bytes, body_timeout=api.body_timeout_seconds
     )

@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 import trio
 
+from dragonfork import metrics
 from dragonfork.atomic_file import write_atomically
 from dragonfork.config import (
     CONFIG_VERSION,
@@ -118,9 +119,9 @@ class _MarksUp:
     """The task status a scoped service reports to: marks it up at the moment it says so."""
 
     service: ScopedService
-    status: trio.TaskStatus[None]
+    status: trio.TaskStatus[Any]
 
-    def started(self, value: None = None) -> None:
+    def started(self, value: Any = None) -> None:
         self.service.up = True
         self.status.started(value)
 
@@ -137,6 +138,7 @@ class SettingsService:
     def __init__(self, loaded: LoadedSettings) -> None:
         self.active = loaded  # what the running services use
         self.pending = loaded  # the stored configuration a reload applies
+        self.started = loaded.settings  # what the keys bound at start (no service takes them) still hold
         started = datetime.now(UTC)
         stored = loaded.settings.data_dir / STORED_CONFIG_NAME
         self.created_at = datetime.fromtimestamp(stored.stat().st_mtime, UTC) if stored.exists() else started
@@ -183,10 +185,11 @@ class SettingsService:
             try:
                 with service.scope:
                     await service.run(settings, task_status=_MarksUp(service, task_status))
-            except Exception:
+            except Exception as exc:
                 if not service.up:
                     raise
                 log.exception("service failed; it stays down until its settings change", service=service.name)
+                metrics.FAILURES.labels(service.name, type(exc).__name__).inc()
             finally:
                 service.stopped.set()
 
@@ -202,7 +205,19 @@ class SettingsService:
             "updated_at": rfc3339(self.updated_at),
             "config": config_data(self.pending.settings, self.created_at),
             "overrides": self.pending.overrides,
+            "restart_required": self.restart_required(),
         }
+
+    def restart_required(self) -> list[str]:
+        """Keys whose stored value differs from the one the server runs with and that no reload applies
+        (dragonfork's addition to the document: the running server still uses their value at start)."""
+        return self._bound_at_start(changed_keys(self.started, self.pending.settings))
+
+    def _bound_at_start(self, keys: Iterable[str]) -> list[str]:
+        declared = [prefix for item in self._dependents for prefix in item.keys]
+        declared += [prefix for service in self._scoped for prefix in service.keys]
+        without_effect = set(kept_keys())
+        return [key for key in keys if not _covers(declared, key) and key not in without_effect]
 
     async def update(self, body: Any) -> None:
         """PUT: merge, validate, store ``config.json`` atomically and make it the pending configuration."""
@@ -253,12 +268,7 @@ class SettingsService:
             for service in self._scoped:
                 if any(_covers(service.keys, key) for key in changed):
                     await self._restart(service, new, report)
-            declared = [prefix for item in self._dependents for prefix in item.keys]
-            declared += [prefix for service in self._scoped for prefix in service.keys]
-            without_effect = set(kept_keys())
-            report.at_next_start = [
-                key for key in changed if not _covers(declared, key) and key not in without_effect
-            ]
+            report.at_next_start = self._bound_at_start(changed)
         log.info(
             "config reloaded",
             changed=changed,
@@ -276,8 +286,9 @@ class SettingsService:
             result = dependent.apply(settings)
             if result is not None:
                 await result
-        except Exception:
+        except Exception as exc:
             log.exception("service could not take the new settings", service=dependent.name)
+            metrics.FAILURES.labels(dependent.name, type(exc).__name__).inc()
             report.failed.append(dependent.name)
         else:
             report.applied.append(dependent.name)
@@ -288,8 +299,9 @@ class SettingsService:
             await service.stopped.wait()
         try:
             await self._start(service, settings)
-        except Exception:
+        except Exception as exc:
             log.exception("service could not restart with the new settings", service=service.name)
+            metrics.FAILURES.labels(service.name, type(exc).__name__).inc()
             report.failed.append(service.name)
         else:
             report.applied.append(service.name)

@@ -43,6 +43,10 @@ class DiskFS(Filesystem):
     def limit_bytes(self) -> int:
         return self._limit
 
+    def configure(self, limit_bytes: int) -> None:
+        """A new ``storage.disk.max_size_mbytes``, for the next upload."""
+        self._limit = limit_bytes
+
     def local_path(self, path: str) -> Path:
         """The file ``path`` names, symlinks resolved, or ``InvalidPath`` when that is outside the root."""
         resolved = Path(os.path.realpath(self.root / clean_path(path).lstrip("/")))

@@ -46,6 +46,11 @@ class MemFS(Filesystem):
     def limit_bytes(self) -> int:
         return self._limit
 
+    def configure(self, limit_bytes: int, purge: bool) -> None:
+        """New ``storage.memory`` limits, for the next write (stored files stay, even over a lower limit)."""
+        self._limit, self.purge = limit_bytes, purge
+        self.exhausted = False  # the next write finds out again
+
     def used_bytes(self) -> int:
         return self._stored + self._in_flight
 

@@ -7,6 +7,7 @@ the bytes sent.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from urllib.parse import quote
 import structlog
 
 from dragonfork import metrics
+from dragonfork.config import StorageSettings
 from dragonfork.files.cleanup import Cleaner
 from dragonfork.files.diskfs import DiskFS
 from dragonfork.files.filesystem import Filesystem
@@ -50,28 +52,33 @@ PlaylistFilter = Callable[[ServedFile, bytes], bytes | None]
 
 
 class FileService:
-    def __init__(
-        self,
-        *,
-        disk_dir: Path,
-        disk_max_mbytes: int,
-        memory_max_mbytes: int,
-        memory_purge: bool,
-        memfs_auth: MemfsWriteAuth,
-        http_base: str,
-    ) -> None:
-        self.mem = MemFS(
-            memory_max_mbytes * MIB,
-            memory_purge,
-            on_purge=lambda count: metrics.FILES_CLEANED.labels("mem", "full").inc(count),
-        )
-        self.disk = DiskFS(disk_dir, disk_max_mbytes * MIB)
+    """memfs and diskfs with the ``storage.*`` limits; ``configure`` takes new ones at a config reload."""
+
+    def __init__(self, storage: StorageSettings, *, disk_dir: Path, http_base: str) -> None:
+        self.mem = MemFS(0, False, on_purge=_count_purged)
+        self.disk = DiskFS(disk_dir, 0)
         self.filesystems: dict[str, Filesystem] = {"disk": self.disk, "mem": self.mem}
-        self.cleaner = Cleaner(self.filesystems)
-        self.memfs_auth = memfs_auth
+        self.cleaner = Cleaner(self.filesystems)  # reads the dict: a moved diskfs is the one it cleans
+        self.memfs_auth = MemfsWriteAuth(enable=False, username="", password="")
+        self._random_password = secrets.token_urlsafe(18)  # storage.memory.auth.password "": one per start
         self._http_base = http_base
         self._listeners: list[Callable[[ServedFile], None]] = []
         self._playlist_filter: PlaylistFilter | None = None
+        self.configure(storage, disk_dir=disk_dir)
+
+    def configure(self, storage: StorageSettings, *, disk_dir: Path) -> None:
+        """Take the ``storage.*`` settings: limits, purge and write auth apply to the next write; a new
+        ``storage.disk.dir`` is served from the next request on (the files in the old one stay there)."""
+        memory = storage.memory
+        self.mem.configure(memory.max_size_mbytes * MIB, memory.purge)
+        if disk_dir.resolve() != self.disk.root:
+            self.disk = self.filesystems["disk"] = DiskFS(disk_dir, 0)
+        self.disk.configure(storage.disk.max_size_mbytes * MIB)
+        self.memfs_auth = MemfsWriteAuth(
+            enable=memory.auth.enable,
+            username=memory.auth.username,
+            password=memory.auth.password or self._random_password,
+        )
         for filesystem in self.filesystems.values():
             metrics.FILESYSTEM_USED.labels(filesystem.name).set_function(filesystem.used_bytes)
             metrics.FILESYSTEM_LIMIT.labels(filesystem.name).set(filesystem.limit_bytes)
@@ -113,6 +120,10 @@ class FileService:
                 listener(event)
             except Exception:  # a listener's bug must not break serving files
                 log.exception("served-file listener failed", path=event.path)
+
+
+def _count_purged(count: int) -> None:
+    metrics.FILES_CLEANED.labels("mem", "full").inc(count)
 
 
 def _file_counter(filesystem: Filesystem) -> Callable[[], float]:

@@ -113,7 +113,5 @@ def _declare_settings(app: QuartTrio, core: Core, issuer: TokenIssuer) -> None:
         app.config["MAX_CONTENT_LENGTH"] = settings.api.max_body_bytes
         app.config["BODY_TIMEOUT"] = settings.api.body_timeout_seconds
 
-    core.config.depend("http api", ("api.auth", "api.max_body_bytes", "api.body_timeout_seconds"), take)
-    core.config.depend(
-        "http api (read per request)", ("id", "name", "host", "api.read_only", "metrics", "webrtc")
-    )
+    core.config.depend("http_api", ("api.auth", "api.max_body_bytes", "api.body_timeout_seconds"), take)
+    core.config.depend("http_api_per_request", ("id", "name", "host", "api.read_only", "metrics", "webrtc"))

@@ -12,6 +12,7 @@ requests (writes to ``/memfs`` without ``Authorization``), so the route's ``401`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import h11
@@ -21,9 +22,17 @@ from hypercorn.protocol.h11 import H11Protocol
 _WRITES = frozenset({b"PUT", b"POST", b"DELETE"})
 
 
+def _memfs_auth_off() -> bool:
+    return False
+
+
+_memfs_auth_enabled: Callable[[], bool] = _memfs_auth_off
+
+
 def _needs_challenge_first(request: h11.Request) -> bool:
     return (
-        request.method in _WRITES
+        _memfs_auth_enabled()
+        and request.method in _WRITES
         and request.target.startswith(b"/memfs/")
         and not any(name == b"authorization" for name, _ in request.headers)
     )
@@ -53,6 +62,9 @@ class _ChallengeFirstProtocol(H11Protocol):
         )
 
 
-def challenge_memfs_writes_first() -> None:
-    """Make hypercorn's HTTP/1.1 connections in this process behave as described above."""
+def challenge_memfs_writes_first(memfs_auth_enabled: Callable[[], bool]) -> None:
+    """Make hypercorn's HTTP/1.1 connections in this process behave as described above while
+    ``memfs_auth_enabled()`` (read per request: ``storage.memory.auth.enable`` may change at a reload)."""
+    global _memfs_auth_enabled
+    _memfs_auth_enabled = memfs_auth_enabled
     hypercorn.protocol.H11Protocol = _ChallengeFirstProtocol  # type: ignore[misc]

@@ -54,6 +54,15 @@ class DiskDirUnavailable(Exception):
     """The directory ``{diskfs}`` expands to cannot be created; nothing is started."""
 
 
+def _prepare_disk_dir(diskfs: str) -> None:
+    try:
+        Path(diskfs).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DiskDirUnavailable(
+            f"cannot create storage.disk.dir {diskfs} (CORE_STORAGE_DISK_DIR): {exc.strerror}"
+        ) from None
+
+
 class ProcessNotFound(LookupError):
     def __init__(self, process_id: str) -> None:
         super().__init__(f"process {process_id!r} not found")
@@ -113,18 +122,12 @@ class Registry:
             await self._persist()
         log.info("registry stopped", processes=len(self.processes))
 
-    def _prepare_disk_dir(self) -> None:
-        try:
-            Path(self.diskfs).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DiskDirUnavailable(
-                f"cannot create storage.disk.dir {self.diskfs} (CORE_STORAGE_DISK_DIR): {exc.strerror}"
-            ) from None
-
     async def _restore(self) -> None:
         first_run = not self.store.exists()
         data = await trio.to_thread.run_sync(self.store.load)
-        await trio.to_thread.run_sync(self._prepare_disk_dir)  # before any process can write to {diskfs}
+        await trio.to_thread.run_sync(
+            _prepare_disk_dir, self.diskfs
+        )  # before any process can write to {diskfs}
         self.metadata = data.get("metadata", {})
         entries = data["processes"]
         if first_run and self.seed_demo:
@@ -162,15 +165,27 @@ class Registry:
     def resolve(self, config: ProcessConfig) -> ProcessConfig:
         return expand_config(config, diskfs=self.diskfs, memfs=self.memfs, ingest=self.ingest)
 
-    async def apply_settings(self, runtime: ProcessRuntime, access: AccessPolicy, diskfs: str) -> list[str]:
+    async def apply_settings(
+        self,
+        runtime: ProcessRuntime,
+        access: AccessPolicy,
+        *,
+        diskfs: str,
+        memfs: str,
+        ingest: IngestAddresses,
+    ) -> list[str]:
         """Take new settings; a running process restarts only when its FFmpeg command would change.
 
-        That is a new FFmpeg binary, a new ``{diskfs}``, or WebRTC switched on/off for a process that has it.
-        Log sizes, timeouts, port ranges and cache bounds apply from each process's next run; the new access
-        rules to the next create or replace; a lower ``ffmpeg.max_processes`` to the next start. Returns the
-        ids of the processes restarted.
+        That is a new FFmpeg binary, a placeholder that expands to something else in its config (``{diskfs}``,
+        ``{memfs}`` with new write credentials, ``{rtmp,name=...}`` with a new RTMP address or token), or
+        WebRTC switched on/off for a process that has it. Log sizes, timeouts, port ranges and cache bounds
+        apply from each process's next run; the new access rules to the next create or replace; a lower
+        ``ffmpeg.max_processes`` to the next start. Returns the ids of the processes restarted.
         """
-        previous, self.runtime, self.access, self.diskfs = self.runtime, runtime, access, diskfs
+        if diskfs != self.diskfs:
+            await trio.to_thread.run_sync(_prepare_disk_dir, diskfs)  # before any process writes there
+        previous, self.runtime, self.access = self.runtime, runtime, access
+        self.diskfs, self.memfs, self.ingest = diskfs, memfs, ingest
         self.slots.limit = runtime.max_processes
         restarted = []
         for process in list(self.processes.values()):

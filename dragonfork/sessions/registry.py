@@ -48,21 +48,27 @@ class SessionRegistry:
     def __init__(
         self, settings: SessionsSettings, persist_dir: Path | None = None, *, clock: Clock = time.monotonic
     ) -> None:
-        self.settings = settings
-        self.max_tx_bitrate = settings.max_bitrate_mbit * 1024 * 1024  # bit/s, as datarhei converts it
-        self.collectors = {
-            name: Collector(
-                name, max_sessions=settings.max_sessions, max_tx_bitrate=self.max_tx_bitrate, clock=clock
-            )
-            for name in COLLECTORS
-        }
-        self._ignored = [ipaddress.ip_network(cidr, strict=False) for cidr in settings.ip_ignorelist]
-        self._persist_dir = persist_dir if settings.persist else None
+        self.collectors = {name: Collector(name, clock=clock) for name in COLLECTORS}
+        self._persist_root = persist_dir
+        self.configure(settings)
         self._samplers: list[Callable[[], None]] = []
         for name in COLLECTORS:
             metrics.SESSIONS_ACTIVE.labels(name).set(0)
             metrics.SESSIONS_TOTAL.labels(name)
         self._load()
+
+    def configure(self, settings: SessionsSettings) -> None:
+        """Take the ``sessions.*`` settings (at start and at a config reload).
+
+        The limits and the ignore list apply to the next viewer, the idle timeout to the next HLS session;
+        sessions that are open stay. ``persist`` switched on writes this run's totals from then on (they are
+        read back at the next start)."""
+        self.settings = settings
+        self.max_tx_bitrate = settings.max_bitrate_mbit * 1024 * 1024  # bit/s, as datarhei converts it
+        for collector in self.collectors.values():
+            collector.max_sessions, collector.max_tx_bitrate = settings.max_sessions, self.max_tx_bitrate
+        self._ignored = [ipaddress.ip_network(cidr, strict=False) for cidr in settings.ip_ignorelist]
+        self._persist_dir = self._persist_root if settings.persist else None
 
     def __getitem__(self, name: str) -> Collector:
         return self.collectors[name]
@@ -164,12 +170,12 @@ class SessionRegistry:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Tick every second; persist the totals every ``persist_interval_sec`` and when cancelled."""
         task_status.started()
-        interval = self.settings.persist_interval_sec
         last_persist = trio.current_time()
         try:
             while True:
                 await trio.sleep(TICK_SECONDS)
                 self.tick()
+                interval = self.settings.persist_interval_sec
                 if interval and trio.current_time() - last_persist >= interval:
                     last_persist = trio.current_time()
                     self.persist()

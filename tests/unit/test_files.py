@@ -261,3 +261,29 @@ def test_memfs_url_is_the_servers_own(address: str, base: str) -> None:
     from dragonfork.core import loopback_base_url
 
     assert loopback_base_url(address) == base
+
+
+async def test_the_files_service_takes_new_storage_settings_at_a_reload(tmp_path: Path) -> None:
+    from dragonfork.config import StorageSettings
+    from dragonfork.files.service import FileService
+
+    def storage(**memory: object) -> StorageSettings:
+        return StorageSettings.model_validate({"memory": {"max_size_mbytes": 1, **memory}})
+
+    files = FileService(storage(), disk_dir=tmp_path / "disk", http_base="http://127.0.0.1:8080")
+    random_password = files.memfs_auth.password
+    assert random_password and files.memfs_base.startswith(f"http://admin:{random_password}@127.0.0.1")
+    await files.mem.write("/a.ts", chunks(b"a" * 700 * KIB))
+    with pytest.raises(StorageFull):
+        await files.mem.write("/b.ts", chunks(b"b" * 700 * KIB))
+    cleaner = files.cleaner
+
+    files.configure(storage(max_size_mbytes=2, auth={"enable": False}), disk_dir=tmp_path / "moved")
+
+    await files.mem.write("/b.ts", chunks(b"b" * 700 * KIB))  # the higher limit holds for the next write
+    assert await read_all(files.mem, "/a.ts") == b"a" * 700 * KIB  # stored files stay
+    assert files.memfs_base == "http://127.0.0.1:8080/memfs" and not files.memfs_auth.enable
+    assert files.diskfs_base == str((tmp_path / "moved").resolve()) and files.get("disk") is files.disk
+    assert cleaner is files.cleaner and cleaner.filesystems["disk"] is files.disk  # rules clean the new dir
+    files.configure(storage(max_size_mbytes=2, auth={"enable": True}), disk_dir=tmp_path / "moved")
+    assert files.memfs_auth.password == random_password  # still "" in the settings: the same random one

@@ -175,6 +175,24 @@ def test_max_bitrate_counts_every_collector(clock: Clock) -> None:
     sessions.check_admission("hls")
 
 
+def test_new_limits_at_a_reload_hold_for_the_next_viewer_and_keep_the_open_ones(clock: Clock) -> None:
+    sessions = registry(clock, max_sessions=1)
+    sessions.open("webrtc", "v1", reference="demo", location="", client=VIEWER)
+    with pytest.raises(SessionRefused):
+        sessions.open("webrtc", "v2", reference="demo", location="", client=VIEWER)
+
+    sessions.configure(SessionsSettings.model_validate({"max_sessions": 2, "ip_ignorelist": []}))
+
+    sessions.open("webrtc", "v2", reference="demo", location="", client=VIEWER)
+    assert len(sessions["webrtc"]) == 2  # the first viewer is still there
+    assert sessions["webrtc"].summary_json()["active"]["max_sessions"] == 2
+    assert sessions.collectable("127.0.0.1")  # loopback is no longer ignored
+    sessions.configure(SessionsSettings.model_validate({"max_sessions": 1}))
+    assert len(sessions["webrtc"]) == 2  # a lower limit refuses new viewers only
+    with pytest.raises(SessionRefused):
+        sessions.open("webrtc", "v3", reference="demo", location="", client=VIEWER)
+
+
 def test_widget_counts_hls_and_webrtc_viewers_of_a_process(clock: Clock) -> None:
     sessions = registry(clock)
     sessions.open("webrtc", "v1", reference="demo", location="", client=VIEWER)

@@ -39,7 +39,15 @@ def stored(tmp_path: Path) -> dict[str, Any]:
 
 def test_document_is_datarheis_shape(tmp_path: Path) -> None:
     document = service(tmp_path, CORE_API_AUTH_PASSWORD="hunter2").document()
-    assert set(document) == {"created_at", "loaded_at", "updated_at", "config", "overrides"}
+    assert set(document) == {
+        "created_at",
+        "loaded_at",
+        "updated_at",
+        "config",
+        "overrides",
+        "restart_required",
+    }
+    assert document["restart_required"] == []
     assert all(document[key].endswith("Z") for key in ("created_at", "loaded_at", "updated_at"))
     config = document["config"]
     assert set(config) >= DATARHEI_TOP_LEVEL
@@ -183,6 +191,9 @@ async def test_reload_applies_only_services_whose_keys_changed(tmp_path: Path) -
     assert report.at_next_start == ["address"]  # tls is kept without effect: not listed
     assert settings.settings.ffmpeg.max_processes == 2
     assert (await settings.reload()).changed == []  # nothing pending: nothing to apply
+    assert settings.document()["restart_required"] == ["address"]  # until the next start
+    await settings.update(v3(address=settings.started.address))
+    assert settings.document()["restart_required"] == []  # back to what the server runs with
 
 
 async def test_a_scoped_service_restarts_with_its_new_settings_and_only_then(tmp_path: Path) -> None:

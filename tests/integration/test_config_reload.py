@@ -1,0 +1,121 @@
+"""A config reload on a running server restarts only the services whose settings changed.
+
+One server with the RTMP server on, a process publishing into it through ``{rtmp,name=relay}`` and a process
+played by a real aiortc WHEP viewer. Reloads that change the files, sessions and metrics settings leave the
+RTMP server and both processes alone; a new ``rtmp.token`` and a new ``rtmp.address`` restart the RTMP
+server and the one process whose command holds them; the viewer plays through all of it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from harness import Server, free_port, lavfi_process, metric, running_server, wait_live, whep_url
+from whep_peers import start_client
+
+MIB = 1024 * 1024
+
+
+def relay_process() -> dict[str, Any]:
+    """FFmpeg publishing the test pattern into this server's own RTMP server."""
+    output = {
+        "id": "rtmp",
+        "address": "{rtmp,name=relay}",
+        "options": [
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "25",
+            "-f",
+            "flv",
+        ],
+    }
+    return lavfi_process("relay", audio=False, output=[output])
+
+
+def reload_with(server: Server, **sections: Any) -> None:
+    assert server.api("PUT", "/api/v3/config", json={"version": 3, **sections}).json() == "OK"
+    assert server.api("GET", "/api/v3/config/reload").json() == "OK"
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def channels(server: Server) -> list[dict[str, str]]:
+    return list(server.api("GET", "/api/v3/rtmp").json())
+
+
+def test_a_reload_restarts_the_rtmp_server_only_when_its_settings_change(tmp_path: Path) -> None:
+    first_port, second_port = free_port(), free_port()
+    config_file = tmp_path / "core.json"
+    config_file.write_text(json.dumps({"rtmp": {"enable": True, "address": f"127.0.0.1:{first_port}"}}))
+    with running_server(tmp_path, CORE_CONFIGFILE=str(config_file)) as server:
+        for process in (lavfi_process("live", webrtc=True), relay_process()):
+            assert server.api("POST", "/api/v3/process", json=process).is_success
+        wait_live(server, "live")
+        server.wait_for(lambda: channels(server) == [{"name": "/relay"}], 20, "the relay to publish")
+        viewer = start_client(whep_url(server, "live"), duration=20)
+        server.wait_for(lambda: server.state("live")["webrtc"]["viewers"] == 1, 15, "the viewer to connect")
+        live, relay = server.state("live"), server.state("relay")
+        publisher = server.api("GET", "/api/v3/ingest").json()["rtmp"]["publishers"][0]
+
+        # files, sessions, metrics: the RTMP server, its publisher and both processes are untouched
+        reload_with(
+            server,
+            storage={"memory": {"max_size_mbytes": 64, "purge": True}, "disk": {"max_size_mbytes": 128}},
+            sessions={"max_sessions": 7},
+            metrics={"range_sec": 300},
+        )
+        assert metric(server, "dragonfork_filesystem_limit_bytes", filesystem="mem") == 64 * MIB
+        assert metric(server, "dragonfork_filesystem_limit_bytes", filesystem="disk") == 128 * MIB
+        summary = server.api("GET", "/api/v3/session", params={"collectors": "webrtc"}).json()
+        assert summary["webrtc"]["active"]["max_sessions"] == 7
+        assert server.api("GET", "/api/v3/config").json()["restart_required"] == []
+        same = server.api("GET", "/api/v3/ingest").json()["rtmp"]["publishers"]
+        assert [(p["remote"], p["uptime_seconds"] >= publisher["uptime_seconds"]) for p in same] == [
+            (publisher["remote"], True)
+        ]  # the same RTMP session
+        assert server.state("relay")["state_since"] == relay["state_since"]
+
+        # a new token: the RTMP server restarts, the relay's command changes, so it restarts too
+        reload_with(server, rtmp={"token": "second-token"})
+        server.wait_for(
+            lambda: any("?token=second-token" in arg for arg in server.state("relay")["command"]),
+            20,
+            "the relay to run with the new token",
+        )
+        server.wait_for(lambda: channels(server) == [{"name": "/relay"}], 20, "the relay to publish again")
+        assert server.api("GET", "/api/v3/ingest").json()["rtmp"]["token"] == "second-token"
+
+        # a new address: the old port closes, the new one listens, the relay follows
+        reload_with(server, rtmp={"address": f"127.0.0.1:{second_port}"})
+        assert listening(second_port) and not listening(first_port)
+        server.wait_for(
+            lambda: any(f":{second_port}/relay" in arg for arg in server.state("relay")["command"]),
+            20,
+            "the relay to publish to the new address",
+        )
+        server.wait_for(lambda: channels(server) == [{"name": "/relay"}], 20, "the relay on the new port")
+
+        after = server.state("live")  # the WHEP viewer's process never restarted
+        assert (after["exec"], after["restarts"], after["state_since"]) == (
+            "running",
+            live["restarts"],
+            live["state_since"],
+        )
+        assert after["webrtc"]["viewers"] == 1
+        report = viewer.report()
+        assert report["error"] is None and not report["server_closed"], report
+        assert report["video_frames_decoded"] >= 250, report  # 10 of its 20 s at 25 fps, through 4 reloads
+        assert metric(server, "dragonfork_failures_total", component="rtmp_server") == 0
+        assert "Traceback" not in server.log()
