@@ -3,8 +3,9 @@
 ``CoreClient`` does what a client written for datarhei Core does (its Python and JavaScript clients follow the
 same documented calls): read ``/api`` to learn the auth methods, log in with ``localjwt``, send the access
 token as a Bearer token and refresh it with the refresh token. The tests replay Restreamer UI's start-up
-sequence, a client that switches auth on (and RTMP/SRT keys) through config PUT + reload, and a reload that
-turns auth on while a WHEP viewer keeps playing.
+sequence, a client that switches auth, the RTMP server (and SRT's keys) on through config PUT + reload and
+then uses files, sessions, RTMP channels and the widget, and a reload that turns auth on while a WHEP viewer
+keeps playing.
 """
 
 from __future__ import annotations
@@ -13,9 +14,18 @@ import re
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import httpx
-from harness import TEST_VIDEO, lavfi_process, running_server, wait_live, whep_url
+from harness import (
+    TEST_VIDEO,
+    free_port,
+    lavfi_process,
+    restreamer_hls_process,
+    running_server,
+    wait_live,
+    whep_url,
+)
 from whep_peers import aiortc_offer, start_client
 
 USERNAME, PASSWORD = "admin", "datarhei-client-password"
@@ -58,6 +68,12 @@ class CoreClient:
             f"{method} {path}: {response.status_code} {response.text[:500]}"
         )
         return response.json() if response.content else None
+
+    def text(self, path: str) -> str:
+        """A file's content (``/api/v3/fs/...``), not JSON."""
+        response = self.http.get(path, headers=self._auth())
+        assert response.status_code == 200, f"GET {path}: {response.status_code} {response.text[:500]}"
+        return response.text
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.access_token}"} if self.access_token else {}
@@ -137,7 +153,31 @@ def test_restreamer_ui_start_up_sequence(tmp_path: Path) -> None:
 # -- a datarhei v16 client: auth and RTMP/SRT switched on through the config API -----------------------------
 
 
+def client_process() -> dict[str, Any]:
+    """Restreamer's HLS output to ``{memfs}`` and a second output to this server's ``{rtmp,name=...}``."""
+    process = restreamer_hls_process("client")
+    process["reference"] = "datarhei-client"
+    rtmp_options = ["-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-f", "flv"]
+    process["output"].append({"id": "rtmp", "address": "{rtmp,name=client}", "options": rtmp_options})
+    return process
+
+
+def play_hls(http: httpx.Client, playlist: str) -> int:
+    """What an HLS player does: the playlist (datarhei hands out one with a session), its media playlist,
+    then one segment; returns the segment's size."""
+    master = http.get(playlist)
+    assert master.status_code == 200, master.text
+    media_url = urljoin(playlist, next(line for line in master.text.splitlines() if not line.startswith("#")))
+    media = http.get(media_url)
+    assert media.status_code == 200, media.text
+    segment_url = urljoin(media_url, next(line for line in media.text.splitlines() if ".ts" in line))
+    segment = http.get(segment_url)
+    assert segment.status_code == 200
+    return len(segment.content)
+
+
 def test_datarhei_client_enables_auth_through_config_and_drives_a_process(tmp_path: Path) -> None:
+    rtmp_address = f"127.0.0.1:{free_port()}"
     with running_server(tmp_path) as server:
         client = CoreClient(server.url)
         assert client.about()["auths"] == []
@@ -147,8 +187,9 @@ def test_datarhei_client_enables_auth_through_config_and_drives_a_process(tmp_pa
         assert "address" in document["overrides"]  # fixed by CORE_ADDRESS
         update = document["config"]  # a client sends back what it read, with its changes
         update["api"]["auth"].update(enable=True, username=USERNAME, password=PASSWORD)
-        update["rtmp"]["enable"] = True
+        update["rtmp"].update(enable=True, address=rtmp_address)
         update["srt"].update(enable=True, passphrase="datarhei-passphrase")
+        update["sessions"]["ip_ignorelist"] = []  # this client's HLS reads become sessions
         assert client.call("PUT", "/api/v3/config", json=update) == "OK"
         assert client.call("GET", "/api/v3/config")["config"]["rtmp"]["enable"] is True
         assert client.call("GET", "/api/v3/process") == []  # stored, not applied before the reload
@@ -162,9 +203,9 @@ def test_datarhei_client_enables_auth_through_config_and_drives_a_process(tmp_pa
             config["config"]["srt"]["enable"] is True and config["config"]["srt"]["passphrase"] == "********"
         )
         assert config["loaded_at"] >= config["updated_at"]
+        assert client.call("GET", "/api/v3/rtmp") == []  # the RTMP server listens, nobody publishes yet
 
-        process = lavfi_process("client", audio=False, reference="datarhei-client")
-        created = client.call("POST", "/api/v3/process", json=process)
+        created = client.call("POST", "/api/v3/process", json=client_process())
         assert created["id"] == "client" and created["reference"] == "datarhei-client"
         server.wait_for(
             lambda: client.call("GET", "/api/v3/process/client/state")["exec"] == "running", 20, "running"
@@ -172,10 +213,46 @@ def test_datarhei_client_enables_auth_through_config_and_drives_a_process(tmp_pa
         state = client.call("GET", "/api/v3/process/client/state")
         assert state["order"] == "start"
         assert {"inputs", "outputs"} <= set(state["progress"])
+        assert any(arg.startswith(f"rtmp://{rtmp_address}/client") for arg in state["command"])
         report = client.call("GET", "/api/v3/process/client/report")
         assert isinstance(report["created_at"], int) and isinstance(report["log"], list)
         probe = client.call("GET", "/api/v3/process/client/probe")
         assert any(stream["type"] == "video" for stream in probe["streams"])
+
+        # RTMP channels: the process's second output publishes into the RTMP server switched on above
+        server.wait_for(
+            lambda: client.call("GET", "/api/v3/rtmp") == [{"name": "/client"}], 20, "the RTMP channel"
+        )
+        # files: datarhei's filesystems and the HLS output in memfs
+        filesystems = client.call("GET", "/api/v3/fs")
+        assert {(fs["name"], fs["type"], fs["mount"]) for fs in filesystems} >= {("mem", "mem", "/memfs")}
+        server.wait_for(
+            lambda: {"/client.m3u8"} <= {f["name"] for f in client.call("GET", "/api/v3/fs/mem")},
+            30,
+            "the playlist in memfs",
+        )
+        server.wait_for(
+            lambda: client.text("/api/v3/fs/mem/client.m3u8").count(".ts") >= 2, 30, "two segments"
+        )
+        files = client.call("GET", "/api/v3/fs/mem", params={"glob": "/client_*.ts"})
+        assert files and all({"name", "size_bytes", "last_modified"} <= set(entry) for entry in files)
+
+        # sessions: an HLS player of the process is one, and the public widget counts it
+        assert play_hls(client.http, f"{server.url}/memfs/client.m3u8") > 0
+        server.wait_for(
+            lambda: any(
+                session["reference"] == "client"
+                for session in client.call("GET", "/api/v3/session/active", params={"collectors": "hls"})[
+                    "hls"
+                ]
+            ),
+            10,
+            "the HLS session",
+        )
+        summary = client.call("GET", "/api/v3/session", params={"collectors": "hls,rtmp"})
+        assert summary["hls"]["active"]["sessions"] >= 1 and set(summary["rtmp"]) == {"active", "summary"}
+        widget = httpx.get(f"{server.url}/api/v3/widget/process/client")  # public: no token
+        assert widget.status_code == 200 and widget.json()["current_sessions"] >= 1, widget.text
 
         assert client.call("PUT", "/api/v3/process/client/metadata/owner", json={"team": "a"}) == {
             "team": "a"
@@ -193,6 +270,8 @@ def test_datarhei_client_enables_auth_through_config_and_drives_a_process(tmp_pa
         )
         client.call("DELETE", "/api/v3/process/client")
         assert client.call("GET", "/api/v3/process") == []
+        assert client.call("GET", "/api/v3/rtmp") == []
+        assert not client.call("GET", "/api/v3/fs/mem", params={"glob": "/client*"})  # purged on delete
 
 
 def test_config_errors_and_read_only(tmp_path: Path) -> None:
