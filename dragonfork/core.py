@@ -308,6 +308,8 @@ def whep_settings(settings: Settings) -> WhepSettings:
     )
 
 
+RTMP_SERVICE = "rtmp_server"
+SRT_SERVICE = "srt_server"
 # What a running RTMP server reads: a change restarts it (its listeners and sessions) in its own scope.
 RTMP_SERVER_KEYS = (
     "rtmp.enable",
@@ -422,8 +424,8 @@ async def start_scoped_services(core: Core) -> None:
             if core.srt is server:
                 core.srt = None
 
-    await core.config.run_scoped("rtmp_server", RTMP_SERVER_KEYS, serve_rtmp)
-    await core.config.run_scoped("srt_server", ("srt",), serve_srt)
+    await core.config.run_scoped(RTMP_SERVICE, RTMP_SERVER_KEYS, serve_rtmp)
+    await core.config.run_scoped(SRT_SERVICE, ("srt",), serve_srt)
     await core.config.run_scoped(
         "metrics_history", ("metrics.enable", "metrics.range_sec", "metrics.interval_sec"), sample_metrics
     )

@@ -112,6 +112,7 @@ class ScopedService:
     scope: trio.CancelScope | None = None
     stopped: trio.Event = field(default_factory=trio.Event)
     up: bool = False
+    error: str | None = None  # why it is down (a failed restart, or a failure while it served)
 
 
 @dataclass
@@ -190,10 +191,15 @@ class SettingsService:
                     raise
                 log.exception("service failed; it stays down until its settings change", service=service.name)
                 metrics.FAILURES.labels(service.name, type(exc).__name__).inc()
+                service.error = str(exc) or type(exc).__name__
             finally:
                 service.stopped.set()
 
         await self._nursery.start(scoped)
+
+    def failure(self, name: str) -> str | None:
+        """Why the scoped service ``name`` is down, or None while it runs (or was never declared)."""
+        return next((service.error for service in self._scoped if service.name == name), None)
 
     # -- the API ------------------------------------------------------------------------------------------
 
@@ -262,12 +268,13 @@ class SettingsService:
             changed = changed_keys(old, new)
             self.active, self.loaded_at = self.pending, datetime.now(UTC)
             report = ReloadReport(changed=changed, applied=[], failed=[], at_next_start=[])
-            for dependent in self._dependents:
-                if any(_covers(dependent.keys, key) for key in changed):
-                    await self._apply(dependent, new, report)
+            # servers first: a process restarted for a new RTMP token finds the new server listening
             for service in self._scoped:
                 if any(_covers(service.keys, key) for key in changed):
                     await self._restart(service, new, report)
+            for dependent in self._dependents:
+                if any(_covers(dependent.keys, key) for key in changed):
+                    await self._apply(dependent, new, report)
             report.at_next_start = self._bound_at_start(changed)
         log.info(
             "config reloaded",
@@ -302,8 +309,10 @@ class SettingsService:
         except Exception as exc:
             log.exception("service could not restart with the new settings", service=service.name)
             metrics.FAILURES.labels(service.name, type(exc).__name__).inc()
+            service.error = str(exc) or type(exc).__name__
             report.failed.append(service.name)
         else:
+            service.error = None
             report.applied.append(service.name)
 
 

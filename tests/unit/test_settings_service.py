@@ -236,8 +236,10 @@ async def test_a_scoped_service_that_fails_ends_alone_and_a_reload_brings_it_bac
         await nursery.start(settings.run)
         await settings.run_scoped("srt", ("srt",), fragile)
         await trio.sleep(0.01)  # it failed; the nursery (the server) lives on
+        assert settings.failure("srt") == "the listener broke"
         await settings.update(v3(srt={"address": "127.0.0.1:16000"}))
         assert "srt" in (await settings.reload()).applied
+        assert settings.failure("srt") is None
         nursery.cancel_scope.cancel()
     assert starts == [":6000", "127.0.0.1:16000"]
 
