@@ -382,7 +382,11 @@ def _declare_settings(core: Core) -> None:
     config.depend(
         "sessions", ("sessions",), lambda settings: core.client_sessions.configure(settings.sessions)
     )
-    config.depend("log", ("log.level",), lambda settings: configure_logging(settings.log.level))
+    config.depend(
+        "log",
+        ("log.level", "log.max_lines"),
+        lambda settings: configure_logging(settings.log.level, max_lines=settings.log.max_lines),
+    )
 
 
 async def start_scoped_services(core: Core) -> None:

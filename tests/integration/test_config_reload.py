@@ -70,13 +70,16 @@ def test_a_reload_restarts_the_rtmp_server_only_when_its_settings_change(tmp_pat
         live, relay = server.state("live"), server.state("relay")
         publisher = server.api("GET", "/api/v3/ingest").json()["rtmp"]["publishers"][0]
 
-        # files, sessions, metrics: the RTMP server, its publisher and both processes are untouched
+        # files, sessions, metrics, log: the RTMP server, its publisher and both processes are untouched
+        assert len(server.api("GET", "/api/v3/log").json()) > 5
         reload_with(
             server,
             storage={"memory": {"max_size_mbytes": 64, "purge": True}, "disk": {"max_size_mbytes": 128}},
             sessions={"max_sessions": 7},
             metrics={"range_sec": 300},
+            log={"max_lines": 5},
         )
+        assert len(server.api("GET", "/api/v3/log").json()) == 5
         assert metric(server, "dragonfork_filesystem_limit_bytes", filesystem="mem") == 64 * MIB
         assert metric(server, "dragonfork_filesystem_limit_bytes", filesystem="disk") == 128 * MIB
         summary = server.api("GET", "/api/v3/session", params={"collectors": "webrtc"}).json()
