@@ -115,7 +115,7 @@ async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None
     core = build_core(loaded)
     async with trio_asyncio.open_loop() as loop, trio.open_nursery() as root:
         loop.set_exception_handler(log_asyncio_error)
-        root.start_soon(watch_event_loop, loaded.settings.metrics.interval_sec)
+        root.start_soon(watch_event_loop, lambda: core.settings.metrics.interval_sec)
         await root.start(core.config.run)
         await start_scoped_services(core)
         if core.whip is not None:

@@ -18,7 +18,7 @@ import pwd
 import socket
 import sys
 import sysconfig
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -55,14 +55,19 @@ def watchdog_period(environ: Mapping[str, str] = os.environ) -> float | None:
     return int(usec) / 1_000_000
 
 
-async def watch_event_loop(sample_interval: float, environ: Mapping[str, str] = os.environ) -> NoReturn:
-    """Sample the event loop's lag forever; ping the systemd watchdog on every healthy tick."""
+async def watch_event_loop(
+    sample_interval: Callable[[], float], environ: Mapping[str, str] = os.environ
+) -> NoReturn:
+    """Sample the event loop's lag forever; ping the systemd watchdog on every healthy tick.
+
+    ``sample_interval()`` is read at every tick (``metrics.interval_sec`` may change at a config reload);
+    with a watchdog the tick is never longer than a quarter of its period."""
     period = watchdog_period(environ)
-    tick = sample_interval if period is None else min(sample_interval, period / 4)
     max_lag = None if period is None else period / 2
     if period is not None:
-        log.info("systemd watchdog armed", period_seconds=period, ping_every_seconds=tick)
+        log.info("systemd watchdog armed", period_seconds=period, ping_at_least_every_seconds=period / 4)
     while True:
+        tick = sample_interval() if period is None else min(sample_interval(), period / 4)
         asked_at = trio.current_time()
         await trio.sleep(tick)
         lag = max(0.0, trio.current_time() - asked_at - tick)

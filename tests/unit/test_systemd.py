@@ -33,7 +33,7 @@ def test_watchdog_pings_while_healthy_and_not_while_the_loop_is_blocked(notify_s
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_event_loop, 2.0, environ)
+            nursery.start_soon(watch_event_loop, lambda: 2.0, environ)
             phases["healthy"] = time.monotonic()
             await trio.sleep(0.6)
             phases["blocked"] = time.monotonic()
@@ -69,7 +69,7 @@ def test_watchdog_is_armed_only_when_systemd_armed_it_for_this_process() -> None
 def test_without_a_watchdog_the_task_only_samples_the_lag(notify_socket: NotifySocket) -> None:
     async def main() -> None:
         with trio.move_on_after(0.5):
-            await watch_event_loop(0.05, {"NOTIFY_SOCKET": str(notify_socket.path)})
+            await watch_event_loop(lambda: 0.05, {"NOTIFY_SOCKET": str(notify_socket.path)})
 
     metrics.EVENT_LOOP_LAG.set(-1)
     trio.run(main)
