@@ -70,10 +70,10 @@ class FileService:
         """Take the ``storage.*`` settings: limits, purge and write auth apply to the next write; a new
         ``storage.disk.dir`` is served from the next request on (the files in the old one stay there)."""
         memory = storage.memory
-        self.mem.configure(memory.max_size_mbytes * MIB, memory.purge)
-        if disk_dir.resolve() != self.disk.root:
+        if disk_dir.resolve() != self.disk.root:  # first: a directory that cannot be created changes nothing
             self.disk = self.filesystems["disk"] = DiskFS(disk_dir, 0)
         self.disk.configure(storage.disk.max_size_mbytes * MIB)
+        self.mem.configure(memory.max_size_mbytes * MIB, memory.purge)
         self.memfs_auth = MemfsWriteAuth(
             enable=memory.auth.enable,
             username=memory.auth.username,

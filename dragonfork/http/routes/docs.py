@@ -306,7 +306,8 @@ SCHEMAS: dict[str, Schema] = {
             ),
         }
     ),
-    # datarhei's api.Config: the settings (as ConfigData) with when they were stored and applied
+    # datarhei's api.Config: the settings (as ConfigData) with when they were stored and applied; ours:
+    # restart_required, the stored keys the running server takes only at its next start
     "api.Config": _object(
         {
             "created_at": _STRING,
@@ -314,6 +315,7 @@ SCHEMAS: dict[str, Schema] = {
             "updated_at": _STRING,
             "config": _ref("api.ConfigData"),
             "overrides": _array(_STRING),
+            "restart_required": _array(_STRING),
         }
     ),
     # datarhei's api.Session* and api.WidgetProcess
