@@ -107,8 +107,11 @@ class TokenIssuer:
         self.throttle = LoginThrottle(auth)
 
     def configure(self, auth: AuthSettings) -> None:
-        """New auth settings (a config reload); tokens stay valid unless the secret changes."""
-        if auth.jwt.secret != self.auth.jwt.secret:
+        """New auth settings (a config reload). Tokens stay valid unless the secret changes or, with the
+        random per-start secret (``jwt.secret`` empty), the username or password: a new password locks out
+        whoever held a token, as datarhei's restart with a new random secret does."""
+        credentials_changed = (auth.username, auth.password) != (self.auth.username, self.auth.password)
+        if auth.jwt.secret != self.auth.jwt.secret or (not auth.jwt.secret and credentials_changed):
             self.secret = auth.jwt.secret or secrets.token_urlsafe(32)
         self.auth = auth
         self.throttle.free_failures = auth.login_free_failures

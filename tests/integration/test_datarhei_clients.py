@@ -369,6 +369,13 @@ def test_auth_switched_on_by_reload_while_a_whep_viewer_keeps_playing(tmp_path: 
             before["state_since"],
         )  # the same FFmpeg run: nothing restarted
 
+        new_password = {"version": 3, "api": {"auth": {"password": "a-new-datarhei-password"}}}
+        assert server.api("PUT", "/api/v3/config", json=new_password).json() == "OK"
+        assert server.api("GET", "/api/v3/config/reload").json() == "OK"
+        assert server.api("GET", "/api/v3/process").status_code == 401  # a token from before is refused
+        server.login(USERNAME, "a-new-datarhei-password")
+        assert server.state("live")["webrtc"]["viewers"] == 1
+
         report = viewer.report()
         assert report["error"] is None and not report["server_closed"], report
         # 8 s at 25 fps from connecting, the reload ~1 s in: 125 frames are 5 s of video after it
