@@ -53,12 +53,13 @@ SERVER_ENV = {
     "CORE_WEBRTC_HANDSHAKE_TIMEOUT_SECONDS": "3",
 }
 # Fuzzed configs are stored and reloaded: the environment pins what would lock the fuzzer out (auth,
-# read-only, body size), let files or traffic leave the sandbox (the disk dir, ICE servers, an RTMP server
-# on a fixed port) or take the media away (the binary, WebRTC). Environment values win over stored ones,
-# as in datarhei.
+# read-only, body size), let files or traffic leave the sandbox (the disk dir, ICE servers, an RTMP or SRT
+# server on a fixed port) or take the media away (the binary, WebRTC). Environment values win over stored
+# ones, as in datarhei.
 PINNED_ENV = {
     "CORE_API_AUTH_ENABLE": "false",
     "CORE_RTMP_ENABLE": "false",
+    "CORE_SRT_ENABLE": "false",
     "CORE_API_READ_ONLY": "false",
     "CORE_API_MAX_BODY_BYTES": str(1024 * 1024),
     "CORE_FFMPEG_BINARY": imageio_ffmpeg.get_ffmpeg_exe(),

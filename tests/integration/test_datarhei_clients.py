@@ -26,6 +26,7 @@ from harness import (
     wait_live,
     whep_url,
 )
+from srt_helpers import free_udp_port
 from whep_peers import aiortc_offer, start_client
 
 USERNAME, PASSWORD = "admin", "datarhei-client-password"
@@ -177,7 +178,7 @@ def play_hls(http: httpx.Client, playlist: str) -> int:
 
 
 def test_datarhei_client_enables_auth_through_config_and_drives_a_process(tmp_path: Path) -> None:
-    rtmp_address = f"127.0.0.1:{free_port()}"
+    rtmp_address, srt_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_udp_port()}"
     with running_server(tmp_path) as server:
         client = CoreClient(server.url)
         assert client.about()["auths"] == []
@@ -188,7 +189,7 @@ def test_datarhei_client_enables_auth_through_config_and_drives_a_process(tmp_pa
         update = document["config"]  # a client sends back what it read, with its changes
         update["api"]["auth"].update(enable=True, username=USERNAME, password=PASSWORD)
         update["rtmp"].update(enable=True, address=rtmp_address)
-        update["srt"].update(enable=True, passphrase="datarhei-passphrase")
+        update["srt"].update(enable=True, address=srt_address, passphrase="datarhei-passphrase")
         update["sessions"]["ip_ignorelist"] = []  # this client's HLS reads become sessions
         assert client.call("PUT", "/api/v3/config", json=update) == "OK"
         assert client.call("GET", "/api/v3/config")["config"]["rtmp"]["enable"] is True
@@ -204,6 +205,8 @@ def test_datarhei_client_enables_auth_through_config_and_drives_a_process(tmp_pa
         )
         assert config["loaded_at"] >= config["updated_at"]
         assert client.call("GET", "/api/v3/rtmp") == []  # the RTMP server listens, nobody publishes yet
+        srt_channels = client.call("GET", "/api/v3/srt")  # so does the SRT server
+        assert srt_channels == {"publisher": {}, "subscriber": {}, "connections": {}, "log": {}}
 
         created = client.call("POST", "/api/v3/process", json=client_process())
         assert created["id"] == "client" and created["reference"] == "datarhei-client"
