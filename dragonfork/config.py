@@ -343,6 +343,11 @@ class WebRTCSettings(_Section):
     subscriber_buffer_frames: int = Field(
         256, ge=8, description="Frames a viewer's channel holds (a keyframe-cache burst must fit)"
     )
+    fast_path: bool = Field(
+        True,
+        description="Send media through the per-stream fan-out (packetized once, SRTP + sendto per viewer); "
+        "false: through aiortc's senders, as TURN-relayed viewers always are",
+    )
     max_viewer_delay_seconds: float = Field(
         1.0, gt=0, description="A viewer whose sender falls this far behind skips to the next keyframe"
     )

@@ -303,6 +303,7 @@ def whep_settings(settings: Settings) -> WhepSettings:
             ice_servers=ice_servers,
             public_ips=list(webrtc.public_ips),
             max_delay=webrtc.max_viewer_delay_seconds,
+            fast_path=webrtc.fast_path,
             offer_limits=OfferLimits.of(webrtc),
         ),
     )

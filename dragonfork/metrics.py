@@ -153,6 +153,12 @@ PACKETS_DROPPED = Counter(
     ["kind", "reason"],
     registry=REGISTRY,
 )
+RTP_RETRANSMITTED = Counter(
+    "dragonfork_webrtc_rtp_retransmitted_total",
+    "RTP packets sent again to one viewer: its NACKs, and keyframe bursts answering its PLI/FIR",
+    ["kind"],
+    registry=REGISTRY,
+)
 KEYFRAME_BURSTS = Counter(
     "dragonfork_webrtc_keyframe_cache_bursts_total",
     "New viewers started from the keyframe cache instead of waiting for the next IDR",

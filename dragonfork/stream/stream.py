@@ -67,6 +67,7 @@ class Stream:
         """Set by ``end``: the publisher is going; a reader that ends now ends because of that."""
         self._nursery: trio.Nursery | None = None
         self._ran = False
+        self._shared_readers: dict[str, Any] = {}
 
     def has_media(self) -> bool:
         """True once a video keyframe has arrived, i.e. a reader could start now."""
@@ -114,3 +115,22 @@ class Stream:
             if nursery.cancel_scope.cancel_called:  # the stream ended while the reader was starting
                 raise StreamEnded(f"stream {self.name!r} ended while a reader was starting") from None
             raise
+
+    async def shared_reader(self, key: str, factory: Callable[[Stream], Any]) -> Any:
+        """The reader registered under ``key``, made by ``factory(self)`` and started by its first user.
+
+        For readers that serve many consumers at once (the WebRTC fan-out: one per stream, every viewer
+        registers with it). The reader object has ``run(stream, task_status=...)``; it runs in the
+        stream's nursery like any reader. Concurrent first users get the same object; raises
+        ``StreamEnded`` like ``start_reader``.
+        """
+        reader = self._shared_readers.get(key)
+        if reader is not None:
+            return reader
+        reader = self._shared_readers[key] = factory(self)
+        try:
+            await self.start_reader(reader.run)
+        except BaseException:
+            del self._shared_readers[key]
+            raise
+        return reader

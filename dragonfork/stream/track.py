@@ -108,6 +108,11 @@ class Track:
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 
+    @property
+    def keyframe_burst_limit(self) -> int:
+        """The most packets a reader may replay from the latest keyframe on (0: no keyframe cache)."""
+        return self._cache.max_packets if self._cache is not None else 0
+
     def subscribe(self) -> Subscription:
         """A new subscription; it receives frames once its ``with`` block is entered."""
         return Subscription(self, self.subscriber_buffer)

@@ -524,3 +524,55 @@ def advertise_addresses(answer_sdp: str, public_ips: Sequence[str]) -> str:
             )
             out.append("a=candidate:" + candidate_to_sdp(copy))
     return "\r\n".join(out) + "\r\n"
+
+
+MID_EXTENSION_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+
+
+@dataclasses.dataclass(frozen=True)
+class SentMedia:
+    """How one sendonly m-section of our answer says its RTP looks (what the fast path must send)."""
+
+    kind: str
+    payload_type: int
+    ssrc: int
+    cname: str
+    mid: str | None
+    mid_extension_id: int | None
+    rtx_payload_type: int | None
+    rtx_ssrc: int | None
+
+
+def answered_media(answer_sdp: str) -> dict[str, SentMedia]:
+    """The media our answer sends, by kind: payload type, SSRC, CNAME, mid (and its extension id), RTX.
+
+    m-sections that send nothing (inactive: a stream without audio) are left out.
+    """
+    sent = {}
+    for media in SessionDescription.parse(answer_sdp).media:
+        if media.direction not in ("sendonly", "sendrecv") or not media.rtp.codecs or not media.ssrc:
+            continue
+        main = next(codec for codec in media.rtp.codecs if not codec.mimeType.lower().endswith("/rtx"))
+        rtx = next(
+            (
+                codec
+                for codec in media.rtp.codecs
+                if codec.mimeType.lower().endswith("/rtx") and codec.parameters.get("apt") == main.payloadType
+            ),
+            None,
+        )
+        fid = next((group.items for group in media.ssrc_group if group.semantic == "FID"), None)
+        mid_extension = next(
+            (ext.id for ext in media.rtp.headerExtensions if ext.uri == MID_EXTENSION_URI), None
+        )
+        sent[media.kind] = SentMedia(
+            kind=media.kind,
+            payload_type=int(main.payloadType or 0),
+            ssrc=media.ssrc[0].ssrc,
+            cname=media.ssrc[0].cname or "",
+            mid=media.rtp.muxId or None,
+            mid_extension_id=mid_extension,
+            rtx_payload_type=rtx.payloadType if rtx is not None and fid else None,
+            rtx_ssrc=int(fid[1]) if rtx is not None and fid else None,
+        )
+    return sent

@@ -1,11 +1,19 @@
-"""One WHEP viewer: an aiortc peer connection that sends one stream, living in a Trio task.
+"""One WHEP viewer: an aiortc peer connection for SDP, ICE and DTLS, living in a Trio task.
 
 ``Viewer.run`` is started as a reader of the stream (``Stream.start_reader``: in the stream's nursery, inside
 its publisher's scope) and reports the SDP answer through
 ``task_status.started``; everything before that (offer checks, answer, candidate gathering) runs in the
 caller's task, so a bad offer or a slow answer raises out of ``nursery.start``. After the answer the viewer
-waits for ICE+DTLS, then forwards frames from the stream's subscriptions into its tracks until it is cancelled
-(the process stopped: its scope ends every viewer), closed (``close(reason)``: DELETE), or the peer went away.
+waits for ICE+DTLS, then receives the stream until it is cancelled (the process stopped: its scope ends every
+viewer), closed (``close(reason)``: DELETE), or the peer went away. Media goes one of two ways:
+
+- the fast path (``webrtc.fast_path``, the default): the viewer registers with the stream's fan-out
+  (``webrtc/fanout.py``), which packetizes once per stream and sends to every viewer in one loop, with the
+  viewer's own SRTP keys over its nominated ICE socket; RTCP (sender reports, NACK, PLI) is the fan-out's too.
+- aiortc's own senders (the fallback, for a nominated pair the fast path cannot send on, e.g. a TURN relay,
+  or with ``fast_path`` off): frames from the stream's subscriptions go into ``FrameTrack``s.
+
+Both announce the stream's SSRCs in the answer, which is built before the path is known.
 However it ends, the ``finally`` closes the peer connection, which sends DTLS close_notify so the browser sees
 the end at once, and ends aiortc's background tasks.
 
@@ -18,8 +26,10 @@ when the client's DELETE arrives while the connection is closing.
 
 aiortc reports no "disconnected" connection state (only failed, after ~30 s of failed consent checks), so
 a peer that vanishes without a close_notify is detected by its silence: the receiver reports (RTCP RR) that
-every WebRTC receiver sends about once a second stop arriving. ``disconnect_grace`` seconds of silence close
-it.
+every WebRTC receiver sends about once a second stop arriving. On the fast path a viewer that sent no RTCP
+for a second is asked for consent (an RFC 7675 STUN check on its pair); an answer counts as hearing from it,
+so a player that sends no receiver reports but answers consent checks stays. ``disconnect_grace`` seconds of
+silence close it.
 """
 
 from __future__ import annotations
@@ -42,6 +52,15 @@ from aiortc import (
 from trio_asyncio import aio_as_trio
 
 from dragonfork import metrics
+from dragonfork.webrtc.aiortc_internals import (
+    RtcpTakeover,
+    SrtpSocket,
+    consent_fresh,
+    nominated_socket,
+    outgoing_srtp,
+    set_sender_ssrc,
+)
+from dragonfork.webrtc.fanout import FastViewer, PacketLayout, Retransmission, StreamFanout, TrackSink
 from dragonfork.webrtc.peer import (
     ConnectionStates,
     add_trickled_candidates,
@@ -54,6 +73,7 @@ from dragonfork.webrtc.sdp import (
     Offer,
     OfferLimits,
     advertise_addresses,
+    answered_media,
     parse_trickle_fragment,
     preferred_codecs,
     validate_offer,
@@ -67,6 +87,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 LIVENESS_INTERVAL = 1.0  # how often the receiver reports are checked
+FANOUT = "webrtc"  # the stream's shared reader for fast-path viewers
 
 
 class ViewerState(enum.StrEnum):
@@ -112,6 +133,7 @@ class ViewerSettings:
     ice_servers: list[dict[str, str]] = dataclasses.field(default_factory=list)
     public_ips: list[str] = dataclasses.field(default_factory=list)  # added as host candidates to answers
     max_delay: float = 1.0  # seconds a frame may wait for the sender before the viewer skips ahead
+    fast_path: bool = True  # send through the stream's fan-out (else always through aiortc's senders)
     offer_limits: OfferLimits = dataclasses.field(default_factory=OfferLimits.default)
 
     def __post_init__(self) -> None:
@@ -140,6 +162,8 @@ class Viewer:
         self._closing = False  # in ``run``'s finally: our own pc.close() stops the senders
         self._stream: Stream | None = None
         self._remote_candidates = 0  # trickled so far, bounded by offer_limits.max_candidates
+        self._rtcp: list[tuple[str, RtcpTakeover]] = []  # (kind, takeover) per sender
+        self._fast: FastViewer | None = None
         self.entity_tag = '""'  # the session's WHEP ETag, set with the answer (PATCH If-Match compares it)
 
     def close(self, reason: CloseReason = CloseReason.DELETE) -> None:
@@ -161,6 +185,9 @@ class Viewer:
         offer = self._offer = validate_offer(
             offer_sdp, stream_has_audio=stream.has_audio, limits=self.settings.offer_limits
         )
+        fanout: StreamFanout | None = None
+        if self.settings.fast_path:
+            fanout = await stream.shared_reader(FANOUT, StreamFanout)
         deadline = self._offered_at + self.settings.handshake_timeout
         max_delay = self.settings.max_delay
         video = FrameTrack(
@@ -183,7 +210,7 @@ class Viewer:
                 self.state = ViewerState.ANSWERING
                 try:
                     with trio.fail_at(deadline):
-                        answer = await self._answer(pc, offer, [track for track, _ in feeds])
+                        answer = await self._answer(pc, offer, [track for track, _ in feeds], fanout)
                 except trio.TooSlowError:
                     raise AnswerTimeout(
                         f"no answer within handshake_timeout ({self.settings.handshake_timeout} s)"
@@ -193,7 +220,12 @@ class Viewer:
                 metrics.VIEWERS_ACTIVE.labels(self.process_id).inc()
                 task_status.started(answer)
                 if await self._connect(pc, deadline):
-                    await self._forward(pc, feeds, video)
+                    if fanout is not None and (fast := self._fast_viewer(pc, answer)) is not None:
+                        await self._serve_fast(pc, fanout, fast)
+                    else:
+                        for _, takeover in self._rtcp:
+                            takeover.decide(fast_path=False)
+                        await self._forward(pc, feeds, video)
             if not answered:
                 raise ViewerClosed(f"viewer closed ({self.close_reason}) before its answer was ready")
         except Exception as exc:
@@ -207,6 +239,9 @@ class Viewer:
             self._closing = True
             if answered and self.close_reason is None:  # nobody called close(): the stream's scope ended
                 self.close_reason = CloseReason.PROCESS_STOPPED
+            if self._fast is not None and fanout is not None:
+                fanout.remove(self._fast)
+                self._fast.srtp.close()
             await close_peer_connection(pc, viewer=self.id, process=self.process_id)
             for track, _ in feeds:
                 track.stop()
@@ -231,12 +266,19 @@ class Viewer:
 
     # --- the steps of run() ----------------------------------------------------------------------------
 
-    async def _answer(self, pc: RTCPeerConnection, offer: Offer, tracks: list[FrameTrack]) -> str:
+    async def _answer(
+        self, pc: RTCPeerConnection, offer: Offer, tracks: list[FrameTrack], fanout: StreamFanout | None
+    ) -> str:
         for track in tracks:
             transceiver = pc.addTransceiver(track, direction="sendonly")
             drop_receive_bitrate_estimator(transceiver.receiver)
             # Before setRemoteDescription, or aiortc negotiates VP8 and sends our H.264 labelled VP8.
             transceiver.setCodecPreferences(preferred_codecs(track.kind))
+            if fanout is not None and (ssrc := fanout.ssrc(track.kind)) is not None:
+                set_sender_ssrc(transceiver.sender, ssrc)
+                takeover = RtcpTakeover(transceiver.sender)
+                takeover.install()
+                self._rtcp.append((track.kind, takeover))
         answer = await negotiate(pc, offer, viewer=self.id, process=self.process_id)
         return advertise_addresses(answer, self.settings.public_ips)
 
@@ -252,6 +294,62 @@ class Viewer:
         self.setup_seconds = trio.current_time() - self._offered_at
         metrics.VIEWER_SETUP_SECONDS.observe(self.setup_seconds)
         return True
+
+    def _fast_viewer(self, pc: RTCPeerConnection, answer: str) -> FastViewer | None:
+        """This viewer on the fast path, or None when its pair is not ours to send on (a TURN relay)."""
+        path, srtp = nominated_socket(pc), outgoing_srtp(pc)
+        if path is None or srtp is None:
+            if path is not None:
+                path[0].close()
+            log.info("viewer_fast_path_unavailable", viewer=self.id, process=self.process_id)
+            return None
+        media = answered_media(answer)
+        fast = FastViewer(
+            SrtpSocket(srtp, *path),
+            cname=next((sent.cname for sent in media.values()), ""),
+            on_failure=self._on_fast_path_failure,
+            on_first_video=self._on_first_video_frame,
+        )
+        for kind, sent in media.items():
+            rtx = None
+            if sent.rtx_payload_type is not None and sent.rtx_ssrc is not None:
+                rtx = Retransmission(sent.rtx_payload_type, sent.rtx_ssrc)
+            layout = PacketLayout(sent.payload_type, sent.mid_extension_id, sent.mid)
+            fast.sinks[kind] = TrackSink(fast, layout, rtx)  # type: ignore[index]
+        return fast
+
+    async def _serve_fast(self, pc: RTCPeerConnection, fanout: StreamFanout, fast: FastViewer) -> None:
+        for kind, takeover in self._rtcp:
+
+            async def on_rtcp(packet: Any, kind: Any = kind) -> None:  # aiortc awaits it (asyncio side)
+                fanout.handle_rtcp(fast, kind, packet)
+
+            takeover.decide(fast_path=True, handler=on_rtcp)
+        self._fast = fast
+        fanout.add(fast)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_pc_state, pc)
+            nursery.start_soon(self._watch_fast_liveness, pc, fast)
+
+    async def _watch_fast_liveness(self, pc: RTCPeerConnection, fast: FastViewer) -> None:
+        """Close the viewer after ``disconnect_grace`` without RTCP from it or an answered consent check."""
+        while True:
+            await trio.sleep(LIVENESS_INTERVAL)
+            self.bytes_sent = fast.octets_sent
+            silent = trio.current_time() - fast.last_heard > LIVENESS_INTERVAL
+            if silent and await aio_as_trio(consent_fresh)(pc):
+                fast.last_heard = trio.current_time()
+            if trio.current_time() - fast.last_heard > self.settings.disconnect_grace:
+                self.close(CloseReason.ICE_DISCONNECTED)
+                return
+
+    def _on_fast_path_failure(self, exc: BaseException) -> None:
+        """Sending to this viewer raised (in the fan-out's loop): it ends, alone, counted like any failure."""
+        if self.close_reason is None:
+            self.close_reason = CloseReason.ERROR
+        log.error("viewer_failed", viewer=self.id, process=self.process_id, error=repr(exc))
+        metrics.FAILURES.labels("viewer", type(exc).__name__).inc()
+        self._scope.cancel()
 
     async def _forward(
         self, pc: RTCPeerConnection, feeds: list[tuple[FrameTrack, Track]], video: FrameTrack
@@ -311,6 +409,7 @@ class Viewer:
         self.close(CloseReason.SENDER_FAILED)
 
     def _on_first_video_frame(self) -> None:
+        """The first video frame went to the peer (aiortc took it, or the fan-out sent its packets)."""
         self.time_to_first_frame_seconds = trio.current_time() - self._offered_at
         metrics.TIME_TO_FIRST_FRAME_SECONDS.observe(self.time_to_first_frame_seconds)
 

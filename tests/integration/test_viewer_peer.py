@@ -554,56 +554,100 @@ async def test_a_vanished_peer_is_dropped_after_the_disconnect_grace() -> None:
 # --- failure boundaries ---------------------------------------------------------------------------------
 
 
-async def test_an_exception_in_a_viewer_after_its_answer_ends_that_viewer_only() -> None:
+def _break_fast_path_socket(viewer: Viewer, stream: Stream) -> None:
+    """The fan-out's next send to this viewer raises (OSError: bad file descriptor)."""
+    assert viewer._fast is not None
+    viewer._fast.srtp.close()
+
+
+def _break_subscription(viewer: Viewer, stream: Stream) -> None:
+    """The viewer's own subscription (aiortc path: the first subscriber) ends: its next read raises."""
+    stream.video._subscribers[0].frames.close()
+
+
+@pytest.mark.parametrize(
+    ("fast_path", "break_viewer", "cause"),
+    [(True, _break_fast_path_socket, "OSError"), (False, _break_subscription, "ClosedResourceError")],
+    ids=["fast_path", "aiortc_path"],
+)
+async def test_an_exception_in_a_viewer_after_its_answer_ends_that_viewer_only(
+    fast_path: bool, break_viewer: Any, cause: str
+) -> None:
     """Regression: viewer.py re-raised an exception after the answer; it went up the run's nursery and ended
-    every viewer and the process. Now it ends that viewer (reason ``error``), counted and logged."""
+    every viewer and the process. Now it ends that viewer (reason ``error``), counted and logged, whether
+    the exception comes from the fan-out's send loop or from the viewer's own task."""
+    settings = ViewerSettings(fast_path=fast_path)
     async with trio_asyncio.open_loop(), live_stream() as stream:
-        failed_before = sample("dragonfork_failures_total", component="viewer", cause="ClosedResourceError")
+        failed_before = sample("dragonfork_failures_total", component="viewer", cause=cause)
         broken, watching = Receiver(), Receiver()
-        broken_viewer, watching_viewer = Viewer(PROCESS), Viewer(PROCESS)
+        broken_viewer, watching_viewer = Viewer(PROCESS, settings), Viewer(PROCESS, settings)
         await broken.accept(await stream.start_reader(broken_viewer.run, await broken.offer()))
         await broken.wait_for_media(video_frames=5)
         await watching.accept(await stream.start_reader(watching_viewer.run, await watching.offer()))
         await watching.wait_for_media(video_frames=5)
 
-        stream.video._subscribers[0].frames.close()  # the first viewer's own end: its next read raises
+        break_viewer(broken_viewer, stream)
         await broken.wait_ended(timeout=5)
         with trio.fail_after(2):
             while broken_viewer.state is not ViewerState.CLOSED:
                 await trio.sleep(0.01)
         assert broken_viewer.close_reason is CloseReason.ERROR and broken_viewer.state is ViewerState.CLOSED
-        assert sample("dragonfork_failures_total", component="viewer", cause="ClosedResourceError") == (
-            failed_before + 1
-        )
+        assert sample("dragonfork_failures_total", component="viewer", cause=cause) == failed_before + 1
         frames_then = len(watching.video_sizes)
         await watching.wait_for_media(video_frames=frames_then + 25, audio_frames=25)
         assert watching_viewer.state is ViewerState.CONNECTED and watching.ended_at is None
         another = Receiver()  # the stream still takes new readers
-        await another.accept(await stream.start_reader(Viewer(PROCESS).run, await another.offer()))
+        await another.accept(await stream.start_reader(Viewer(PROCESS, settings).run, await another.offer()))
         await another.wait_for_media(video_frames=5)
         for receiver in (broken, watching, another):
             await receiver.close()
 
 
+def oversize_audio_frame() -> MediaFrame:
+    return MediaFrame("audio", bytes(1400), 10**9, AUDIO_CLOCK_RATE, True, 1, 1400, trio.current_time())
+
+
+async def test_an_oversize_frame_on_the_fast_path_is_dropped_once_and_every_viewer_plays_on() -> None:
+    """The fan-out packetizes once per stream: a frame too large for one RTP packet (a publisher bypassing
+    the RTP receiver's size check) is dropped for every viewer, counted once, and nobody's session ends."""
+    async with trio_asyncio.open_loop(), live_stream() as stream:
+        assert stream.audio is not None
+        oversize_before = sample("dragonfork_webrtc_packets_dropped_total", kind="audio", reason="oversize")
+        receivers = [Receiver(), Receiver()]
+        viewers = [Viewer(PROCESS), Viewer(PROCESS)]
+        for receiver, viewer in zip(receivers, viewers, strict=True):
+            await receiver.accept(await stream.start_reader(viewer.run, await receiver.offer()))
+            await receiver.wait_for_media(video_frames=5, audio_frames=5)
+        stream.audio.write(oversize_audio_frame())
+        for receiver in receivers:
+            await receiver.wait_for_media(
+                video_frames=len(receiver.video_sizes) + 25, audio_frames=receiver.audio_frames + 25
+            )
+        assert all(viewer.state is ViewerState.CONNECTED for viewer in viewers)
+        assert sample("dragonfork_webrtc_packets_dropped_total", kind="audio", reason="oversize") == (
+            oversize_before + 1
+        )
+        for receiver in receivers:
+            await receiver.close()
+
+
 async def test_a_viewer_whose_sender_dies_is_closed_not_left_half_alive() -> None:
-    """Regression: aiortc's SRTP step refused an oversize audio packet ("packet is too long"), that viewer's
-    audio sender task ended for good and the viewer stayed "connected" with video only. A publisher that
-    writes such a frame (bypassing the RTP receiver's size check) now costs the viewers carrying audio their
-    session, closed with reason ``sender_failed``; a video-only viewer of the same stream plays on."""
+    """Regression (aiortc path): aiortc's SRTP step refused an oversize audio packet ("packet is too long"),
+    that viewer's audio sender task ended for good and the viewer stayed "connected" with video only. A
+    publisher that writes such a frame (bypassing the RTP receiver's size check) now costs the viewers
+    carrying audio their session, closed with reason ``sender_failed``; a video-only viewer plays on."""
+    aiortc_path = ViewerSettings(fast_path=False)
     async with trio_asyncio.open_loop(), live_stream() as stream:
         assert stream.audio is not None
         failed_before = sample("dragonfork_failures_total", component="viewer_sender", cause="audio")
         with_audio, video_only = Receiver(), Receiver(audio=False)
-        audio_viewer, video_viewer = Viewer(PROCESS), Viewer(PROCESS)
+        audio_viewer, video_viewer = Viewer(PROCESS, aiortc_path), Viewer(PROCESS, aiortc_path)
         await with_audio.accept(await stream.start_reader(audio_viewer.run, await with_audio.offer()))
         await video_only.accept(await stream.start_reader(video_viewer.run, await video_only.offer()))
         await with_audio.wait_for_media(video_frames=5, audio_frames=5)
         await video_only.wait_for_media(video_frames=5)
 
-        oversize = MediaFrame(
-            "audio", bytes(1400), 10**9, AUDIO_CLOCK_RATE, True, 1, 1400, trio.current_time()
-        )
-        stream.audio.write(oversize)
+        stream.audio.write(oversize_audio_frame())
         await with_audio.wait_ended(timeout=5)
         with trio.fail_after(2):
             while audio_viewer.state is not ViewerState.CLOSED:

@@ -1,0 +1,194 @@
+"""One test per private aiortc / aioice / pylibsrtp attribute ``webrtc/aiortc_internals.py`` relies on.
+
+Each fails loudly (AttributeError, a wrong type, a hang caught by a deadline) when an upgrade moves what the
+fast path reaches into; pyproject pins the versions. Real peers: two aiortc peer connections on loopback.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pylibsrtp
+import trio
+import trio_asyncio
+from aioice.ice import CandidatePair, Connection
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
+from trio_asyncio import aio_as_trio
+
+from dragonfork.webrtc import aiortc_internals
+from dragonfork.webrtc.aiortc_internals import RtcpTakeover, SrtpSocket
+from dragonfork.webrtc.sdp import answered_media
+from dragonfork.webrtc.track import FrameTrack
+
+
+class Pair:
+    """A sending peer (ours, one video track) and a receiving peer, connected over loopback."""
+
+    def __init__(self) -> None:
+        self.sender_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.receiver_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.receiver_pc.addTransceiver("video", direction="recvonly")
+        self.track = FrameTrack("video")
+        self.sender: RTCRtpSender = self.sender_pc.addTransceiver(self.track, direction="sendonly").sender
+        self.answer = ""
+
+    async def connect(self) -> None:
+        await aio_as_trio(self.receiver_pc.setLocalDescription)()
+        await aio_as_trio(self.sender_pc.setRemoteDescription)(self.receiver_pc.localDescription)
+        await aio_as_trio(self.sender_pc.setLocalDescription)()
+        self.answer = self.sender_pc.localDescription.sdp
+        await aio_as_trio(self.receiver_pc.setRemoteDescription)(
+            RTCSessionDescription(sdp=self.answer, type="answer")
+        )
+        with trio.fail_after(10):
+            while self.sender_pc.connectionState != "connected":
+                await trio.sleep(0.01)
+
+    async def close(self) -> None:
+        with trio.fail_after(5):  # a takeover that lost aiortc's events would hang RTCRtpSender.stop
+            await aio_as_trio(self.sender_pc.close)()
+            await aio_as_trio(self.receiver_pc.close)()
+        self.track.stop()
+
+
+@asynccontextmanager
+async def pair(*, connect: bool = True, before_connect: Any = None) -> AsyncIterator[Pair]:
+    async with trio_asyncio.open_loop():
+        peers = Pair()
+        if before_connect is not None:
+            before_connect(peers)
+        try:
+            if connect:
+                await peers.connect()
+            yield peers
+        finally:
+            await peers.close()
+
+
+async def test_sender_ssrc_is_what_the_answer_announces() -> None:
+    """``RTCRtpSender._ssrc``: set before the answer, announced in it."""
+    ssrc = secrets.randbits(31) + 1
+    async with pair(
+        before_connect=lambda peers: aiortc_internals.set_sender_ssrc(peers.sender, ssrc)
+    ) as peers:
+        assert answered_media(peers.answer)["video"].ssrc == ssrc
+
+
+async def test_rtcp_takeover_keeps_aiortcs_sender_reports_away_and_stop_still_returns() -> None:
+    """``RTCRtpSender._run_rtcp`` and its ``__rtcp_started``/``__rtcp_exited`` events."""
+    reports: list[Any] = []
+    takeovers: list[RtcpTakeover] = []
+
+    def install(peers: Pair) -> None:
+        takeover = RtcpTakeover(peers.sender)
+        takeover.install()
+        takeovers.append(takeover)
+        receiver = peers.receiver_pc.getReceivers()[0]
+        original = receiver._handle_rtcp_packet
+
+        async def spy(packet: Any) -> None:
+            reports.append(packet)
+            await original(packet)
+
+        receiver._handle_rtcp_packet = spy  # type: ignore[method-assign]
+
+    async with pair(before_connect=install):
+        takeovers[0].decide(fast_path=True)
+        await trio.sleep(2.5)  # aiortc sends a report every 0.5-1.5 s
+        assert not any(isinstance(packet, RtcpSrPacket) for packet in reports)
+    # leaving the block closed both peers within the deadline: stop() found the events it waits for
+
+
+async def test_rtcp_takeover_gives_the_peers_rtcp_to_the_handler() -> None:
+    """``RTCRtpSender._handle_rtcp_packet``: the DTLS transport's router calls the replacement."""
+    received: list[Any] = []
+    takeovers: list[RtcpTakeover] = []
+
+    def install(peers: Pair) -> None:
+        takeover = RtcpTakeover(peers.sender)
+        takeover.install()
+        takeovers.append(takeover)
+
+    async def handler(packet: Any) -> None:
+        received.append(packet)
+
+    async with pair(before_connect=install) as peers:
+        takeovers[0].decide(fast_path=True, handler=handler)
+        srtp = aiortc_internals.outgoing_srtp(peers.sender_pc)
+        path = aiortc_internals.nominated_socket(peers.sender_pc)
+        assert srtp is not None and path is not None
+        out = SrtpSocket(srtp, *path)
+        ssrc = answered_media(peers.answer)["video"].ssrc
+        for sequence in range(5):  # the receiver reports only on a source it has heard
+            header = (
+                bytes([0x80, 0x80 | 97]) + sequence.to_bytes(2, "big") + bytes(4) + ssrc.to_bytes(4, "big")
+            )
+            out.send(header + b"\x00" * 20)
+        with trio.fail_after(5):
+            while not any(isinstance(packet, RtcpRrPacket) for packet in received):
+                await trio.sleep(0.05)
+        out.close()
+
+
+async def test_the_ice_connection_and_its_nominated_pair_are_reachable() -> None:
+    """``RTCIceTransport._connection`` and aioice's ``Connection._nominated``."""
+    async with pair() as peers:
+        connection = peers.sender.transport.transport._connection
+        assert isinstance(connection, Connection)
+        nominated = connection._nominated
+        assert isinstance(nominated, dict) and isinstance(nominated.get(1), CandidatePair)
+        path = aiortc_internals.nominated_socket(peers.sender_pc)
+        assert path is not None
+        sock, address = path
+        assert sock.type == socket.SOCK_DGRAM and not sock.getblocking()
+        assert address == nominated[1].remote_addr
+        sock.close()
+
+
+async def test_consent_checks_are_answered_by_a_live_peer_and_not_by_a_closed_one() -> None:
+    """aioice's ``Connection.build_request`` / ``remote_password`` and ``StunProtocol.request``."""
+    async with pair() as peers:
+        assert await aio_as_trio(aiortc_internals.consent_fresh)(peers.sender_pc) is True
+        await aio_as_trio(peers.receiver_pc.close)()
+        assert await aio_as_trio(aiortc_internals.consent_fresh)(peers.sender_pc) is False
+
+
+async def test_the_dtls_transport_has_its_outgoing_srtp_session_once_connected() -> None:
+    """``RTCDtlsTransport._tx_srtp``."""
+    async with pair() as peers:
+        assert isinstance(peers.sender.transport._tx_srtp, pylibsrtp.Session)
+        assert aiortc_internals.outgoing_srtp(peers.sender_pc) is peers.sender.transport._tx_srtp
+
+
+def test_protecting_in_place_gives_what_pylibsrtp_gives() -> None:
+    """pylibsrtp's ``Session._srtp``, ``_cdata``, ``_buffer`` and ``_binding.lib.srtp_protect``: the same
+    key protects the same packets to the same bytes through pylibsrtp's call and through ours."""
+    key = secrets.token_bytes(30)
+
+    def session() -> pylibsrtp.Session:
+        policy = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        policy.allow_repeat_tx = True
+        return pylibsrtp.Session(policy)
+
+    reference = session()
+    receiver, sender = (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+    )
+    receiver.bind(("127.0.0.1", 0))
+    sender.setblocking(False)
+    ours = SrtpSocket(session(), sender, receiver.getsockname())
+    receiver.settimeout(5)
+    try:
+        for sequence in range(3):
+            packet = bytes([0x80, 96]) + sequence.to_bytes(2, "big") + bytes(8) + secrets.token_bytes(900)
+            assert ours.send(packet)
+            assert receiver.recv(2048) == reference.protect(packet)
+    finally:
+        ours.close()
+        receiver.close()
