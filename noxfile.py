@@ -68,12 +68,22 @@ def typecheck(session: nox.Session) -> None:
 def e2e(session: nox.Session) -> None:
     """The admin UI and the WHEP player in headless Debian Chromium, driven by Playwright for Python.
 
+    The lossy-viewer test creates a network namespace with an nftables rule, so it needs root.
+
     Chromium (and npm, for hls.js) come from Debian (installed here when missing), never from Playwright's
     own download; ``UPDATE_DOC_SCREENSHOTS=1 nox -s e2e`` also refreshes the README's screenshots.
     """
-    # npm installs hls.js for the HLS test, into a cache directory (never into the repository)
+    # npm installs hls.js for the HLS test, into a cache directory (never into the repository); nft and ip
+    # build the lossy viewer's network namespace (tests/e2e/test_fast_path_browser.py)
     apt_install_missing(
-        session, {CHROMIUM: "chromium", "/usr/bin/chromedriver": "chromium-driver", "/usr/bin/npm": "npm"}
+        session,
+        {
+            CHROMIUM: "chromium",
+            "/usr/bin/chromedriver": "chromium-driver",
+            "/usr/bin/npm": "npm",
+            "/usr/sbin/nft": "nftables",
+            "/usr/sbin/ip": "iproute2",
+        },
     )
     session.install("-e", ".[test]", "playwright")
     session.run("pytest", "-ra", "--durations=10", "-m", "e2e", "tests/e2e", *session.posargs)

@@ -73,8 +73,9 @@ class Server:
 
     def __init__(self, data_dir: Path, env: dict[str, str], log_path: Path) -> None:
         self.data_dir = data_dir
-        self.port = int(env["CORE_ADDRESS"].rsplit(":", 1)[1])
-        self.url = f"http://127.0.0.1:{self.port}"
+        host, port = env["CORE_ADDRESS"].rsplit(":", 1)
+        self.port = int(port)
+        self.url = f"http://{host if host not in ('', '0.0.0.0') else '127.0.0.1'}:{self.port}"
         self.env = env
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
