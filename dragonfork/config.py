@@ -326,6 +326,14 @@ class WebRTCSettings(_Section):
     port_first: int = Field(20000, ge=1024, le=65534, description="First UDP port for FFmpeg→source RTP legs")
     port_last: int = Field(20999, ge=1025, le=65535)
     max_peers_per_stream: int = Field(100, ge=1)
+    max_viewers_per_core: int = Field(
+        300,
+        ge=1,
+        description="Viewers over all streams before new ones get 503 (the server sends on one core)",
+    )
+    admission_cpu_percent: float = Field(
+        85.0, gt=0, le=100, description="New viewers get 503 while the server's CPU is above this % of a core"
+    )
     handshake_timeout_seconds: float = Field(10.0, gt=0)
     disconnect_grace_seconds: float = Field(5.0, ge=0)
     ice_servers: list[str] = Field(

@@ -297,6 +297,8 @@ def whep_settings(settings: Settings) -> WhepSettings:
     return WhepSettings(
         max_viewers_per_stream=webrtc.max_peers_per_stream,
         publisher_wait=webrtc.publisher_wait_seconds,
+        max_viewers_per_core=webrtc.max_viewers_per_core,
+        admission_cpu_percent=webrtc.admission_cpu_percent,
         viewer=ViewerSettings(
             handshake_timeout=webrtc.handshake_timeout_seconds,
             disconnect_grace=webrtc.disconnect_grace_seconds,

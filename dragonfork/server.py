@@ -122,6 +122,7 @@ async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None
             await root.start(core.whip.run)
         await root.start(core.registry.run)
         await root.start(core.client_sessions.run)
+        await root.start(core.whep.run)
         http_stopped = trio.Event()
         await root.start(_serve_http, core, http_stopped)
         freeze_startup_objects()

@@ -144,6 +144,9 @@ async def dragonfork_server(
         "CORE_DEMO": "false",
         "CORE_LOG_LEVEL": "warn",
         "CORE_WEBRTC_MAX_PEERS_PER_STREAM": "500",
+        # the sweep measures capacity: admission control (503 near saturation) would stop it short
+        "CORE_WEBRTC_MAX_VIEWERS_PER_CORE": "1000",
+        "CORE_WEBRTC_ADMISSION_CPU_PERCENT": "100",
         "CORE_WEBRTC_PORT_FIRST": str(rtp_port),
         "CORE_WEBRTC_PORT_LAST": str(rtp_port + 1),
         "CORE_WEBRTC_KEYFRAME_CACHE_ENABLE": "true" if keyframe_cache else "false",

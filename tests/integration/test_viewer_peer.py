@@ -14,6 +14,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -721,3 +722,46 @@ async def test_the_whep_service_waits_for_a_starting_publisher_then_answers() ->
         with pytest.raises(WhepRefused) as stopped:
             await whep.new_session("starting", "offer")
         assert stopped.value.status == 409 and stopped.value.retry_after
+
+
+async def test_the_whep_service_refuses_viewers_over_its_budget_or_while_its_cpu_is_saturated() -> None:
+    """Admission by capacity: 503 + Retry-After naming the setting, before every viewer would degrade."""
+    directory = StreamDirectory()
+    statuses = {"cam": PublisherStatus(serves_webrtc=True, started=True, state="running")}
+    whep = WhepServer(directory, WhepSettings(max_viewers_per_core=1, admission_cpu_percent=20), statuses.get)
+    async with (
+        trio_asyncio.open_loop(),
+        hub_live_stream("cam", directory=directory),
+        trio.open_nursery() as service,
+    ):
+        await service.start(whep.run)
+        watching, refused = Receiver(), Receiver()
+        session = await whep.new_session("cam", await watching.offer())
+        await watching.accept(session.answer)
+        with pytest.raises(WhepRefused) as full:
+            await whep.new_session("cam", await refused.offer())
+        assert (full.value.status, full.value.field) == (503, "webrtc.max_viewers_per_core")
+        assert full.value.retry_after
+        await watching.wait_for_media(video_frames=5)
+        whep.end_session("cam", session.resource_id)
+        with trio.fail_after(5):
+            while whep.viewer_count("cam"):
+                await trio.sleep(0.05)
+
+        await trio.sleep(2.2)  # idle: the server's CPU is far below 20 % of a core
+        busy_until = time.process_time() + 1.5
+        while time.process_time() < busy_until:  # 1.5 CPU-seconds in the meter's window (of <= 1 s + this)
+            pass
+        await trio.sleep(0.1)  # the meter, due meanwhile, measures
+        with pytest.raises(WhepRefused) as saturated:
+            await whep.new_session("cam", await refused.offer())
+        assert (saturated.value.status, saturated.value.field) == (503, "webrtc.admission_cpu_percent")
+        assert "CPU" in saturated.value.message and saturated.value.retry_after
+
+        await trio.sleep(2.2)  # idle again: admitted
+        session = await whep.new_session("cam", await refused.offer())
+        await refused.accept(session.answer)
+        await refused.wait_for_media(video_frames=5)
+        for receiver in (watching, refused):
+            await receiver.close()
+        service.cancel_scope.cancel()

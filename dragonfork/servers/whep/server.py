@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Callable
 from typing import Any
+
+import trio
 
 from dragonfork.servers import SignallingRefused, answer_entity_tag, trickle
 from dragonfork.servers.whep.sessions import ViewerCapReached, ViewerObserver, ViewerRefused, ViewerSessions
@@ -23,6 +26,7 @@ from dragonfork.webrtc.viewer import AnswerTimeout, CloseReason, Viewer, ViewerC
 
 RETRY_AFTER_NOT_LIVE = 2
 RETRY_AFTER_FULL = 5
+CPU_WINDOW_SECONDS = 1.0  # the server's CPU use (for admission) is measured over this window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +34,10 @@ class WhepSettings:
     max_viewers_per_stream: int = 100
     publisher_wait: float = 3.0
     """Seconds an offer for a started publisher waits for its stream to go live before 409."""
+    max_viewers_per_core: int = 300
+    """Viewers over all streams the server takes per core it sends on (one: its event loop) before 503."""
+    admission_cpu_percent: float = 85.0
+    """A new viewer is refused (503) while the server's own CPU is above this share of a core."""
     viewer: ViewerSettings = dataclasses.field(default_factory=ViewerSettings)
 
 
@@ -70,6 +78,8 @@ class WhepServer:
         self.settings = settings
         self.sessions = ViewerSessions(viewer_observer)
         self._publisher_status = publisher_status
+        self.cpu_percent = 0.0
+        """This process's CPU over the last ``CPU_WINDOW_SECONDS`` (100 = one core), while ``run`` runs."""
 
     def viewer_count(self, name: str) -> int:
         return self.sessions.count(name)
@@ -107,6 +117,7 @@ class WhepServer:
                 details=[f"state: {status.state}"],  # the player tells an ended stream by it
                 retry_after=RETRY_AFTER_NOT_LIVE,
             ) from None
+        self._admit()
         viewer = Viewer(name, self.settings.viewer)
         cap = self.settings.max_viewers_per_stream
         reader = functools.partial(self.sessions.run_viewer, viewer, max_viewers=cap, client=client)
@@ -135,6 +146,35 @@ class WhepServer:
         session = WhepSession(viewer.id, answer)
         viewer.entity_tag = session.etag
         return session
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Measure the server's own CPU (this process; FFmpeg children are not in it) for admission."""
+        task_status.started()
+        while True:
+            at, cpu = time.monotonic(), time.process_time()
+            await trio.sleep(CPU_WINDOW_SECONDS)
+            self.cpu_percent = 100.0 * (time.process_time() - cpu) / (time.monotonic() - at)
+
+    def _admit(self) -> None:
+        """Refuse a new viewer (503 + Retry-After) before the server's core saturates: over the viewer
+        budget, or while the server's own CPU over the last second is above ``admission_cpu_percent``."""
+        budget = self.settings.max_viewers_per_core
+        if len(self.sessions) >= budget:
+            raise WhepRefused(
+                503,
+                f"the server is at capacity ({budget} viewers per core); retry in {RETRY_AFTER_FULL} s",
+                field="webrtc.max_viewers_per_core",
+                retry_after=RETRY_AFTER_FULL,
+            )
+        limit = self.settings.admission_cpu_percent
+        if self.cpu_percent > limit:
+            raise WhepRefused(
+                503,
+                f"the server is at capacity (CPU {self.cpu_percent:.0f} % of a core, above {limit:g} %); "
+                f"retry in {RETRY_AFTER_FULL} s",
+                field="webrtc.admission_cpu_percent",
+                retry_after=RETRY_AFTER_FULL,
+            )
 
     async def trickle(
         self, name: str, resource_id: str, sdpfrag: str, *, if_match: str | None = None
