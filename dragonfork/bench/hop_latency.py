@@ -182,9 +182,16 @@ def analyse(result: Capture) -> dict[str, object]:
     last_hops: list[float] = []
     first_hops: list[float] = []
     streams = unmatched = 0
-    for frames in result.viewers.values():
+    largest: dict[int, tuple[int, int]] = {}  # viewer port → (packets, ssrc) of its largest stream
+    for (port, ssrc), frames in result.viewers.items():
+        packets = sum(frame.packets for frame in frames.values())
+        if packets > largest.get(port, (0, 0))[0]:
+            largest[port] = (packets, ssrc)
+    for (port, ssrc), frames in result.viewers.items():
+        if largest[port][1] != ssrc:
+            continue  # audio, or retransmissions (RTX: a NACK's or a PLI's answer, sent again on purpose)
         if len(frames) < 10 or sum(f.packets for f in frames.values()) < 1.5 * len(frames):
-            continue  # audio, or too short to judge
+            continue  # too short to judge
         streams += 1
         offset = _offset(result.source, frames)
         if offset is None:

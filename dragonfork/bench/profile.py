@@ -26,7 +26,31 @@ _UDP_SEND = (
     "RTCIceTransport._send (aiortc/",
     "_SelectorDatagramTransport.sendto (asyncio/",
 )
+
+
+def _fast_path_line(text: str) -> str:
+    """How py-spy ends the frame of ``SrtpSocket.send_many`` at its line containing ``text``: it names frames
+    by line, so the C calls of the fast path's inner loop (libsrtp, the kernel's sendto) are told apart."""
+    source = (Path(__file__).parents[1] / "webrtc" / "aiortc_internals.py").read_text().splitlines()
+    start = next(number for number, line in enumerate(source, 1) if "def send_many(" in line)
+    number = next(number for number, line in enumerate(source, 1) if number > start and text in line)
+    return f"aiortc_internals.py:{number})"
+
+
+def _in_fast_path_loop(frame: str, line: str = ")") -> bool:
+    return frame.startswith("SrtpSocket.send_many (") and frame.endswith(line)
+
+
+_PROTECT_LINE = _fast_path_line("= protect(")
+_SENDTO_LINE = _fast_path_line("sendto(view")
 BUCKETS: list[tuple[str, Callable[[str], bool]]] = [
+    ("fast path: SRTP protect (libsrtp, in place)", lambda f: _in_fast_path_loop(f, _PROTECT_LINE)),
+    ("fast path: sendto (kernel, loopback delivery included)", lambda f: _in_fast_path_loop(f, _SENDTO_LINE)),
+    ("fast path: per-viewer loop, copy into the SRTP buffer", _in_fast_path_loop),
+    (
+        "fast path: fan-out (packetize once, wire per layout, RTCP; webrtc/fanout.py)",
+        lambda f: "webrtc/fanout.py" in f,
+    ),
     ("SRTP protect (pylibsrtp → libsrtp)", lambda f: "pylibsrtp/" in f),
     (
         "UDP send: aioice → asyncio transport → kernel (loopback delivery included)",
@@ -53,6 +77,7 @@ IDLE_LEAVES = ("EpollIOManager.get_events (", "Condition.wait (", "Event.wait ("
 
 # Call paths reported inclusively: share of samples with this frame anywhere in the stack.
 PATHS: dict[str, str] = {
+    "fast path (TrackFanout.write and below: packetize, protect, send)": "TrackFanout.write (",
     "aiortc sender path (RTCRtpSender._run_rtp and below)": "RTCRtpSender._run_rtp (",
     "RTP ingest (RtpReceiver.handle_datagram and below: parse, depacketize, fan-out)": "handle_datagram (",
     "track hand-off, Trio side (FrameTrack.put)": "FrameTrack.put (",
