@@ -1,0 +1,186 @@
+"""The fan-out's packets as a viewer receives them: real SRTP (one key per viewer), real UDP on loopback.
+
+A receiving pylibsrtp session with the viewer's key unprotects what the fan-out sent, so these tests see the
+RTP a browser would: sequence numbers, payload types, the mid extension, retransmissions.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pylibsrtp
+import trio
+from aiortc.rtp import RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket
+
+from dragonfork.stream.frames import VIDEO_CLOCK_RATE, MediaFrame
+from dragonfork.stream.stream import Stream, StreamSettings
+from dragonfork.webrtc.aiortc_internals import SrtpSocket
+from dragonfork.webrtc.fanout import FastViewer, PacketLayout, Retransmission, StreamFanout, TrackSink
+
+IDR_SIZE = 3000  # three FU-A fragments
+START = secrets.randbelow(2**31)
+
+
+def frame(index: int, *, keyframe: bool = False) -> MediaFrame:
+    nal = (b"\x65" + secrets.token_bytes(IDR_SIZE)) if keyframe else (b"\x41" + secrets.token_bytes(500))
+    data = (b"\0\0\0\1\x67\x42\xc0\x1f\0\0\0\1\x68\xce\x3c\x80" if keyframe else b"") + b"\0\0\0\1" + nal
+    timestamp = START + index * 3600
+    return MediaFrame("video", data, timestamp, VIDEO_CLOCK_RATE, keyframe, 1, len(data), trio.current_time())
+
+
+class Peer:
+    """One viewer: its SRTP keys, the fan-out's socket towards it, and its receiving end."""
+
+    def __init__(self, layout: PacketLayout, rtx: Retransmission | None = None) -> None:
+        key = secrets.token_bytes(30)
+        outbound = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        outbound.allow_repeat_tx = True
+        self.inbound = pylibsrtp.Session(
+            pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND)
+        )
+        self.receiving = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.receiving.bind(("127.0.0.1", 0))
+        self.receiving.settimeout(2)
+        sending = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sending.setblocking(False)
+        self.srtp = SrtpSocket(pylibsrtp.Session(outbound), sending, self.receiving.getsockname())
+        self.failures: list[BaseException] = []
+        self.first_video = 0
+        self.viewer = FastViewer(
+            self.srtp, cname="test", on_failure=self.failures.append, on_first_video=self._first_video
+        )
+        self.sink = TrackSink(self.viewer, layout, rtx)
+        self.viewer.sinks["video"] = self.sink
+
+    def _first_video(self) -> None:
+        self.first_video += 1
+
+    def receive(
+        self, count: int, *, lose: int | None = None
+    ) -> list[tuple[int, int, int, int, bytes, bytes]]:
+        """(payload type, sequence, timestamp, ssrc, extension, payload) of the next ``count`` packets; the
+        one at index ``lose`` is dropped unread, as the network would (its retransmission is then new)."""
+        packets = []
+        for index in range(count):
+            datagram = self.receiving.recv(2048)
+            if index == lose:
+                continue
+            plain = self.inbound.unprotect(datagram)
+            first, second, sequence, timestamp, ssrc = struct.unpack_from("!BBHII", plain)
+            extension, offset = b"", 12
+            if first & 0x10:
+                words = struct.unpack_from("!H", plain, 14)[0]
+                extension, offset = plain[12 : 16 + 4 * words], 16 + 4 * words
+            packets.append((second & 0x7F, sequence, timestamp, ssrc, extension, plain[offset:]))
+        return packets
+
+    def nothing_more(self) -> bool:
+        self.receiving.settimeout(0.05)
+        try:
+            self.receiving.recv(2048)
+        except TimeoutError:
+            return True
+        return False
+
+    def close(self) -> None:
+        self.srtp.close()
+        self.receiving.close()
+
+
+@contextmanager
+def peers(*layouts: tuple[PacketLayout, Retransmission | None]) -> Iterator[list[Peer]]:
+    opened = [Peer(layout, rtx) for layout, rtx in layouts]
+    try:
+        yield opened
+    finally:
+        for peer in opened:
+            peer.close()
+
+
+def video_fanout() -> StreamFanout:
+    """The fan-out of a video-only stream (frames are written into its track fan-out directly)."""
+    return StreamFanout(Stream("cam", StreamSettings(), has_audio=False))
+
+
+async def test_a_joining_viewer_gets_the_keyframe_burst_contiguous_with_the_live_packets() -> None:
+    fanout = video_fanout().tracks["video"]
+    with peers((PacketLayout(96), None)) as (peer,):
+        for index in range(3):
+            fanout.write(frame(index, keyframe=index == 0))
+        fanout.add(peer.sink)  # mid-GOP: the keyframe and the two frames after it, at once
+        burst = peer.receive(4 + 2)  # STAP-A (SPS+PPS) + three FU-A fragments of the IDR, two deltas
+        fanout.write(frame(3))
+        live = peer.receive(1)
+        sequences = [packet[1] for packet in burst + live]
+        assert sequences == [(sequences[0] + step) & 0xFFFF for step in range(len(sequences))]
+        assert burst[0][5][0] & 0x1F == 24  # STAP-A: the parameter sets lead
+        assert [packet[2] for packet in burst + live] == [
+            ts & 0xFFFFFFFF for ts in (START,) * 4 + (START + 3600, START + 7200, START + 10800)
+        ]
+        assert {packet[3] for packet in burst + live} == {fanout.ssrc}
+        assert peer.first_video == 1 and peer.sink.packets == 7 and not peer.failures
+        assert peer.nothing_more()
+
+
+async def test_viewers_that_offered_differently_get_the_same_packets_in_their_own_layout() -> None:
+    fanout = video_fanout().tracks["video"]
+    chrome_like, aiortc_like = PacketLayout(102, 4, "0"), PacketLayout(97, None, None)
+    with peers((chrome_like, None), (aiortc_like, None)) as (first, second):
+        fanout.add(first.sink)
+        fanout.add(second.sink)  # both wait for the next keyframe: nothing cached yet
+        fanout.write(frame(0))
+        assert first.nothing_more() and second.nothing_more()
+        fanout.write(frame(1, keyframe=True))
+        one, other = first.receive(4), second.receive(4)
+        assert [packet[1] for packet in one] == [packet[1] for packet in other]
+        assert [packet[5] for packet in one] == [packet[5] for packet in other]
+        assert {packet[0] for packet in one} == {102} and {packet[0] for packet in other} == {97}
+        assert one[0][4] == b"\xbe\xde\x00\x01\x40" + b"0" + b"\0\0"  # sdes:mid "0" as extension 4
+        assert other[0][4] == b""
+
+
+async def test_a_nack_is_answered_to_that_viewer_only_as_rtx_when_negotiated() -> None:
+    stream = video_fanout()
+    fanout = stream.tracks["video"]
+    rtx = Retransmission(payload_type=103, ssrc=0x12345678)
+    with peers((PacketLayout(102), rtx), (PacketLayout(102), None)) as (with_rtx, plain):
+        fanout.write(frame(0, keyframe=True))
+        fanout.add(with_rtx.sink)
+        fanout.add(plain.sink)
+        originals = with_rtx.receive(4)
+        assert plain.receive(4, lose=2) == originals[:2] + originals[3:]
+        lost = originals[2]
+        nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=fanout.ssrc, lost=[lost[1]])
+        stream.handle_rtcp(with_rtx.viewer, "video", nack)
+        (resent,) = with_rtx.receive(1)
+        assert (resent[0], resent[3], resent[2]) == (103, rtx.ssrc, lost[2])
+        assert resent[5] == struct.pack("!H", lost[1]) + lost[5]  # RFC 4588: the original sequence first
+        assert plain.nothing_more()
+        stream.handle_rtcp(plain.viewer, "video", nack)
+        (again,) = plain.receive(1)
+        assert again == lost  # without RTX: the very packet again (the receiver's SRTP takes it: it was lost)
+        too_old = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=fanout.ssrc, lost=[lost[1] - 99])
+        stream.handle_rtcp(plain.viewer, "video", too_old)
+        assert plain.nothing_more()  # never sent: nothing to answer with
+
+
+async def test_a_picture_loss_is_answered_with_the_keyframe_burst_at_most_once_a_second() -> None:
+    stream = video_fanout()
+    fanout = stream.tracks["video"]
+    rtx = Retransmission(payload_type=103, ssrc=0x0BADCAFE)
+    with peers((PacketLayout(102), rtx)) as (peer,):
+        fanout.write(frame(0, keyframe=True))
+        fanout.write(frame(1))
+        fanout.add(peer.sink)
+        burst = peer.receive(5)
+        pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=fanout.ssrc)
+        stream.handle_rtcp(peer.viewer, "video", pli)
+        again = peer.receive(5)
+        assert [packet[5][2:] for packet in again] == [packet[5] for packet in burst]  # as RTX, in order
+        assert {packet[3] for packet in again} == {rtx.ssrc}
+        stream.handle_rtcp(peer.viewer, "video", pli)  # a storm of PLIs: one burst per second
+        assert peer.nothing_more()
