@@ -41,7 +41,8 @@ METHOD = """\
 - **Stream.** One pre-encoded clip played in real time by FFmpeg with `-c copy` into RTP. dragonfork's own
   process builds that FFmpeg command; Janus's mountpoint is fed by the very same command with the RTP ports
   changed. Janus forwards FFmpeg's packets as they are (up to 1200 bytes); dragonfork re-packetizes each
-  frame with aiortc (up to 1300 bytes), so it sends about 10 % fewer, larger packets for the same bytes.
+  frame once per stream (aiortc's H.264 packetizer, up to 1300 bytes; its fast path then only protects and
+  sends per viewer), so it sends about 10 % fewer, larger packets for the same bytes.
 - **Viewers.** Real WebRTC peers (aiortc): WHEP for dragonfork, Janus's HTTP API (streaming plugin
   `watch`/`start`) for Janus; ICE + DTLS + SRTP as a browser does. Each viewer takes aiortc's full receive
   path until its first complete keyframe (SPS + PPS + IDR, contiguous to the marker packet), then counts
@@ -57,7 +58,8 @@ METHOD = """\
   (FFmpeg → the server's video RTP port) and every packet the server sends to a viewer. Per viewer, the RTP
   timestamp offset is found by pairing keyframes (many packets) and every frame is then matched to its
   source frame. "last packet" = the frame's last packet in → its last packet out to that viewer; "first
-  packet" the same for first packets. It is the server's hop, not the viewers' processing.
+  packet" the same for first packets. It is the server's hop, not the viewers' processing. Only each
+  viewer's main video stream counts: retransmissions (RTX, answering a NACK or a PLI) are left out.
 - **Time to first frame.** 30 joins one at a time, each after a random pause of up to one GOP (2 s, seeded)
   so that joins land at every phase of the GOP; each viewer leaves when its first complete keyframe has
   arrived and decoded (PyAV). Measured from WHEP POST sent (Janus: `create` request sent) to the arrival of
@@ -67,7 +69,8 @@ METHOD = """\
   frame of a known component; with the server's CPU seconds and the packets the viewers received in the
   same window this gives µs per forwarded packet per component. On loopback a `sendto` also delivers the
   packet into the viewer's socket and wakes the viewer's process, in the sender's CPU time; Janus pays the
-  same per packet sent."""
+  same per packet sent. py-spy names frames by line, so the fast path's inner loop is split into its two C
+  calls (libsrtp's protect, the kernel's sendto) and the Python around them."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
