@@ -8,6 +8,7 @@ a minimal WHEP endpoint, so a peer can also vanish for real (SIGKILL).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -69,11 +70,14 @@ async def live_stream(*, has_audio: bool = True) -> AsyncIterator[Stream]:
 class Receiver:
     """What a WHEP player does: recvonly transceivers, decode everything, note when the connection ends."""
 
-    def __init__(self, *, audio: bool = True) -> None:
+    def __init__(self, *, audio: bool = True, reports: bool = True) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.pc.addTransceiver("video", direction="recvonly")
         if audio:
             self.pc.addTransceiver("audio", direction="recvonly")
+        if not reports:  # a player that sends no RTCP at all (some non-browser WHEP clients)
+            for receiver in self.pc.getReceivers():
+                receiver._run_rtcp = functools.partial(_no_rtcp, receiver)  # type: ignore[method-assign]
         self.video_sizes: list[tuple[int, int]] = []
         self.audio_frames = 0
         self.first_video_at: float | None = None
@@ -122,6 +126,15 @@ class Receiver:
         for consumer in self._consumers:
             consumer.cancel()
         await aio_as_trio(asyncio.gather)(*self._consumers, return_exceptions=True)
+
+
+async def _no_rtcp(receiver: Any) -> None:
+    """aiortc's receiver RTCP task, minus the RTCP: it only marks itself started and, once stopped, exited."""
+    receiver._RTCRtpReceiver__rtcp_started.set()
+    try:
+        await asyncio.get_running_loop().create_future()
+    except asyncio.CancelledError:
+        receiver._RTCRtpReceiver__rtcp_exited.set()
 
 
 # --- leak accounting --------------------------------------------------------------------------------------
@@ -765,3 +778,27 @@ async def test_the_whep_service_refuses_viewers_over_its_budget_or_while_its_cpu
         for receiver in (watching, refused):
             await receiver.close()
         service.cancel_scope.cancel()
+
+
+async def test_a_player_that_sends_no_reports_but_answers_consent_checks_stays_on_the_fast_path() -> None:
+    """Liveness by ICE consent freshness (RFC 7675) as well as receiver reports: a peer that sends no RTCP
+    keeps playing past the disconnect grace on the fast path; aiortc's senders (the fallback) only know
+    receiver reports and close it after the grace."""
+    grace = 2.0
+    async with trio_asyncio.open_loop(), live_stream() as stream:
+        quiet_fast, quiet_aiortc = Receiver(reports=False), Receiver(reports=False)
+        fast = Viewer(PROCESS, ViewerSettings(disconnect_grace=grace))
+        fallback = Viewer(PROCESS, ViewerSettings(disconnect_grace=grace, fast_path=False))
+        await quiet_fast.accept(await stream.start_reader(fast.run, await quiet_fast.offer()))
+        await quiet_aiortc.accept(await stream.start_reader(fallback.run, await quiet_aiortc.offer()))
+        await quiet_fast.wait_for_media(video_frames=5)
+        await trio.sleep(grace + 3)
+        assert fallback.close_reason is CloseReason.ICE_DISCONNECTED
+        assert fast.state is ViewerState.CONNECTED and quiet_fast.ended_at is None
+        await quiet_fast.wait_for_media(video_frames=len(quiet_fast.video_sizes) + 10)
+        await quiet_aiortc.close()
+        await quiet_fast.close()
+        with trio.fail_after(2):
+            while fast.state is not ViewerState.CLOSED:
+                await trio.sleep(0.02)
+        assert fast.close_reason is CloseReason.PEER_CLOSED
