@@ -200,10 +200,6 @@ class TrackFanout:
         self._retransmitted = metrics.RTP_RETRANSMITTED.labels(self.kind)
         self._nack_missed = metrics.PACKETS_DROPPED.labels(self.kind, "nack_too_old")
 
-    @property
-    def sink_count(self) -> int:
-        return sum(len(sinks) for sinks in self._groups.values())
-
     # -- the stream's side ---------------------------------------------------------------------------------
 
     def write(self, frame: MediaFrame) -> None:
@@ -395,10 +391,6 @@ class StreamFanout:
     def ssrc(self, kind: str) -> int | None:
         track = self.tracks.get(kind)  # type: ignore[call-overload]
         return track.ssrc if track is not None else None
-
-    @property
-    def viewer_count(self) -> int:
-        return len(self._viewers)
 
     async def run(self, stream: Stream, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Read every track of ``stream`` and fan it out, and send the sender reports, until it ends."""
