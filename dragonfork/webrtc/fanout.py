@@ -223,11 +223,11 @@ class TrackFanout:
                 blocked_before = sink.dropped
                 try:
                     sink.send(wire, octets)
-                except OSError as exc:
-                    if exc.errno != errno.ENOBUFS:
+                except Exception as exc:  # noqa: BLE001 - one viewer's failure ends that viewer only
+                    if not (isinstance(exc, OSError) and exc.errno == errno.ENOBUFS):
                         sink.viewer.fail(exc)
                         continue
-                    sink.dropped += len(wire)
+                    sink.dropped += len(wire)  # the kernel is short of buffers: a drop, like EAGAIN
                 sent += 1
                 if sink.dropped != blocked_before:
                     self._dropped_blocked.inc(sink.dropped - blocked_before)
@@ -387,6 +387,7 @@ class StreamFanout:
             if track is not None
         }
         self._viewers: list[FastViewer] = []
+        self._name = stream.name
 
     def ssrc(self, kind: str) -> int | None:
         track = self.tracks.get(kind)  # type: ignore[call-overload]
@@ -404,7 +405,11 @@ class StreamFanout:
     async def _forward(self, track: Track, fanout: TrackFanout) -> None:
         with track.subscribe() as subscription:
             async for frame in subscription.frames:
-                fanout.write(frame)
+                try:
+                    fanout.write(frame)
+                except Exception as exc:  # noqa: BLE001 - a frame we cannot packetize is dropped alone
+                    log.exception("fanout_frame_failed", stream=self._name, kind=fanout.kind)
+                    metrics.FAILURES.labels("webrtc_fanout", type(exc).__name__).inc()
 
     def add(self, viewer: FastViewer) -> None:
         """Start sending to ``viewer`` on every track it has a sink for."""
@@ -431,7 +436,7 @@ class StreamFanout:
                 track.retransmit(sink, packet.lost)
             elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
                 track.resend_keyframe_burst(sink, now)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - one viewer's failure ends that viewer only
             viewer.fail(exc)
 
     async def _report(self) -> None:
@@ -444,7 +449,7 @@ class StreamFanout:
                 if report:
                     try:
                         viewer.srtp.send_rtcp(report)
-                    except OSError as exc:
+                    except Exception as exc:  # noqa: BLE001 - one viewer's failure ends that viewer only
                         viewer.fail(exc)
 
     def _sender_report(self, viewer: FastViewer, now: float, ntp: int) -> bytes:
