@@ -297,14 +297,14 @@ class Viewer:
 
     def _fast_viewer(self, pc: RTCPeerConnection, answer: str) -> FastViewer | None:
         """This viewer on the fast path, or None when its pair is not ours to send on (a TURN relay)."""
+        media = answered_media(answer)
         path, srtp = nominated_socket(pc), outgoing_srtp(pc)
         if path is None or srtp is None:
             if path is not None:
                 path[0].close()
             log.info("viewer_fast_path_unavailable", viewer=self.id, process=self.process_id)
             return None
-        media = answered_media(answer)
-        fast = FastViewer(
+        fast = self._fast = FastViewer(  # set at once: ``run``'s finally closes its socket
             SrtpSocket(srtp, *path),
             cname=next((sent.cname for sent in media.values()), ""),
             on_failure=self._on_fast_path_failure,
@@ -325,7 +325,6 @@ class Viewer:
                 fanout.handle_rtcp(fast, kind, packet)
 
             takeover.decide(fast_path=True, handler=on_rtcp)
-        self._fast = fast
         fanout.add(fast)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_pc_state, pc)
