@@ -15,9 +15,18 @@ SHORT = {"dragonfork": "dragonfork", "janus": "Janus, 1 loop", "janus_default": 
 COLOURS = {"dragonfork": "tab:blue", "janus": "tab:orange", "janus_default": "tab:red"}
 
 
+def _all_connected(step: dict[str, Any]) -> bool:
+    return bool(step.get("connected", step["viewers"]) >= step["viewers"])
+
+
 def _clean_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Steps that count for capacity: under the loss limit and not limited by the client CPUs."""
-    return [s for s in steps if s["loss_percent"] < LOSS_LIMIT_PERCENT and not s["client_limited"]]
+    """Steps that count for capacity: every viewer connected, under the loss limit, and not limited by the
+    client CPUs (a step whose joins failed carries fewer viewers than its number says)."""
+    return [
+        s
+        for s in steps
+        if _all_connected(s) and s["loss_percent"] < LOSS_LIMIT_PERCENT and not s["client_limited"]
+    ]
 
 
 def cpu_per_viewer(fan_out: dict[str, Any]) -> dict[str, Any] | None:
@@ -53,6 +62,12 @@ def complete(results: dict[str, Any]) -> None:
         limited = [s["viewers"] for s in fan_out["steps"] if s["client_limited"]]
         if limited:
             notes.append(f"{label}: client-limited at {limited} viewers (the viewers' CPUs were > 85 % busy)")
+        short = [f"{s.get('connected')}/{s['viewers']}" for s in fan_out["steps"] if not _all_connected(s)]
+        if short:
+            notes.append(
+                f"{label}: not every viewer connected (connected/joined: {', '.join(short)}); "
+                "those steps are left out of CPU per viewer"
+            )
         if fan_out.get("stopped"):
             notes.append(f"{label}: {fan_out['stopped']}")
         loads = [fan_out["idle"]["load_average"]] + [s["load_average"] for s in fan_out["steps"]]
