@@ -1,15 +1,13 @@
-"""Every private attribute of aiortc, aioice and pylibsrtp dragonfork relies on, and nothing else.
+"""Every private attribute of aiortc, aioice and pylibsrtp the fast path relies on, and nothing else.
 
 The fast path (``webrtc/fanout.py``) keeps aiortc for SDP, ICE and DTLS and then sends media itself: per
 packet one SRTP protect with the viewer's own keys and one non-blocking ``sendto`` on the viewer's nominated
 ICE socket. That needs a few things aiortc does not publish: the sender's SSRC (set before the answer so every
 viewer of a stream carries the stream's SSRC), its RTCP task and RTCP handler (the fast path sends the sender
 reports and answers NACK/PLI itself), the DTLS transport's outgoing SRTP session, the ICE connection's
-nominated pair, and libsrtp's protect call on pylibsrtp's own buffer. Every viewer also drops the
-receive-side bitrate estimator aiortc gives each transceiver, sendonly or not. They are all reached here,
-nowhere else, and ``tests/unit/test_aiortc_internals.py`` (and ``test_viewer_objects.py``) test each
-attribute so that an upgrade that moves one fails loudly (pyproject pins the versions they were written
-against).
+nominated pair, and libsrtp's protect call on pylibsrtp's own buffer. They are all reached here, nowhere
+else (the receive side's are in ``webrtc/rtp_tap.py``), and ``tests/unit/test_aiortc_internals.py`` tests
+each so that an upgrade that moves one fails loudly (pyproject pins the versions they were written against).
 """
 
 from __future__ import annotations
