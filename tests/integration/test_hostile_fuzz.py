@@ -71,6 +71,9 @@ SERVER_ENV = {
     "CORE_API_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
     "CORE_METRICS_PROTECT": "true",
     "CORE_LOG_LEVEL": "warn",
+    # The fuzzer keeps the server's core busy on purpose; admission by CPU (tested in test_viewer_peer.py)
+    # would answer the well-formed offers 503 and the fuzz would test the refusal instead of the parsers.
+    "CORE_WEBRTC_ADMISSION_CPU_PERCENT": "100",
 }
 SDP = {"Content-Type": "application/sdp"}
 TRICKLE = {"Content-Type": "application/trickle-ice-sdpfrag"}

@@ -150,11 +150,20 @@ async def resources() -> tuple[int, int]:
 
 
 async def assert_back_to(baseline: tuple[int, int]) -> None:
-    """aiortc finishes a few callbacks after close; give it a moment, then demand the baseline exactly."""
+    """aiortc finishes a few callbacks after close; give it a moment, then demand no more than the baseline.
+
+    Fewer is not a leak: the live stream's own start-up (FFmpeg's pipes, the probe) may still hold a
+    descriptor when the baseline is taken and let it go during the test (CI saw 23 → 22).
+    """
+
+    def left_behind(now: tuple[int, int]) -> bool:
+        return any(count > before for count, before in zip(now, baseline, strict=True))
+
     with trio.move_on_after(2):
-        while await resources() != baseline:
+        while left_behind(await resources()):
             await trio.sleep(0.05)
-    assert await resources() == baseline
+    now = await resources()
+    assert not left_behind(now), f"(asyncio tasks, fds) {now} after, {baseline} before"
 
 
 def sample(metric: Any, **labels: str) -> float:
