@@ -8,12 +8,14 @@ It also owns the settings service and declares, per service, which settings it r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import secrets
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import trio
 
@@ -60,7 +62,7 @@ class Core:
     srt: SrtServer | None = None
     """The SRT server while ``srt.enable`` is set (a scoped service: a reload of ``srt.*`` replaces it)."""
     whip: WhipServer | None = None
-    """WHIP ingest when ``whip.enable`` and ``webrtc.enable`` are set."""
+    """WHIP ingest while ``whip.enable`` and ``webrtc.enable`` are set (a reload of either replaces it)."""
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -119,19 +121,24 @@ def build_files(settings: Settings) -> FileService:
     )
 
 
-def ingest_addresses(settings: Settings) -> IngestAddresses:
-    """Where ``{rtmp,…}`` and ``{srt,…}`` point: this server's own ingest servers, when enabled."""
-    rtmp = settings.rtmp
+def whip_enabled(settings: Settings) -> bool:
+    return settings.whip.enable and settings.webrtc.enable
+
+
+def ingest_addresses(settings: Settings, http_base: str) -> IngestAddresses:
+    """Where ``{rtmp,…}``, ``{srt,…}`` and ``{whip,…}`` point: this server's own ingest servers, when
+    enabled (WHIP is served by the HTTP server at ``http_base``)."""
+    rtmp, srt = settings.rtmp, settings.srt
     addresses = (
         IngestAddresses.for_rtmp(rtmp.address, rtmp.app, rtmp.token) if rtmp.enable else IngestAddresses()
     )
-    return with_srt_of(addresses, settings)
-
-
-def with_srt_of(addresses: IngestAddresses, settings: Settings) -> IngestAddresses:
-    srt = settings.srt
-    return (
+    addresses = (
         addresses.with_srt(srt.address, srt.token, srt.passphrase) if srt.enable else addresses.without_srt()
+    )
+    if not whip_enabled(settings):
+        return addresses
+    return dataclasses.replace(
+        addresses, whip=f"{http_base}/api/v3/whip", whip_key=_whip_reader_key(settings)
     )
 
 
@@ -140,15 +147,28 @@ def srt_settings(settings: Settings) -> SrtSettings:
     return SrtSettings(address=srt.address, passphrase=srt.passphrase, token=srt.token)
 
 
+def whip_settings(settings: Settings) -> WhipSettings:
+    webrtc = settings.webrtc
+    return WhipSettings(
+        max_publishers=settings.whip.max_publishers,
+        reader_wait=webrtc.publisher_wait_seconds,
+        reader_key=_whip_reader_key(settings),
+        publisher=PublisherSettings(
+            stream=stream_of(settings),
+            handshake_timeout=webrtc.handshake_timeout_seconds,
+            idle_timeout=settings.whip.idle_timeout_seconds,
+            ice_servers=ice_servers_of(settings),
+            public_ips=list(webrtc.public_ips),
+            offer_limits=OfferLimits.of(webrtc),
+        ),
+    )
+
+
 def build_core(loaded: LoadedSettings) -> Core:
     settings = loaded.settings
     config = SettingsService(loaded)
     directory = StreamDirectory()
     files = build_files(settings)
-    webrtc = settings.webrtc
-    whip_enabled = settings.whip.enable and webrtc.enable
-    whip_reader_key = _whip_reader_key(settings) if whip_enabled else ""
-    stream_settings = stream_of(settings)
     runtime = process_runtime(
         settings, directory=directory, ledger=ChildLedger(settings.data_dir), files=files
     )
@@ -159,11 +179,7 @@ def build_core(loaded: LoadedSettings) -> Core:
         diskfs=files.diskfs_base,
         memfs=files.memfs_base,
         seed_demo=settings.demo,
-        ingest=dataclasses.replace(
-            ingest_addresses(settings),
-            whip=f"{loopback_base_url(settings.address)}/api/v3/whip" if whip_enabled else None,
-            whip_key=whip_reader_key,
-        ),
+        ingest=ingest_addresses(settings, loopback_base_url(settings.address)),
     )
 
     def publisher_status(name: str) -> PublisherStatus | None:
@@ -194,25 +210,6 @@ def build_core(loaded: LoadedSettings) -> Core:
         interval_seconds=settings.metrics.interval_sec,
         system=SystemMetrics(started_at=started_at, disk_path=settings.disk_dir),
     )
-    whip_server = None
-    if whip_enabled:
-        whip_server = WhipServer(
-            directory,
-            WhipSettings(
-                max_publishers=settings.whip.max_publishers,
-                reader_wait=webrtc.publisher_wait_seconds,
-                reader_key=whip_reader_key,
-                publisher=PublisherSettings(
-                    stream=stream_settings,
-                    handshake_timeout=webrtc.handshake_timeout_seconds,
-                    idle_timeout=settings.whip.idle_timeout_seconds,
-                    ice_servers=ice_servers_of(settings),
-                    public_ips=list(webrtc.public_ips),
-                    offer_limits=OfferLimits.of(webrtc),
-                ),
-            ),
-            observer=WhipSessions(client_sessions),
-        )
     core = Core(
         config=config,
         registry=registry,
@@ -221,7 +218,6 @@ def build_core(loaded: LoadedSettings) -> Core:
         metrics_history=history,
         files=files,
         client_sessions=client_sessions,
-        whip=whip_server,
         started_at=started_at,
     )
     _declare_settings(core)
@@ -313,6 +309,7 @@ def whep_settings(settings: Settings) -> WhepSettings:
 
 RTMP_SERVICE = "rtmp_server"
 SRT_SERVICE = "srt_server"
+WHIP_SERVICE = "whip_server"
 # What a running RTMP server reads: a change restarts it (its listeners and sessions) in its own scope.
 RTMP_SERVER_KEYS = (
     "rtmp.enable",
@@ -324,7 +321,8 @@ RTMP_SERVER_KEYS = (
     "tls.cert_file",
     "tls.key_file",
 )
-# What the registry's processes read besides ffmpeg.* and webrtc.*: what their placeholders expand to.
+# What the registry's processes read besides ffmpeg.* and webrtc.*: what their placeholders expand to
+# (``{whip,…}`` carries the reader key while API auth is on).
 PLACEHOLDER_KEYS = (
     "rtmp.enable",
     "rtmp.address",
@@ -334,6 +332,8 @@ PLACEHOLDER_KEYS = (
     "srt.address",
     "srt.token",
     "srt.passphrase",
+    "whip.enable",
+    "api.auth.enable",
     "storage.memory.auth",
     "storage.disk.dir",
 )
@@ -343,6 +343,61 @@ STREAM_KEYS = (
     "webrtc.keyframe_cache_enable",
     "webrtc.keyframe_cache_max_packets",
     "webrtc.keyframe_cache_max_bytes",
+)
+
+
+class IngestServer(Protocol):
+    async def run(self, *, task_status: trio.TaskStatus[Any] = ...) -> None: ...
+
+
+@dataclass(frozen=True)
+class IngestService:
+    """An ingest server (RTMP, SRT, WHIP) run as a scoped service: a reload that changes one of ``keys``
+    replaces it. While it serves, the core's attribute ``slot`` holds it (the routes read it there);
+    ``build`` makes it from the settings, or answers None where they disable it."""
+
+    name: str
+    slot: Literal["rtmp", "srt", "whip"]
+    keys: tuple[str, ...]
+    build: Callable[[Core, Settings], IngestServer | None]
+
+    async def serve(self, core: Core, settings: Settings, *, task_status: trio.TaskStatus[Any]) -> None:
+        server = self.build(core, settings)
+        if server is None:
+            task_status.started()
+            return
+        setattr(core, self.slot, server)
+        try:
+            await server.run(task_status=task_status)
+        finally:
+            if getattr(core, self.slot) is server:
+                setattr(core, self.slot, None)
+
+
+def _rtmp_server(core: Core, settings: Settings) -> RtmpServer | None:
+    if not settings.rtmp.enable:
+        return None
+    return RtmpServer(rtmp_settings(settings), core.directory, observer=RtmpSessions(core.client_sessions))
+
+
+def _srt_server(core: Core, settings: Settings) -> SrtServer | None:
+    if not settings.srt.enable:
+        return None
+    return SrtServer(srt_settings(settings), SrtSessions(core.client_sessions))
+
+
+def _whip_server(core: Core, settings: Settings) -> WhipServer | None:
+    if not whip_enabled(settings):
+        return None
+    return WhipServer(core.directory, whip_settings(settings), observer=WhipSessions(core.client_sessions))
+
+
+INGEST_SERVICES = (
+    IngestService(RTMP_SERVICE, "rtmp", RTMP_SERVER_KEYS, _rtmp_server),
+    IngestService(SRT_SERVICE, "srt", ("srt",), _srt_server),
+    # Only switching it on or off ends the live WHIP publishers; its other settings reach new ones
+    # (``whip_publishers`` below), as the RTMP publishers' stream settings do.
+    IngestService(WHIP_SERVICE, "whip", ("whip.enable", "webrtc.enable"), _whip_server),
 )
 
 
@@ -361,13 +416,13 @@ def _declare_settings(core: Core) -> None:
         runtime = process_runtime(
             settings, directory=current.directory, ledger=current.ledger, files=core.files
         )
-        bound = core.registry.ingest  # WHIP ingest is bound at start: its part of {whip,…} stays
+        http_base = loopback_base_url(core.config.started.address)  # the HTTP server is bound at start
         await core.registry.apply_settings(
             runtime,
             access_policy(settings),
             diskfs=core.files.diskfs_base,
             memfs=core.files.memfs_base,
-            ingest=dataclasses.replace(ingest_addresses(settings), whip=bound.whip, whip_key=bound.whip_key),
+            ingest=ingest_addresses(settings, http_base),
         )
 
     def whep_takes(settings: Settings) -> None:  # new viewers; running ones keep theirs
@@ -377,11 +432,16 @@ def _declare_settings(core: Core) -> None:
         if core.rtmp is not None:
             core.rtmp.settings = rtmp_settings(settings)
 
+    def whip_publishers_take(settings: Settings) -> None:  # new WHIP publishers and readers
+        if core.whip is not None:
+            core.whip.settings = whip_settings(settings)
+
     config = core.config
     config.depend("files", ("storage.memory", "storage.disk"), files_take)
     config.depend("process_registry", ("ffmpeg", "webrtc", *PLACEHOLDER_KEYS), registry_takes)
     config.depend("whep", ("webrtc",), whep_takes)
     config.depend("rtmp_sessions", STREAM_KEYS, rtmp_sessions_take)
+    config.depend("whip_publishers", ("whip", "webrtc", "api.auth.enable"), whip_publishers_take)
     config.depend(
         "sessions", ("sessions",), lambda settings: core.client_sessions.configure(settings.sessions)
     )
@@ -394,21 +454,8 @@ def _declare_settings(core: Core) -> None:
 
 async def start_scoped_services(core: Core) -> None:
     """The services a reload restarts in a scope of their own (``SettingsService.run``'s nursery), started
-    before the registry so that a process reading ``{rtmp,…}`` or ``{srt,…}`` finds its server listening."""
-
-    async def serve_rtmp(settings: Settings, *, task_status: trio.TaskStatus[Any]) -> None:
-        if not settings.rtmp.enable:
-            task_status.started()
-            return
-        server = RtmpServer(
-            rtmp_settings(settings), core.directory, observer=RtmpSessions(core.client_sessions)
-        )
-        core.rtmp = server
-        try:
-            await server.run(task_status=task_status)
-        finally:
-            if core.rtmp is server:
-                core.rtmp = None
+    before the registry so that a process reading ``{rtmp,…}``, ``{srt,…}`` or ``{whip,…}`` finds its
+    server serving."""
 
     async def sample_metrics(settings: Settings, *, task_status: trio.TaskStatus[None]) -> None:
         history = core.metrics_history  # the samples survive a restart; range and interval are new
@@ -419,20 +466,8 @@ async def start_scoped_services(core: Core) -> None:
             return
         await history.run(task_status=task_status)
 
-    async def serve_srt(settings: Settings, *, task_status: trio.TaskStatus[None]) -> None:
-        if not settings.srt.enable:
-            task_status.started()
-            return
-        server = SrtServer(srt_settings(settings), SrtSessions(core.client_sessions))
-        core.srt = server
-        try:
-            await server.run(task_status=task_status)
-        finally:
-            if core.srt is server:
-                core.srt = None
-
-    await core.config.run_scoped(RTMP_SERVICE, RTMP_SERVER_KEYS, serve_rtmp)
-    await core.config.run_scoped(SRT_SERVICE, ("srt",), serve_srt)
+    for service in INGEST_SERVICES:
+        await core.config.run_scoped(service.name, service.keys, functools.partial(service.serve, core))
     await core.config.run_scoped(
         "metrics_history", ("metrics.enable", "metrics.range_sec", "metrics.interval_sec"), sample_metrics
     )

@@ -118,8 +118,6 @@ async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None
         root.start_soon(watch_event_loop, lambda: core.settings.metrics.interval_sec)
         await root.start(core.config.run)
         await start_scoped_services(core)
-        if core.whip is not None:
-            await root.start(core.whip.run)
         await root.start(core.registry.run)
         await root.start(core.client_sessions.run)
         await root.start(core.whep.run)

@@ -5,6 +5,8 @@ played by a real aiortc WHEP viewer. Reloads that change the files, sessions and
 RTMP server and both processes alone; a new ``rtmp.token`` and a new ``rtmp.address`` restart the RTMP
 server and the one process whose command holds them; an address that cannot be used leaves the RTMP server
 down with the cause in ``/api/v3/ingest`` until a reload fixes it; the viewer plays through all of it.
+WHIP ingest is switched on by a reload (``{whip,…}`` expands from then on) and its other settings reach the
+publishers that come after it while the live one keeps publishing.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import httpx
 from harness import Server, free_port, lavfi_process, metric, running_server, wait_live, whep_url
+from rtmp_helpers import Publisher
 from whep_peers import start_client
+from whip_helpers import unusable_offer, whip_publish_command
 
 MIB = 1024 * 1024
 
@@ -136,3 +141,40 @@ def test_a_reload_restarts_the_rtmp_server_only_when_its_settings_change(tmp_pat
         report = viewer.report()
         assert report["error"] is None and not report["server_closed"], report
         assert report["video_frames_decoded"] >= 250, report  # 10 of its 20 s at 25 fps, through 6 reloads
+
+
+def whip_ingest(server: Server) -> dict[str, Any]:
+    return dict(server.api("GET", "/api/v3/ingest").json()["whip"])
+
+
+def test_a_reload_switches_whip_on_and_its_settings_reach_new_publishers(tmp_path: Path) -> None:
+    config_file = tmp_path / "core.json"
+    config_file.write_text(json.dumps({"whip": {"enable": False}}))
+    with running_server(tmp_path, CORE_CONFIGFILE=str(config_file)) as server:
+        url = f"{server.url}/api/v3/whip/cam"
+        offer = {"content": unusable_offer(), "headers": {"Content-Type": "application/sdp"}}
+        off = httpx.post(url, **offer)  # type: ignore[arg-type]
+        assert off.status_code == 404 and "whip.enable" in off.text
+        assert whip_ingest(server) == {"enabled": False}
+
+        reload_with(server, whip={"enable": True})
+        assert whip_ingest(server)["enabled"]
+        with Publisher(url, tmp_path / "whip.log", command=whip_publish_command(url, audio=False)):
+            server.wait_for(lambda: len(whip_ingest(server)["publishers"]) == 1, 20, "the WHIP publisher")
+            reader = {"id": "reader", "input": [{"address": "{whip,name=cam}"}], "output": []}
+            assert server.api(
+                "POST", "/api/v3/process", json=reader | {"webrtc": {"enabled": True}}
+            ).is_success
+            running = server.wait_state("reader", "running", timeout=20)
+            assert f"{url}/stream.mkv" in running["command"]
+
+            # a lower cap: the live publisher keeps publishing, the next one is refused by the new value
+            session = whip_ingest(server)["publishers"][0]
+            reload_with(server, whip={"max_publishers": 1})
+            second = httpx.post(f"{server.url}/api/v3/whip/second", **offer)  # type: ignore[arg-type]
+            assert second.status_code == 503 and "whip.max_publishers (1)" in second.text
+            after = whip_ingest(server)["publishers"]
+            assert [(p["remote"], p["uptime_seconds"] >= session["uptime_seconds"]) for p in after] == [
+                (session["remote"], True)
+            ]
+            assert server.state("reader")["exec"] == "running"

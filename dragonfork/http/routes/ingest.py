@@ -6,8 +6,9 @@ an array of them; datarhei's handler and its clients use the object). ``/api/v3/
 ingest protocol (RTMP, SRT, WHIP): whether it is
 enabled, what an encoder needs to publish (port, app, stream key token) and the live publishers with their
 counters (WHIP: its endpoint path and whether it needs an API access token), and ``error`` when a config
-reload could not restart the RTMP or SRT server (its listener's cause). The RTMP token is here because the
-admin UI builds OBS's stream key from it; ``/api/v3`` requires authentication whenever auth is enabled.
+reload could not restart the RTMP, SRT or WHIP server (its listener's cause). The RTMP token is here
+because the admin UI builds OBS's stream key from it; ``/api/v3`` requires authentication whenever auth is
+enabled.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import trio
 from quart import Blueprint, jsonify
 
 from dragonfork.config import host_port
-from dragonfork.core import RTMP_SERVICE, SRT_SERVICE, Core
+from dragonfork.core import RTMP_SERVICE, SRT_SERVICE, WHIP_SERVICE, Core
 
 
 def ingest_blueprint(core: Core) -> Blueprint:
@@ -81,7 +82,7 @@ def ingest_blueprint(core: Core) -> Blueprint:
                     for publisher in core.whip.publishers()
                 ],
             )
-        for entry, service in ((rtmp, RTMP_SERVICE), (srt, SRT_SERVICE)):
+        for entry, service in ((rtmp, RTMP_SERVICE), (srt, SRT_SERVICE), (whip, WHIP_SERVICE)):
             error = core.config.failure(service)  # a reload that could not restart it
             if error is not None:
                 entry["error"] = error
