@@ -36,9 +36,8 @@ from dragonfork.servers.whep import PublisherStatus, WhepServer, WhepSettings
 from dragonfork.servers.whip import PublisherSettings, WhipServer, WhipSettings
 from dragonfork.sessions.ffmpeg import FfmpegSessions
 from dragonfork.sessions.hls import HlsSessions
+from dragonfork.sessions.ingest import IngestSessions
 from dragonfork.sessions.registry import SessionRegistry
-from dragonfork.sessions.rtmp import RtmpSessions
-from dragonfork.sessions.srt import SrtSessions
 from dragonfork.sessions.webrtc import WebrtcSessions, WhipSessions
 from dragonfork.settings_service import SettingsService
 from dragonfork.stream.directory import StreamDirectory
@@ -377,13 +376,15 @@ class IngestService:
 def _rtmp_server(core: Core, settings: Settings) -> RtmpServer | None:
     if not settings.rtmp.enable:
         return None
-    return RtmpServer(rtmp_settings(settings), core.directory, observer=RtmpSessions(core.client_sessions))
+    return RtmpServer(
+        rtmp_settings(settings), core.directory, observer=IngestSessions(core.client_sessions, "rtmp")
+    )
 
 
 def _srt_server(core: Core, settings: Settings) -> SrtServer | None:
     if not settings.srt.enable:
         return None
-    return SrtServer(srt_settings(settings), SrtSessions(core.client_sessions))
+    return SrtServer(srt_settings(settings), IngestSessions(core.client_sessions, "srt"))
 
 
 def _whip_server(core: Core, settings: Settings) -> WhipServer | None:

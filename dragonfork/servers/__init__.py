@@ -1,10 +1,12 @@
-"""Protocol services, one folder each (``whep/``, ``whip/``, ``rtmp/``): signalling, sessions, read model.
+"""Protocol services, one folder each (``whep/``, ``whip/``, ``rtmp/``, ``srt/``): signalling, sessions,
+read model.
 
 A service asks a ``Stream`` of the hub to start its readers (in the stream's nursery); it owns sessions, not
 reader tasks. HTTP routes call a service's small API and never wire objects together themselves.
 """
 
 import hashlib
+from collections.abc import Callable
 from typing import Protocol
 
 from dragonfork.webrtc.sdp import SdpRejected
@@ -12,6 +14,25 @@ from dragonfork.webrtc.sdp import SdpRejected
 
 class ListenFailed(Exception):
     """A service cannot listen on its configured address (in use, not ours); the message names the key."""
+
+
+class ConnectionObserver(Protocol):
+    """Told of every RTMP or SRT connection that starts publishing or reading a stream, and of its end
+    (the ``rtmp`` and ``srt`` session collectors). ``closed`` comes for every connection that ends, whether
+    it was ``opened`` or not."""
+
+    def opened(
+        self,
+        connection_id: int | str,
+        *,
+        stream: str,
+        reference: str,
+        publishing: bool,
+        remote: str,
+        traffic: Callable[[], tuple[int, int]],
+    ) -> None: ...
+
+    def closed(self, connection_id: int | str) -> None: ...
 
 
 class SignallingRefused(Exception):

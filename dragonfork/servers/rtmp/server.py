@@ -11,14 +11,15 @@ collector) hears of every connection that becomes a publisher or a player, and o
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import ssl
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 import trio
 
 from dragonfork import metrics
-from dragonfork.servers import ListenFailed
+from dragonfork.servers import ConnectionObserver, ListenFailed
 from dragonfork.servers.rtmp.session import (
     PROTOCOL,
     RtmpRefused,
@@ -59,15 +60,6 @@ class PublisherInfo:
     media_messages: int
 
 
-class RtmpSessionObserver(Protocol):
-    """Told when a connection starts publishing or playing, and when that connection ends."""
-
-    def started(self, session: RtmpSession) -> None: ...
-
-    def ended(self, session: RtmpSession) -> None:
-        """Called for every connection that ends, whether it had started or not."""
-
-
 def split_address(address: str) -> tuple[str | None, int]:
     """``host:port`` → (host or None for every address, port)."""
     host, sep, port = address.rpartition(":")
@@ -79,7 +71,7 @@ def split_address(address: str) -> tuple[str | None, int]:
 
 class RtmpServer:
     def __init__(
-        self, settings: RtmpSettings, directory: StreamDirectory, observer: RtmpSessionObserver | None = None
+        self, settings: RtmpSettings, directory: StreamDirectory, observer: ConnectionObserver | None = None
     ) -> None:
         self.settings = settings
         self.directory = directory
@@ -171,15 +163,23 @@ class RtmpServer:
                 metrics.FAILURES.labels("rtmp_session", type(exc).__name__).inc()
         finally:
             if self.observer is not None:  # first: the name may be claimed again once it is released below
-                self.observer.ended(session)
+                self.observer.closed(session.id)
             del self.sessions[session.id]
             if session.path is not None and self._publishers.get(session.path.name) is session:
                 del self._publishers[session.path.name]
             await trio.aclose_forcefully(connection)
 
     def _started(self, session: RtmpSession) -> None:
-        if self.observer is not None:
-            self.observer.started(session)
+        path = session.path
+        if self.observer is not None and path is not None:
+            self.observer.opened(
+                session.id,
+                stream=path.path,
+                reference=posixpath.splitext(path.name)[0],  # Restreamer publishes {processid}.stream
+                publishing=session.role == "publisher",
+                remote=session.remote,
+                traffic=session.traffic,
+            )
 
 
 async def _listen(address: str, key: str) -> list[trio.abc.Listener[Any]]:

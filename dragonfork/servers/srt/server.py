@@ -24,13 +24,13 @@ import hmac
 import secrets
 import socket
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 import trio
 
 from dragonfork import metrics
-from dragonfork.servers import ListenFailed
+from dragonfork.servers import ConnectionObserver, ListenFailed
 from dragonfork.servers.srt import handshake as hs
 from dragonfork.servers.srt import packet as pk
 from dragonfork.servers.srt.connection import TICK, ConnectionClosed, ConnectionStats, SrtConnection
@@ -72,21 +72,6 @@ class Refusal(Exception):
     code: int
     reason: str
     message: str
-
-
-class ConnectionObserver(Protocol):
-    """Hears of every connection and its end (the ``srt`` session collector)."""
-
-    def opened(
-        self,
-        socket_id: int,
-        stream: str,
-        publishing: bool,
-        remote: str,
-        traffic: Callable[[], tuple[int, int]],
-    ) -> None: ...
-
-    def closed(self, socket_id: int) -> None: ...
 
 
 class Channel:
@@ -381,7 +366,12 @@ class SrtServer:
         reply = pk.ControlPacket(pk.HANDSHAKE, 0, 0, 0, request.socket_id, answer.encode()).encode()
         if self._observer is not None:
             self._observer.opened(
-                socket_id, name, publishing, _display(address), lambda: _traffic(connection.stats)
+                socket_id,
+                stream=name,
+                reference=name,
+                publishing=publishing,
+                remote=_display(address),
+                traffic=lambda: _traffic(connection.stats),
             )
         self._peers[socket_id] = _Peer(connection, stream_request, reply)
         self._by_caller[(address, request.socket_id)] = socket_id
