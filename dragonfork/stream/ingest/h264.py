@@ -5,15 +5,12 @@ aggregates (24, e.g. SPS + PPS [+ SEI] before an IDR) and FU-A fragments (28) of
 size; the marker bit is set on the last packet of the access unit. The depacketizer rebuilds the access unit
 as Annex B (``00 00 00 01`` before every NAL unit), which is what decoders and aiortc's H.264 packetizer take.
 
-An access unit that lost a packet is dropped whole: a decoder given half a frame shows garbage, while a
-dropped frame lets the consumer wait for the next keyframe and restart cleanly.
+An access unit that lost a packet is dropped whole (``depacketizer.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from dragonfork.stream.ingest.rtp import sequence_delta
+from dragonfork.stream.ingest.depacketizer import IDLE, DroppedFrameSink, FrameDepacketizer, FrameSink
 
 NAL_IDR = 5
 NAL_SPS = 7
@@ -23,20 +20,8 @@ FU_A = 28
 
 START_CODE = b"\x00\x00\x00\x01"
 
-_IDLE = -1  # the timestamp slot between access units (RTP timestamps are never negative)
 
-LATE_PACKET_WINDOW = 64
-"""A packet up to this many sequence numbers behind the expected one is a late duplicate or reordered packet
-and is ignored; a bigger jump either way is a gap (lost packets or a new sender) and resynchronises."""
-
-AccessUnitSink = Callable[[bytes, int, bool, int, int], None]
-"""Receives ``(annex_b, rtp_timestamp, keyframe, packet_count, payload_bytes)`` per complete access unit."""
-
-DroppedFrameSink = Callable[[int], None]
-"""Receives the number of packets of an access unit dropped because it was incomplete or damaged."""
-
-
-class H264Depacketizer:
+class H264Depacketizer(FrameDepacketizer):
     """Turns the RTP payloads of one H.264 stream, in arrival order, into complete Annex B access units.
 
     ``push`` never raises on payload contents: it returns False for a payload that is not valid RFC 6184
@@ -47,52 +32,21 @@ class H264Depacketizer:
     inside a STAP-A (usually after the SPS and PPS) or as FU-A fragments.
     """
 
-    __slots__ = (
-        "_on_access_unit",
-        "_on_frame_dropped",
-        "_buffer",
-        "_timestamp",
-        "_expected_sequence",
-        "_packets",
-        "_size",
-        "_keyframe",
-        "_damaged",
-        "_in_fragment",
-        "access_units",
-        "frames_dropped",
-        "late_packets",
-    )
+    __slots__ = ("_in_fragment",)
 
-    def __init__(self, on_access_unit: AccessUnitSink, on_frame_dropped: DroppedFrameSink) -> None:
-        self._on_access_unit = on_access_unit
-        self._on_frame_dropped = on_frame_dropped
-        self._buffer = bytearray()
-        self._timestamp = _IDLE
-        self._expected_sequence: int | None = None
-        self._packets = 0
-        self._size = 0
-        self._keyframe = False
-        self._damaged = False
+    def __init__(self, on_access_unit: FrameSink, on_frame_dropped: DroppedFrameSink) -> None:
+        super().__init__(on_access_unit, on_frame_dropped)
         self._in_fragment = False
-        self.access_units = 0
-        self.frames_dropped = 0
-        self.late_packets = 0
 
     def push(self, sequence: int, timestamp: int, marker: bool, payload: bytes | memoryview) -> bool:
         """Add one RTP packet's payload; returns False when the payload is not valid H.264 RTP."""
-        gap = False
-        expected = self._expected_sequence
-        if expected is not None and sequence != expected:
-            if 0 < sequence_delta(expected, sequence) <= LATE_PACKET_WINDOW:
-                self.late_packets += 1
-                return True
-            gap = True
-        self._expected_sequence = (sequence + 1) & 0xFFFF
-
+        gap = self._arrival(sequence)
+        if gap is None:
+            return True
         if timestamp != self._timestamp:
-            if self._timestamp != _IDLE:
+            if self._timestamp != IDLE:
                 self._damaged |= gap
-                self._finish()
+                self._end_access_unit()
             self._timestamp = timestamp
             self._damaged = gap
         elif gap:
@@ -104,8 +58,13 @@ class H264Depacketizer:
         if not well_formed:
             self._damaged = True
         if marker:
-            self._finish()
+            self._end_access_unit()
         return well_formed
+
+    def _end_access_unit(self) -> None:
+        complete = not self._in_fragment  # a fragmented NAL unit whose end was lost
+        self._in_fragment = False
+        self._finish(complete=complete)
 
     def _append(self, payload: bytes | memoryview) -> bool:
         if not payload:
@@ -170,22 +129,3 @@ class H264Depacketizer:
                 self._keyframe = True
             offset = end
         return size > 1
-
-    def _finish(self) -> None:
-        """Hand over the access unit in progress (or drop it when damaged) and reset for the next one."""
-        complete = not (self._damaged or self._in_fragment) and bool(self._buffer)
-        data = bytes(self._buffer) if complete else b""
-        timestamp, keyframe, packets, size = self._timestamp, self._keyframe, self._packets, self._size
-        self._buffer.clear()
-        self._timestamp = _IDLE
-        self._packets = 0
-        self._size = 0
-        self._keyframe = False
-        self._damaged = False
-        self._in_fragment = False
-        if complete:
-            self.access_units += 1
-            self._on_access_unit(data, timestamp, keyframe, packets, size)
-        else:
-            self.frames_dropped += 1
-            self._on_frame_dropped(packets)

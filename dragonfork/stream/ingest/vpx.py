@@ -5,14 +5,13 @@ whose descriptor says so (VP8: S=1 with partition index 0; VP9: B=1) and ends on
 also says so with E=1). The frame's bytes are the pieces without their descriptors. A VP8 frame is a
 keyframe when the first byte of its payload header has P=0 (RFC 7741 section 4.3); a VP9 frame when its
 first packet's descriptor has P=0 (not inter-predicted) and it starts a frame. As with H.264, a frame that
-lost a packet is dropped whole (a sequence gap, a continuation without its start), so the track resyncs at
-the next keyframe.
+lost a packet is dropped whole (a sequence gap, a continuation without its start; ``depacketizer.py``), so
+the track resyncs at the next keyframe.
 """
 
 from __future__ import annotations
 
-from dragonfork.stream.ingest.h264 import LATE_PACKET_WINDOW, AccessUnitSink, DroppedFrameSink
-from dragonfork.stream.ingest.rtp import sequence_delta
+from dragonfork.stream.ingest.depacketizer import IDLE, DroppedFrameSink, FrameDepacketizer, FrameSink
 
 
 def vp8_descriptor(payload: bytes | memoryview) -> tuple[int, bool, bool] | None:
@@ -88,54 +87,29 @@ def vp9_descriptor(payload: bytes | memoryview) -> tuple[int, bool, bool] | None
     return offset, begins, begins and not inter
 
 
-class VpxDepacketizer:
+class VpxDepacketizer(FrameDepacketizer):
     """Turns the RTP payloads of one VP8 or VP9 stream, in arrival order, into whole frames."""
 
-    __slots__ = (
-        "_descriptor",
-        "_on_frame",
-        "_on_frame_dropped",
-        "_buffer",
-        "_timestamp",
-        "_expected_sequence",
-        "_packets",
-        "_size",
-        "_keyframe",
-        "_damaged",
-        "_open",
-    )
+    __slots__ = ("_descriptor",)
 
-    def __init__(self, codec: str, on_frame: AccessUnitSink, on_frame_dropped: DroppedFrameSink) -> None:
+    def __init__(self, codec: str, on_frame: FrameSink, on_frame_dropped: DroppedFrameSink) -> None:
+        super().__init__(on_frame, on_frame_dropped)
         self._descriptor = vp8_descriptor if codec == "VP8" else vp9_descriptor
-        self._on_frame = on_frame
-        self._on_frame_dropped = on_frame_dropped
-        self._buffer = bytearray()
-        self._timestamp = -1
-        self._expected_sequence: int | None = None
-        self._packets = 0
-        self._size = 0
-        self._keyframe = False
-        self._damaged = False
-        self._open = False  # a frame is being assembled
 
     def push(self, sequence: int, timestamp: int, marker: bool, payload: bytes | memoryview) -> bool:
         """Add one RTP packet's payload; returns False when the payload descriptor is malformed."""
-        expected = self._expected_sequence
-        gap = False
-        if expected is not None and sequence != expected:
-            if 0 < sequence_delta(expected, sequence) <= LATE_PACKET_WINDOW:
-                return True  # a late duplicate or reordered packet: ignored
-            gap = True
-        self._expected_sequence = (sequence + 1) & 0xFFFF
+        gap = self._arrival(sequence)
+        if gap is None:
+            return True
         described = self._descriptor(payload)
         if described is None:
             self._damaged = True
             return False
         offset, starts, keyframe = described
-        if starts or not self._open or timestamp != self._timestamp:
-            if self._open:
+        if starts or timestamp != self._timestamp:
+            if self._timestamp != IDLE:
                 self._finish(complete=False)  # a frame without its last packet
-            self._open, self._timestamp, self._keyframe = True, timestamp, keyframe
+            self._timestamp, self._keyframe = timestamp, keyframe
             self._damaged = not starts  # a continuation whose start was lost
         elif gap:
             self._damaged = True
@@ -145,15 +119,3 @@ class VpxDepacketizer:
         if marker:
             self._finish(complete=True)
         return True
-
-    def _finish(self, *, complete: bool) -> None:
-        data = bytes(self._buffer)
-        good = complete and not self._damaged and bool(data)
-        timestamp, keyframe, packets, size = self._timestamp, self._keyframe, self._packets, self._size
-        self._buffer.clear()
-        self._packets = self._size = 0
-        self._open = self._damaged = False
-        if good:
-            self._on_frame(data, timestamp, keyframe, packets, size)
-        else:
-            self._on_frame_dropped(packets)
