@@ -51,11 +51,14 @@ SERVER_ENV = {
     "CORE_FFMPEG_ACCESS_INPUT_BLOCK": NO_URLS,
     "CORE_FFMPEG_ACCESS_OUTPUT_BLOCK": NO_URLS,
     "CORE_WEBRTC_HANDSHAKE_TIMEOUT_SECONDS": "3",
+    # a WHEP offer or a WHIP Matroska read of a name that is not live waits this long before its 409/404
+    "CORE_WEBRTC_PUBLISHER_WAIT_SECONDS": "0.5",
 }
 # Fuzzed configs are stored and reloaded: the environment pins what would lock the fuzzer out (auth,
-# read-only, body size), let files or traffic leave the sandbox (the disk dir, ICE servers, an RTMP or SRT
-# server on a fixed port) or take the media away (the binary, WebRTC). Environment values win over stored
-# ones, as in datarhei.
+# read-only, body size, CPU admission: a stored webrtc.admission_cpu_percent near 0 answers every offer
+# 503 once the server uses any CPU), let files or traffic leave the sandbox (the disk dir, ICE servers, an
+# RTMP or SRT server on a fixed port) or take the media away (the binary, WebRTC). Environment values win
+# over stored ones, as in datarhei.
 PINNED_ENV = {
     "CORE_API_AUTH_ENABLE": "false",
     "CORE_RTMP_ENABLE": "false",
@@ -64,6 +67,7 @@ PINNED_ENV = {
     "CORE_API_MAX_BODY_BYTES": str(1024 * 1024),
     "CORE_FFMPEG_BINARY": imageio_ffmpeg.get_ffmpeg_exe(),
     "CORE_WEBRTC_ENABLE": "true",
+    "CORE_WEBRTC_ADMISSION_CPU_PERCENT": "100",
     "CORE_WEBRTC_ICE_SERVERS": "[]",
     "CORE_WEBRTC_PUBLIC_IPS": "[]",
 }
@@ -246,7 +250,7 @@ def test_openapi_document_is_valid_openapi_3_0(api_schema: Any) -> None:
     """Regression: pydantic's JSON Schema 2020-12 (a numeric exclusiveMinimum) made the document invalid,
     and the process config could not be generated from it."""
     api_schema.validate()
-    assert len(list(api_schema.get_all_operations())) == 39  # 37 + config PUT and reload
+    assert len(list(api_schema.get_all_operations())) == 48  # 39 + RTMP, SRT, ingest and 6 of WHIP
     create = api_schema["/api/v3/process"]["POST"].as_strategy()
     just_generate = hypothesis.settings(database=None, phases=[hypothesis.Phase.generate])
     case = hypothesis.find(create, lambda case: True, settings=just_generate)

@@ -118,6 +118,9 @@ class Contract:
             # datarhei's handler answers format=raw with api.LogEvent objects; its generated swagger kept
             # only the other @Success line (strings), so the events are checked against api.LogEvent.
             schema = {"type": "array", "items": {"$ref": "#/definitions/api.LogEvent"}}
+        if template == "/api/v3/srt" and status == 200:
+            # datarhei's handler answers one api.SRTChannels object; its swagger says an array of them
+            schema = {"$ref": "#/definitions/api.SRTChannels"}
         if schema is None:
             return body
         checked = (
@@ -273,6 +276,12 @@ def test_every_shared_route_answers_as_datarhei_describes(swagger: Spec, core: S
     widget = call("GET", "/api/v3/widget/process/contract", 200, token=None)
     assert set(widget) == {"current_sessions", "total_sessions", "uptime"}
     call("GET", "/api/v3/widget/process/nope", 404, token=None)
+
+    # the RTMP and SRT channels (both servers off here: no channels)
+    assert call("GET", "/api/v3/rtmp", 200) == []
+    assert call("GET", "/api/v3/srt", 200)["publisher"] == {}
+    call("GET", "/api/v3/rtmp", 401, token=None)
+    call("GET", "/api/v3/srt", 401, token=None)
 
     # the configuration: datarhei's document, a partial PUT, its faults, the reload
     document = call("GET", "/api/v3/config", 200)

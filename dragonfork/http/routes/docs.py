@@ -37,7 +37,8 @@ _TEXT = "text/plain"
 _PATH_PARAMETERS = {
     "id": "Process id",
     "key": "Metadata key",
-    "resource": "WHEP session id (the last segment of the Location header)",
+    "resource": "WHEP or WHIP session id (the last segment of the Location header)",
+    "name": "Stream name (what a WHIP publisher publishes, what {whip,name=NAME} reads)",
 }
 
 
@@ -364,6 +365,91 @@ SCHEMAS: dict[str, Schema] = {
     "api.WidgetProcess": _object(
         {"current_sessions": _INTEGER, "total_sessions": _INTEGER, "uptime": _INTEGER}
     ),
+    # datarhei's api.RTMPChannel and api.SRTChannels (one object, as datarhei's handler answers it)
+    "api.RTMPChannel": _object({"name": _STRING}),
+    "api.SRTChannels": _object(
+        {
+            "publisher": _map(_INTEGER),
+            "subscriber": _map(_array(_INTEGER)),
+            "connections": _map(_object({"log": _map(_array(_ANY)), "stats": {"type": "object"}})),
+            "log": _map(_array(_ANY)),
+        }
+    ),
+    # ours: the admin UI's ingest panel; each protocol's details only while its server runs, ``error`` when
+    # a config reload could not restart it
+    "api.Ingest": _object(
+        {
+            "rtmp": _object(
+                {
+                    "enabled": _BOOLEAN,
+                    "port": _INTEGER,
+                    "tls_port": _nullable(_INTEGER),
+                    "app": _STRING,
+                    "token": _STRING,
+                    "publishers": _array(
+                        _object(
+                            {
+                                "name": _STRING,
+                                "path": _STRING,
+                                "remote": _STRING,
+                                "uptime_seconds": _NUMBER,
+                                "bytes_received": _INTEGER,
+                                "media_messages": _INTEGER,
+                            }
+                        )
+                    ),
+                    "error": _STRING,
+                },
+                optional=("port", "tls_port", "app", "token", "publishers", "error"),
+            ),
+            "srt": _object(
+                {
+                    "enabled": _BOOLEAN,
+                    "port": _INTEGER,
+                    "token": _STRING,
+                    "passphrase_set": _BOOLEAN,
+                    "publishers": _array(
+                        _object(
+                            {
+                                "name": _STRING,
+                                "remote": _STRING,
+                                "uptime_seconds": _NUMBER,
+                                "bytes_received": _INTEGER,
+                                "packets_received": _INTEGER,
+                                "packets_retransmitted": _INTEGER,
+                                "packets_dropped": _INTEGER,
+                                "rtt_ms": _NUMBER,
+                                "readers": _array(_object({"remote": _STRING, "bytes_sent": _INTEGER})),
+                            }
+                        )
+                    ),
+                    "error": _STRING,
+                },
+                optional=("port", "token", "passphrase_set", "publishers", "error"),
+            ),
+            "whip": _object(
+                {
+                    "enabled": _BOOLEAN,
+                    "path": _STRING,
+                    "bearer_token_required": _BOOLEAN,
+                    "publishers": _array(
+                        _object(
+                            {
+                                "name": _STRING,
+                                "remote": _STRING,
+                                "state": _STRING,
+                                "uptime_seconds": _NUMBER,
+                                "bytes_received": _INTEGER,
+                                "packets_received": _INTEGER,
+                            }
+                        )
+                    ),
+                    "error": _STRING,
+                },
+                optional=("path", "bearer_token_required", "publishers", "error"),
+            ),
+        }
+    ),
     # datarhei's api.ConfigError (409): each contradicting key with its messages
     "api.ConfigError": {"type": "object", "additionalProperties": _array(_STRING)},
 }
@@ -617,6 +703,58 @@ ROUTES: tuple[Route, ...] = (
         "WHEP: end the session (idempotent: 204 for unknown sessions too)",
         status=204,
         not_found=False,
+    ),
+    Route(
+        "get",
+        "/api/v3/rtmp",
+        "The live RTMP publishers (datarhei's channels)",
+        response=_array(_ref("api.RTMPChannel")),
+    ),
+    Route("get", "/api/v3/srt", "The SRT channels and connections (datarhei's)", response="api.SRTChannels"),
+    Route(
+        "get",
+        "/api/v3/ingest",
+        "RTMP, SRT and WHIP ingest: how to publish, live publishers, errors",
+        response="api.Ingest",
+    ),
+    Route(
+        "post",
+        "/api/v3/whip/{name}",
+        "WHIP: publisher's SDP offer → 201 + SDP answer (Location, ETag, Link ice-server); 404 while WHIP "
+        "is off, 409 for a live name, 503 over whip.max_publishers",
+        body=_SDP,
+        status=201,
+        response=_SDP,
+        errors=(406, 409, 503, 504),
+    ),
+    *(
+        Route(method, "/api/v3/whip/{name}/{resource}", "WHIP: the session exists (204 + ETag)", status=204)
+        for method in ("get", "head")
+    ),
+    Route(
+        "patch",
+        "/api/v3/whip/{name}/{resource}",
+        "WHIP: trickle ICE candidates (If-Match other than the ETag: 412)",
+        body=_TRICKLE,
+        status=204,
+        errors=(412, 422, 428),
+    ),
+    Route(
+        "delete",
+        "/api/v3/whip/{name}/{resource}",
+        "WHIP: end the session (idempotent: 204 for unknown sessions too)",
+        status=204,
+        not_found=False,
+    ),
+    Route(
+        "get",
+        "/api/v3/whip/{name}/stream.mkv",
+        "The live stream NAME as Matroska (what {whip,name=NAME} reads; with API auth it needs ?key=, not "
+        "a token); 404 when nothing goes live within webrtc.publisher_wait_seconds",
+        response="video/x-matroska",
+        errors=(403,),
+        query=(("key", "The reader key {whip,name=NAME} expands to (with API auth)"),),
+        public=True,
     ),
 )
 
