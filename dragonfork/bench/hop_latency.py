@@ -45,35 +45,38 @@ SO_ATTACH_FILTER = 26
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
 SNAP_LENGTH = 96  # IP + UDP + RTP header (+ extension length word) is all we read
+PACKET_VNET_HDR = 15
+LINK_HEADER = 14  # lo's (Ethernet) header, which a SOCK_RAW packet socket sees
+_VNET_HEADER = struct.Struct("=BBHHHH")  # virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_*
 
 _ACCEPT, _DROP = 18, 19
 
 
 def _filter(input_port: int, sample_mask: int) -> list[tuple[int, int, int, int]]:
-    """Classic BPF on the network header: UDP over IPv4 or IPv6 (ICE may pair either), not the PACKET_OUTGOING
-    copy (loopback shows every packet twice); everything to ``input_port``, and of the rest only packets whose
-    source port has no bit of ``sample_mask`` set: a sample of the viewer streams, so that at many viewers the
-    capture adds little kernel work to the server's sends."""
+    """Classic BPF after lo's link header: UDP over IPv4 or IPv6 (ICE may pair either), not the
+    PACKET_OUTGOING copy (loopback shows every packet twice); everything to ``input_port``, and of the rest
+    only packets whose source port has no bit of ``sample_mask`` set: a sample of the viewer streams, so that
+    at many viewers the capture adds little kernel work to the server's sends."""
     return [
         (0x20, 0, 0, 0xFFFFF004),  # 0: A = SKF_AD_PKTTYPE
         (0x15, _DROP - 2, 0, 4),  # 1: outgoing copy → drop
-        (0x30, 0, 0, 0),  # 2: A = byte 0
+        (0x30, 0, 0, LINK_HEADER),  # 2: A = IP byte 0
         (0x54, 0, 0, 0xF0),  # 3: A &= 0xf0 (IP version)
         (0x15, 0, 9 - 5, 0x40),  # 4: IPv4 → 5, else → 9
-        (0x30, 0, 0, 9),  # 5: A = IPv4 protocol
+        (0x30, 0, 0, LINK_HEADER + 9),  # 5: A = IPv4 protocol
         (0x15, 0, _DROP - 7, 17),  # 6: UDP → 7, else drop
-        (0xB1, 0, 0, 0),  # 7: X = IPv4 header length
+        (0xB1, 0, 0, LINK_HEADER),  # 7: X = IPv4 header length
         (0x05, 0, 0, 13 - 9),  # 8: → 13
         (0x15, 0, _DROP - 10, 0x60),  # 9: IPv6 → 10, else drop
-        (0x30, 0, 0, 6),  # 10: A = IPv6 next header
+        (0x30, 0, 0, LINK_HEADER + 6),  # 10: A = IPv6 next header
         (0x15, 0, _DROP - 12, 17),  # 11: UDP → 12, else drop
         (0x01, 0, 0, 40),  # 12: X = 40 (IPv6 header)
-        (0x48, 0, 0, 2),  # 13: A = UDP destination port
+        (0x48, 0, 0, LINK_HEADER + 2),  # 13: A = UDP destination port
         (0x15, _ACCEPT - 15, 0, input_port),  # 14: the source leg → accept
-        (0x48, 0, 0, 0),  # 15: A = UDP source port
+        (0x48, 0, 0, LINK_HEADER),  # 15: A = UDP source port
         (0x54, 0, 0, sample_mask),  # 16: A &= sample_mask
         (0x15, _ACCEPT - 18, _DROP - 18, 0),  # 17: sampled → accept, else drop
-        (0x06, 0, 0, SNAP_LENGTH),  # 18: accept the first SNAP_LENGTH bytes
+        (0x06, 0, 0, LINK_HEADER + SNAP_LENGTH),  # 18: accept the first SNAP_LENGTH bytes of IP
         (0x06, 0, 0, 0),  # 19: drop
     ]
 
@@ -105,13 +108,20 @@ def _attach_filter(sock: socket.socket, instructions: list[tuple[int, int, int, 
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
-def _add(frames: dict[int, Frame], timestamp: int, at: int) -> None:
+def _add(frames: dict[int, Frame], timestamp: int, at: int, packets: int = 1) -> None:
     frame = frames.get(timestamp)
     if frame is None:
-        frames[timestamp] = Frame(at, at, 1)
+        frames[timestamp] = Frame(at, at, packets)
     else:
         frame.last = at
-        frame.packets += 1
+        frame.packets += packets
+
+
+def _segments(vnet_header: bytes, udp_payload: int) -> int:
+    """How many datagrams one captured packet is: a UDP-segmented send (``UDP_SEGMENT``: a run of a frame's
+    packets in one call, as dragonfork's fast path sends) crosses lo whole and is cut on delivery."""
+    gso_size = _VNET_HEADER.unpack_from(vnet_header)[3]
+    return -(-udp_payload // gso_size) if gso_size else 1
 
 
 def capture(input_port: int, server_pid: int, seconds: float, sample_mask: int = 0) -> Capture:
@@ -120,11 +130,12 @@ def capture(input_port: int, server_pid: int, seconds: float, sample_mask: int =
         input_port,
         input_port + 1,
     }
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     result = Capture()
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 * 1024 * 1024)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)  # each packet's GSO segment size
         _attach_filter(sock, _filter(input_port, sample_mask))
         sock.bind(("lo", ETH_P_ALL))
         sock.settimeout(0.2)
@@ -133,13 +144,16 @@ def capture(input_port: int, server_pid: int, seconds: float, sample_mask: int =
         source, viewers = result.source, result.viewers
         while time.monotonic() < deadline:
             try:
-                data, ancdata, _, _ = sock.recvmsg(SNAP_LENGTH, ancillary)
+                captured, ancdata, _, _ = sock.recvmsg(
+                    _VNET_HEADER.size + LINK_HEADER + SNAP_LENGTH, ancillary
+                )
             except TimeoutError:
                 continue
+            data = captured[_VNET_HEADER.size + LINK_HEADER :]
             header = (data[0] & 0x0F) * 4 if data[0] >> 4 == 4 else 40  # IPv6: no extension headers here
             if len(data) < header + 8 + 12 or not ancdata:
                 continue
-            src_port, dst_port = struct.unpack_from("!HH", data, header)
+            src_port, dst_port, udp_length = struct.unpack_from("!HHH", data, header)
             first, second, _, timestamp, ssrc = _RTP.unpack_from(data, header + 8)
             if first >> 6 != 2 or 192 <= second <= 223:
                 continue  # not RTP (STUN, DTLS, RTCP)
@@ -149,8 +163,9 @@ def capture(input_port: int, server_pid: int, seconds: float, sample_mask: int =
                 result.packets_in += 1
                 _add(source, timestamp, at)
             elif src_port in server_ports:
-                result.packets_out += 1
-                _add(viewers[(dst_port, ssrc)], timestamp, at)
+                segments = _segments(captured, udp_length - 8)
+                result.packets_out += segments
+                _add(viewers[(dst_port, ssrc)], timestamp, at, segments)
         _, result.kernel_drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
     finally:
         sock.close()

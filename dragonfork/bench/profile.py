@@ -28,25 +28,27 @@ _UDP_SEND = (
 )
 
 
-def _fast_path_line(text: str) -> str:
-    """How py-spy ends the frame of ``SrtpSocket.send_many`` at its line containing ``text``: it names frames
-    by line, so the C calls of the fast path's inner loop (libsrtp, the kernel's sendto) are told apart."""
+def _protect_line() -> str:
+    """How py-spy ends the frame of ``SrtpSocket.send_many`` at its libsrtp call: it names frames by line,
+    so the C call of the fast path's inner loop is told apart from the Python around it."""
     source = (Path(__file__).parents[1] / "webrtc" / "aiortc_internals.py").read_text().splitlines()
     start = next(number for number, line in enumerate(source, 1) if "def send_many(" in line)
-    number = next(number for number, line in enumerate(source, 1) if number > start and text in line)
+    number = next(number for number, line in enumerate(source, 1) if number > start and "= protect(" in line)
     return f"aiortc_internals.py:{number})"
 
 
-def _in_fast_path_loop(frame: str, line: str = ")") -> bool:
-    return frame.startswith("SrtpSocket.send_many (") and frame.endswith(line)
-
-
-_PROTECT_LINE = _fast_path_line("= protect(")
-_SENDTO_LINE = _fast_path_line("sendto(view")
+_PROTECT_LINE = _protect_line()
+_FAST_PATH_SENDS = ("SrtpSocket._send_run (", "SrtpSocket._send_each (")
 BUCKETS: list[tuple[str, Callable[[str], bool]]] = [
-    ("fast path: SRTP protect (libsrtp, in place)", lambda f: _in_fast_path_loop(f, _PROTECT_LINE)),
-    ("fast path: sendto (kernel, loopback delivery included)", lambda f: _in_fast_path_loop(f, _SENDTO_LINE)),
-    ("fast path: per-viewer loop, copy into the SRTP buffer", _in_fast_path_loop),
+    (
+        "fast path: SRTP protect (libsrtp, in place)",
+        lambda f: f.startswith("SrtpSocket.send_many (") and f.endswith(_PROTECT_LINE),
+    ),
+    (
+        "fast path: sendmsg (UDP segmentation) / sendto (kernel, loopback delivery included)",
+        lambda f: f.startswith(_FAST_PATH_SENDS),
+    ),
+    ("fast path: per-viewer loop, copy into the SRTP buffer", lambda f: f.startswith("SrtpSocket.")),
     (
         "fast path: fan-out (packetize once, wire per layout, RTCP; webrtc/fanout.py)",
         lambda f: "webrtc/fanout.py" in f,

@@ -60,7 +60,7 @@ def say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _meter(server: RunningServer) -> ProcessMeter:
+def server_meter(server: RunningServer) -> ProcessMeter:
     feeds = (psutil.Process(server.feed_pid),) if server.feed_pid else ()
     return ProcessMeter(psutil.Process(server.pid), feeds)
 
@@ -105,7 +105,7 @@ async def _server_drops(server: RunningServer) -> dict[str, float]:
     return drops
 
 
-async def _window(
+async def measure_window(
     server: RunningServer, test: LoadTest, meter: ProcessMeter, seconds: float
 ) -> dict[str, Any]:
     """Server CPU/RSS, what the viewers received and lost, client CPU, socket drops, over ``seconds``."""
@@ -199,7 +199,7 @@ async def _profile(
 
 async def fan_out(server: RunningServer, settings: SuiteSettings) -> dict[str, Any]:
     """Viewers in steps until the server's core saturates (see the module docstring)."""
-    meter = _meter(server)
+    meter = server_meter(server)
     can_capture = os.geteuid() == 0
     result: dict[str, Any] = {"steps": [], "stopped": None, "profile": None, "setup": None}
     options = LoadTestOptions(
@@ -210,14 +210,14 @@ async def fan_out(server: RunningServer, settings: SuiteSettings) -> dict[str, A
     )
     async with open_load_test(options) as test:
         say(f"{server.name}: idle window")
-        result["idle"] = await _window(server, test, meter, settings.window_seconds / 2)
+        result["idle"] = await measure_window(server, test, meter, settings.window_seconds / 2)
         for step in settings.steps:
             added = step - test.joined
             say(f"{server.name}: {step} viewers (+{added})")
             await test.join(added, added / JOIN_RATE)
             await test.wait_for_setups(SETUP_TIMEOUT)
             await trio.sleep(settings.settle_seconds)
-            figures = await _window(server, test, meter, settings.window_seconds)
+            figures = await measure_window(server, test, meter, settings.window_seconds)
             figures["viewers"] = step
             figures["rss_per_viewer_kib"] = round(
                 (figures["server_rss_mib"] - result["idle"]["server_rss_mib"]) * 1024 / step, 1

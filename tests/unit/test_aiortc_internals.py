@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import secrets
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import pylibsrtp
+import pytest
 import trio
 import trio_asyncio
 from aioice.ice import CandidatePair, Connection
@@ -24,6 +25,8 @@ from dragonfork.webrtc import aiortc_internals
 from dragonfork.webrtc.aiortc_internals import RtcpTakeover, SrtpSocket
 from dragonfork.webrtc.sdp import answered_media
 from dragonfork.webrtc.track import FrameTrack
+
+SO_NO_CHECK = 11  # asm-generic/socket.h: send UDP without checksums
 
 
 class Pair:
@@ -165,9 +168,11 @@ async def test_the_dtls_transport_has_its_outgoing_srtp_session_once_connected()
         assert aiortc_internals.outgoing_srtp(peers.sender_pc) is peers.sender.transport._tx_srtp
 
 
-def test_protecting_in_place_gives_what_pylibsrtp_gives() -> None:
-    """pylibsrtp's ``Session._srtp``, ``_cdata``, ``_buffer`` and ``_binding.lib.srtp_protect``: the same
-    key protects the same packets to the same bytes through pylibsrtp's call and through ours."""
+@contextmanager
+def srtp_socket(
+    *, udp_checksums: bool = True
+) -> Iterator[tuple[SrtpSocket, pylibsrtp.Session, socket.socket]]:
+    """Our SRTP socket towards a receiving socket, and a pylibsrtp session with the same key."""
     key = secrets.token_bytes(30)
 
     def session() -> pylibsrtp.Session:
@@ -175,20 +180,48 @@ def test_protecting_in_place_gives_what_pylibsrtp_gives() -> None:
         policy.allow_repeat_tx = True
         return pylibsrtp.Session(policy)
 
-    reference = session()
     receiver, sender = (
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
     )
     receiver.bind(("127.0.0.1", 0))
-    sender.setblocking(False)
-    ours = SrtpSocket(session(), sender, receiver.getsockname())
     receiver.settimeout(5)
+    sender.setblocking(False)
+    if not udp_checksums:
+        sender.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+    ours = SrtpSocket(session(), sender, receiver.getsockname())
     try:
-        for sequence in range(3):
-            packet = bytes([0x80, 96]) + sequence.to_bytes(2, "big") + bytes(8) + secrets.token_bytes(900)
-            assert ours.send(packet)
-            assert receiver.recv(2048) == reference.protect(packet)
+        yield ours, session(), receiver
     finally:
         ours.close()
         receiver.close()
+
+
+def rtp(sequence: int, payload_size: int) -> bytes:
+    return bytes([0x80, 96]) + sequence.to_bytes(2, "big") + bytes(8) + secrets.token_bytes(payload_size)
+
+
+def test_protecting_in_place_gives_what_pylibsrtp_gives() -> None:
+    """pylibsrtp's ``Session._srtp`` and ``_binding.lib.srtp_protect``: the same key protects the same packets
+    to the same bytes through pylibsrtp's call and through ours."""
+    with srtp_socket() as (ours, reference, receiver):
+        for sequence in range(3):
+            packet = rtp(sequence, 900)
+            assert ours.send(packet)
+            assert receiver.recv(2048) == reference.protect(packet)
+
+
+@pytest.mark.parametrize("kernel_segments", [True, False])
+def test_a_frame_leaves_as_the_datagrams_pylibsrtp_would_protect_with_or_without_segmentation(
+    kernel_segments: bool,
+) -> None:
+    """A frame's packets (FU-A sizes: equal, then one byte shorter, then a short last one) are sent in runs
+    with ``UDP_SEGMENT``; the receiver gets each packet as its own datagram, protected exactly as pylibsrtp's
+    own call does. A socket whose kernel refuses segmentation (here: UDP checksums off, ``SO_NO_CHECK``,
+    which UDP GSO cannot do) falls back to one ``sendto`` per packet, losing nothing."""
+    sizes = [1201] * 3 + [1200] * 4 + [300] + [1201] * 60  # the last 60: more than one batch
+    packets = [rtp(sequence, size) for sequence, size in enumerate(sizes)]
+    with srtp_socket(udp_checksums=kernel_segments) as (ours, reference, receiver):
+        assert ours.send_many(packets) == 0
+        assert [receiver.recv(2048) for _ in packets] == [reference.protect(packet) for packet in packets]
+        assert ours.gso is kernel_segments

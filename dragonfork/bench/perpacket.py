@@ -1,0 +1,130 @@
+"""``python -m dragonfork.bench.perpacket --viewers 100``: server CPU per forwarded packet, quickly.
+
+The development loop for the fast path's per-packet cost (``nox -s bench`` takes 15 minutes and measures
+everything; this takes about a minute and measures one thing). It starts the benchmark's dragonfork server
+(pinned to the first CPU, the viewers to the others, as the bench does), measures an idle window, lets
+``--viewers`` real WebRTC viewers join at the bench's rate, settles, and measures a window. Printed (and as
+JSON with ``--json``): µs of server CPU (user + system, the process's own) per packet the viewers received,
+in all and above the idle window's CPU, loss, the viewers' own CPU, the load average, and signalling (WHEP
+POST → 201) and connection times of the joins; with ``--hop``, then the server hop (``hop_latency``).
+CPU seconds per packet are far less sensitive to a shared machine than wall-clock figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dragonfork.bench.media import make_clip
+from dragonfork.bench.servers import dragonfork_server
+from dragonfork.bench.suite import (
+    JOIN_RATE,
+    SETUP_TIMEOUT,
+    hop_latency,
+    measure_window,
+    say,
+    server_meter,
+)
+from dragonfork.loadtest.report import session_figures
+from dragonfork.loadtest.runner import LoadTestOptions, open_load_test, workers_for
+
+
+async def per_packet(
+    viewers: int, seconds: float, settle: float, workdir: Path, *, hop: bool = False
+) -> dict[str, Any]:
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpus, client_cpus = ({cpus[0]}, set(cpus[1:])) if len(cpus) >= 2 else (None, None)
+    if client_cpus:
+        os.sched_setaffinity(0, client_cpus)
+    clip = make_clip(Path.home() / ".cache" / "dragonfork" / "bench")
+    async with dragonfork_server(workdir, clip, keyframe_cache=True, cpus=server_cpus) as server:
+        meter = server_meter(server)
+        options = LoadTestOptions(
+            target=server.target, workers=workers_for(viewers), worker_cpus=client_cpus, lifetime=600
+        )
+        async with open_load_test(options) as test:
+            idle = await measure_window(server, test, meter, seconds / 2)
+            say(f"{viewers} viewers joining")
+            await test.join(viewers, viewers / JOIN_RATE)
+            await test.wait_for_setups(SETUP_TIMEOUT)
+            await trio.sleep(settle)
+            window = await measure_window(server, test, meter, seconds)
+            hop_figures = await hop_latency(server, seconds, viewers) if hop else None
+        joins = session_figures(list(test.setups.values()), test.ends)
+    packets_per_second = window["packets_per_second"]
+    busy = window["server_cpu_percent"] / 100
+    above_idle = busy - idle["server_cpu_percent"] / 100
+    return {
+        "viewers": viewers,
+        "connected": window["connected"],
+        "us_per_packet": round(1e6 * busy / packets_per_second, 2) if packets_per_second else None,
+        "us_per_packet_above_idle": round(1e6 * above_idle / packets_per_second, 2)
+        if packets_per_second
+        else None,
+        "server_cpu_percent": window["server_cpu_percent"],
+        "idle_server_cpu_percent": idle["server_cpu_percent"],
+        "packets_per_second": packets_per_second,
+        "loss_percent": window["loss_percent"],
+        "server_drops": window["server_drops"],
+        "client_cpu_percent": window["client_cpu_percent"],
+        "load_average": window["load_average"],
+        "hop_latency": hop_figures,
+        "joins": {
+            "connected": joins["connected"],
+            "failures": joins["failures"],
+            "signalling_seconds": joins["signalling_seconds"],
+            "connected_seconds": joins["connected_seconds"],
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dragonfork.bench.perpacket", description=__doc__)
+    parser.add_argument("--viewers", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=10.0, help="the measuring window")
+    parser.add_argument("--settle", type=float, default=4.0, help="seconds after the last join")
+    parser.add_argument("--hop", action="store_true", help="then the server hop (kernel timestamps; root)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="dragonfork-perpacket-") as workdir:
+        figures = trio.run(
+            functools.partial(per_packet, hop=args.hop),
+            args.viewers,
+            args.seconds,
+            args.settle,
+            Path(workdir),
+        )
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return 0
+    signalling = figures["joins"]["signalling_seconds"] or {}
+    print(
+        f"{figures['connected']}/{figures['viewers']} viewers: {figures['us_per_packet']} µs of server CPU"
+        f" per forwarded packet ({figures['us_per_packet_above_idle']} above idle),"
+        f" server {figures['server_cpu_percent']} % of a core, {figures['packets_per_second']} packets/s,"
+        f" loss {figures['loss_percent']} %, clients {figures['client_cpu_percent']} %,"
+        f" load {figures['load_average']}; joins: POST → 201 p50 {1000 * signalling.get('p50', 0):.0f}"
+        f" / p95 {1000 * signalling.get('p95', 0):.0f} ms, failures {figures['joins']['failures'] or 'none'}"
+    )
+    hop = figures["hop_latency"]
+    if hop:
+        last = hop.get("last_packet_ms") or {}
+        print(
+            f"server hop (last packet in → out): p50 {last.get('p50')} / p95 {last.get('p95')} /"
+            f" p99 {last.get('p99')} ms over {hop.get('frames')} frames"
+            f" of {hop.get('viewer_streams')} streams"
+            f" ({hop.get('streams_not_aligned')} not aligned) {hop.get('error', '')}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
