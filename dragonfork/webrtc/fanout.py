@@ -14,8 +14,9 @@ its first packets are contiguous with the live ones) and the last ``HISTORY_SECO
 a viewer's NACKs are answered (to that viewer only, as RTX when it negotiated RTX). A PLI or FIR is answered
 with the keyframe burst for that viewer (at most once per ``BURST_INTERVAL``): the encoder is shared, so a
 viewer cannot have a keyframe of its own. Once a second every viewer gets a sender report per track from the
-stream's own timing (RTP timestamp ↔ arrival time of the latest frame), which is what browsers use for lip
-sync. A viewer's exception while sending (other than a full socket buffer) ends that viewer only.
+stream's own timing (``StreamClock``: RTP timestamp ↔ the least arrival delay of the last seconds' frames),
+which is what browsers use for lip sync. A viewer's exception while sending (other than a full socket
+buffer) ends that viewer only.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ HISTORY_SECONDS = 1.0  # packets kept for NACKs
 HISTORY_MAX_PACKETS = 4096  # and never more than this many per track
 BURST_INTERVAL = 1.0  # at most one keyframe burst per viewer and track per second (PLI/FIR storms)
 REPORT_INTERVAL = 1.0  # sender reports to every viewer
+CLOCK_WINDOW = 2.0  # seconds of frames whose earliest arrival maps RTP time to wall clock (a GOP)
 MAX_PAYLOAD = 1300  # aiortc's H.264 fragment size; an audio frame over it is dropped (oversize)
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
 
@@ -192,7 +194,7 @@ class TrackFanout:
         self._by_sequence: dict[int, OutgoingPacket] = {}
         self._groups: dict[PacketLayout, list[TrackSink]] = {}
         self._packer = H264Encoder() if self.kind == "video" else None
-        self.clock_reference: tuple[int, float] | None = None  # (RTP timestamp, trio time it arrived)
+        self._clock = StreamClock(self.clock_rate)
         self._forwarded_packets = metrics.RTP_PACKETS_FORWARDED.labels(self.kind)
         self._forwarded_bytes = metrics.RTP_BYTES_FORWARDED.labels(self.kind)
         self._dropped_blocked = metrics.PACKETS_DROPPED.labels(self.kind, "send_would_block")
@@ -248,7 +250,7 @@ class TrackFanout:
             payloads = [frame.data]
         timestamp = frame.timestamp & 0xFFFFFFFF
         now = frame.received_at
-        self.clock_reference = (frame.timestamp, now)
+        self._clock.observe(frame.timestamp, now)
         last = len(payloads) - 1
         packets = []
         sequence = self._sequence
@@ -325,11 +327,40 @@ class TrackFanout:
         metrics.KEYFRAME_BURSTS.inc()
 
     def rtp_timestamp_at(self, now: float) -> int | None:
-        """The stream's RTP timestamp at trio time ``now``, from the latest frame's (sender reports)."""
-        if self.clock_reference is None:
+        """The track's RTP timestamp at trio time ``now`` (sender reports), None before its first frame."""
+        return self._clock.timestamp_at(now)
+
+
+class StreamClock:
+    """A track's RTP time ↔ trio time, from its frames' own timestamps and the earliest of their arrivals.
+
+    A frame arrives some time after its timestamp's moment, and that delay varies: a keyframe's many packets
+    take longer to arrive than one audio packet, and the loop may be busy. Mapping from the latest frame
+    (as the reports did) passes that jitter into every sender report, and browsers align picture and sound
+    by those reports. The least delay over the last ``CLOCK_WINDOW`` seconds is the track's transit time
+    without the jitter, and about the same for both tracks of a stream (one FFmpeg, one clock, one loopback).
+    """
+
+    __slots__ = ("clock_rate", "_delays")
+
+    def __init__(self, clock_rate: int) -> None:
+        self.clock_rate = clock_rate
+        # (arrival, arrival − timestamp in seconds), ascending in delay: the front is the window's least
+        self._delays: collections.deque[tuple[float, float]] = collections.deque()
+
+    def observe(self, timestamp: int, arrived_at: float) -> None:
+        delay = arrived_at - timestamp / self.clock_rate
+        delays = self._delays
+        while delays and delays[-1][1] >= delay:
+            delays.pop()
+        delays.append((arrived_at, delay))
+        while delays[0][0] < arrived_at - CLOCK_WINDOW:
+            delays.popleft()
+
+    def timestamp_at(self, now: float) -> int | None:
+        if not self._delays:
             return None
-        timestamp, at = self.clock_reference
-        return (timestamp + round((now - at) * self.clock_rate)) & 0xFFFFFFFF
+        return round((now - self._delays[0][1]) * self.clock_rate) & 0xFFFFFFFF
 
 
 @functools.cache

@@ -184,3 +184,22 @@ async def test_a_picture_loss_is_answered_with_the_keyframe_burst_at_most_once_a
         assert {packet[3] for packet in again} == {rtx.ssrc}
         stream.handle_rtcp(peer.viewer, "video", pli)  # a storm of PLIs: one burst per second
         assert peer.nothing_more()
+
+
+async def test_sender_reports_map_rtp_time_by_the_least_arrival_delay_not_the_latest_frames() -> None:
+    """Frames 40 ms apart arriving 5 ms after their moment, but the latest (a keyframe: many packets) 35 ms
+    after: the reports' RTP time at ``now`` comes from the 5 ms, so one late frame does not shift a track's
+    mapping against the other's (browsers align picture and sound by it)."""
+    fanout = video_fanout().tracks["video"]
+    assert fanout.rtp_timestamp_at(trio.current_time()) is None
+    origin = trio.current_time()
+    for index in range(10):
+        late = 0.030 if index == 9 else 0.0
+        data = b"\0\0\0\1\x41" + secrets.token_bytes(200)
+        arrived = origin + index * 0.040 + 0.005 + late
+        fanout.write(
+            MediaFrame("video", data, START + index * 3600, VIDEO_CLOCK_RATE, False, 1, len(data), arrived)
+        )
+    now = origin + 0.400
+    expected = START + round((now - origin - 0.005) * VIDEO_CLOCK_RATE)
+    assert abs(fanout.rtp_timestamp_at(now) - (expected & 0xFFFFFFFF)) <= 1  # type: ignore[operator]
