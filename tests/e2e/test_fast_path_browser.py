@@ -144,6 +144,10 @@ def lossy_namespace(tmp_path: Path) -> Iterator[tuple[str, str]]:
     try:
         _run("ip", "link", "add", host_end, "type", "veth", "peer", "name", inner_end)
         _run("ip", "link", "set", inner_end, "netns", namespace)
+        # The fast path sends a frame's packets as one segmented (UDP GSO) run; a veth carries the run whole
+        # and nftables would drop whole runs. One segment per skb makes the kernel cut it first, so the rule
+        # drops datagrams at random, as a lossy link does.
+        _run("ip", "link", "set", "dev", host_end, "gso_max_segs", "1")
         _run("ip", "addr", "add", f"{host_address}/30", "dev", host_end)
         _run("ip", "link", "set", host_end, "up")
         inside = ("ip", "netns", "exec", namespace)
