@@ -272,6 +272,19 @@ class NotifySocket:
     def pings(self, start: float = 0.0, end: float = float("inf")) -> list[float]:
         return [at for at, message in self.messages if message == "WATCHDOG=1" and start <= at < end]
 
+    def received(self, message: str) -> bool:
+        return any(got == message for _, got in self.messages)
+
+    def wait_for_pings(self, count: int, since: float, timeout: float = 15) -> None:
+        """Until ``count`` pings arrived after ``since``: a healthy watchdog's rate, whatever the load."""
+        self.wait_until(lambda: len(self.pings(since)) >= count, timeout, f"{count} pings")
+
+    def wait_until(self, arrived: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not arrived():
+            assert time.monotonic() < deadline, f"no {what} within {timeout} s: {self.messages}"
+            time.sleep(0.02)
+
     @contextmanager
     def receiving(self) -> Iterator[NotifySocket]:
         self._thread.start()

@@ -28,31 +28,34 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
 
 
 def test_watchdog_pings_while_healthy_and_not_while_the_loop_is_blocked(notify_socket: NotifySocket) -> None:
+    """The phases wait for pings rather than for a fixed time: four 0.1 s ticks take 0.4 s, ten times less
+    than the 4 s allowed, while ticking at the 2 s sample interval (not a quarter of the period) takes 8 s.
+    A ping sent just before the block may be stamped by the receiving thread up to 0.3 s late."""
     environ = {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "400000"}  # ticks every 0.1 s
     phases: dict[str, float] = {}
+
+    async def pings_arrive(count: int, since: float) -> None:
+        with trio.fail_after(4):
+            while len(notify_socket.pings(since)) < count:
+                await trio.sleep(0.02)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_event_loop, lambda: 2.0, environ)
-            phases["healthy"] = time.monotonic()
-            await trio.sleep(0.6)
+            await pings_arrive(4, since=time.monotonic())
             phases["blocked"] = time.monotonic()
             time.sleep(1.0)  # blocks the event loop itself: no task can run
             phases["unblocked"] = time.monotonic()
             await trio.sleep(0.05)
             phases["lag_after_block"] = metrics.REGISTRY.get_sample_value("dragonfork_event_loop_lag_seconds")
-            await trio.sleep(0.55)
-            phases["end"] = time.monotonic()
+            await pings_arrive(3, since=phases["unblocked"])
             nursery.cancel_scope.cancel()
 
     trio.run(main)
-    time.sleep(0.1)  # let the receiver thread take the last datagrams
-    assert len(notify_socket.pings(phases["healthy"], phases["blocked"])) >= 4, notify_socket.messages
-    assert notify_socket.pings(phases["blocked"] + 0.01, phases["unblocked"]) == [], notify_socket.messages
+    assert notify_socket.pings(phases["blocked"] + 0.3, phases["unblocked"]) == [], notify_socket.messages
     # The tick that woke a whole second late is withheld (more than half the 0.4 s period), then pings resume.
     assert phases["lag_after_block"] > 0.8
     assert notify_socket.pings(phases["unblocked"], phases["unblocked"] + 0.05) == [], notify_socket.messages
-    assert len(notify_socket.pings(phases["unblocked"], phases["end"])) >= 3, notify_socket.messages
 
 
 def test_watchdog_is_armed_only_when_systemd_armed_it_for_this_process() -> None:
@@ -67,15 +70,18 @@ def test_watchdog_is_armed_only_when_systemd_armed_it_for_this_process() -> None
 
 
 def test_without_a_watchdog_the_task_only_samples_the_lag(notify_socket: NotifySocket) -> None:
+    """The lag is the wake-up's delay past the 0.5 s tick (well under it even on a loaded machine), not the
+    tick itself."""
+
     async def main() -> None:
-        with trio.move_on_after(0.5):
-            await watch_event_loop(lambda: 0.05, {"NOTIFY_SOCKET": str(notify_socket.path)})
+        with trio.move_on_after(1.2):
+            await watch_event_loop(lambda: 0.5, {"NOTIFY_SOCKET": str(notify_socket.path)})
 
     metrics.EVENT_LOOP_LAG.set(-1)
     trio.run(main)
     time.sleep(0.1)
     assert notify_socket.messages == []
-    assert 0 <= metrics.REGISTRY.get_sample_value("dragonfork_event_loop_lag_seconds") < 0.05
+    assert 0 <= metrics.REGISTRY.get_sample_value("dragonfork_event_loop_lag_seconds") < 0.4
 
 
 # --- the unit file -----------------------------------------------------------------------------------------
