@@ -4,11 +4,13 @@
 candidates, truncated, ...), 1,000 mutated trickle fragments, 500 malformed JWTs and 300 hostile raw HTTP
 requests (oversized headers, slow bodies, pipelined early rejects, broken framing) go to a real server with
 auth on and a live WebRTC process, several at a time. Meanwhile a separate process asks ``/ping`` every
-20 ms and records how long each answer took. The rules: no response is 5xx, nothing hangs for 5 s, no
+20 ms and records how long each answer took. The rules: no response is 5xx, nothing hangs for 10 s, no
 WHEP session outlives the fuzzing, and ``/ping``'s 99th percentile stays under ``FUZZ_PING_P99_MS``.
 
-That bound is 250 ms in the suite: it tells a blocked event loop (an offer parsed on the loop took ``/ping``
-to 1.78 s) from a busy CI machine, where the same server measured 60-240 ms at load averages of 5 to 20.
+That bound is 750 ms in the suite: it tells a blocked event loop (an offer parsed on the loop took ``/ping``
+to 1.78 s) from a busy CI machine, where the same server measured 60-240 ms at load averages of 5 to 20 (a
+250 ms bound left no margin there). A hang is 10 s for the same reason: a request that is only slow on a
+loaded machine answers within seconds, a hung one never.
 Issue 9's target, 50 ms, is a figure of a quiet machine, measured with this same test:
 ``FUZZ_PING_P99_MS=50 pytest -s tests/integration/test_hostile_fuzz.py`` (figures in docs/whep.md).
 
@@ -55,8 +57,8 @@ OFFERS, FRAGMENTS, TOKENS, RAW_REQUESTS = (
 )
 WORKERS = 8  # requests in flight at once
 LOAD_NICENESS = 10  # the fuzzer's threads yield the CPU to the server and the /ping monitor
-HANG = 5.0  # seconds: any request slower than this is a hang
-PING_P99_MS = float(os.environ.get("FUZZ_PING_P99_MS", "250"))
+HANG = 10.0  # seconds: any request slower than this is a hang
+PING_P99_MS = float(os.environ.get("FUZZ_PING_P99_MS", "750"))
 USERNAME, PASSWORD = "admin", "fuzz-hostile-password"
 SECRET = "fuzz-hostile-secret-that-is-long-enough-for-hs256"
 BODY_TIMEOUT = 1.0
