@@ -123,7 +123,7 @@ def test_slow_body_is_cut_off_and_the_connection_closed(hostile_server: Server, 
     if authorized:
         headers["Authorization"] = f"Bearer {hostile_server.token}"
     began = time.monotonic()
-    with RawConnection(hostile_server.port, timeout=BODY_TIMEOUT + 5) as connection:
+    with RawConnection(hostile_server.port, timeout=BODY_TIMEOUT + 15) as connection:
         connection.send(request_bytes("POST", "/api/v3/process", b"", headers, length=1_000_000))
         for _ in range(3):
             time.sleep(BODY_TIMEOUT / 5)
@@ -131,7 +131,8 @@ def test_slow_body_is_cut_off_and_the_connection_closed(hostile_server: Server, 
         response = connection.response()
         elapsed = time.monotonic() - began
         assert response.status == (408 if authorized else 401) and response.closes, response
-        assert BODY_TIMEOUT - 0.5 < elapsed < BODY_TIMEOUT + 3, elapsed
+        # the deadline, not the trickle's pace: a loaded machine adds seconds, the bug kept it open past 60 s
+        assert BODY_TIMEOUT - 0.5 < elapsed < BODY_TIMEOUT + 10, elapsed
         assert connection.is_closed_by_server()
     assert hostile_server.api("GET", "/ping").status_code == 200
 

@@ -103,7 +103,7 @@ async def test_probe_of_an_input_that_never_answers_times_out_and_kills_ffmpeg()
         await probe_inputs(FFMPEG, [TEST_VIDEO, (["-listen", "1"], address)], timeout=1)
     elapsed = time.monotonic() - started
     assert str(caught.value) == f"probing {address!r} timed out after 1 s"
-    assert 1.0 <= elapsed < 3.0
+    assert 1.0 <= elapsed < 6.0  # the 1 s timeout, plus killing FFmpeg on a loaded machine; not the 10 s
     assert ffmpeg_children() == []
 
 
@@ -142,5 +142,5 @@ async def test_read_skills_of_a_binary_that_hangs_times_out(tmp_path: Path) -> N
     started = time.monotonic()
     with trio.fail_after(10), pytest.raises(SkillsError, match=r"timed out after 0\.5 s"):
         await read_skills(str(hanging), timeout=0.5)
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 6.0  # the 0.5 s timeout and the kill, never the 30 s sleep
     assert not any(child.name() == "sleep" for child in psutil.Process().children(recursive=True))
