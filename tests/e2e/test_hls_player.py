@@ -18,7 +18,9 @@ from harness import Server, file_names, restreamer_hls_process
 pytestmark = pytest.mark.e2e
 
 HLSJS_VERSION = "1.7.4"
-PLAY_SECONDS = 20
+# Past the six 2 s segments of the playlist hls.js loaded first: it keeps reloading the live playlist and
+# plays segments made after it started (max_files under a longer run: tests/integration/test_files_hls.py).
+PLAY_SECONDS = 12
 PLAYER_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>hls.js</title>
 <style>body{margin:0;background:#111;color:#eee;font:14px sans-serif} video{width:640px;height:480px}</style>
