@@ -12,6 +12,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from dragonfork.process.store import DB_VERSION, DatabaseError, Store
 
 # Large enough that writing a version takes a while, so kills land in the middle of writes.
 PADDING_BYTES = 256 * 1024
-KILLS = 20
+# About one kill in five lands inside a write: 40 rounds leave a run with none a 1-in-10,000 chance.
+KILLS = 40
 
 
 def database_version(number: int) -> dict[str, Any]:
@@ -133,7 +135,12 @@ def test_server_refuses_to_start_on_a_corrupt_database(tmp_path: Path) -> None:
 
 
 def test_sigkill_during_saves_leaves_a_complete_version(tmp_path: Path) -> None:
-    """Kill a writer at random moments; each time db.json must be one complete version, never older."""
+    """Kill a writer at random moments; each time db.json must be one complete version, never older.
+
+    The writer reports each version it saved; it is killed after one to three reports (and a random few
+    milliseconds more), so every round saves something and the kill lands among the writes however slowly a
+    loaded machine runs the writer, instead of after a wall-clock delay it may have spent waiting for a CPU.
+    """
     store = Store(tmp_path)
     store.save(database_version(0))
     rng = random.Random()
@@ -147,11 +154,9 @@ def test_sigkill_during_saves_leaves_a_complete_version(tmp_path: Path) -> None:
         )
         try:
             assert writer.stdout is not None
-            assert writer.stdout.readline() == "saving\n"
-            try:
-                writer.wait(timeout=rng.uniform(0.0, 0.05))
-            except subprocess.TimeoutExpired:
-                writer.send_signal(signal.SIGKILL)
+            saved = [int(writer.stdout.readline()) for _ in range(rng.randint(1, 3))]
+            time.sleep(rng.uniform(0.0, 0.005))
+            writer.send_signal(signal.SIGKILL)
         finally:
             writer.kill()
             writer.wait(timeout=10)
@@ -163,18 +168,18 @@ def test_sigkill_during_saves_leaves_a_complete_version(tmp_path: Path) -> None:
         assert not stray_temp_files(tmp_path), "load() leaves the interrupted write's temp file behind"
         number = data["metadata"]["number"]
         assert data == {**database_version(number), "version": DB_VERSION}
-        assert number >= newest
+        assert number >= saved[-1], "a version the writer had saved was lost"
         newest = number
-    assert newest > KILLS, "the writers saved too few versions to test anything"
     assert kills_during_a_write > 0, "no kill landed during a write"
     print(f"{KILLS} kills, {kills_during_a_write} during a write, {newest} versions saved")
 
 
 def _write_versions_until_killed(directory: Path, first: int) -> None:
+    """Save versions ``first``, ``first + 1``, ... and print each number once it is saved."""
     store = Store(directory)
-    print("saving", flush=True)
     for number in range(first, first + 1_000_000):
         store.save(database_version(number))
+        print(number, flush=True)
 
 
 if __name__ == "__main__":
