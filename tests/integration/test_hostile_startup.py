@@ -42,18 +42,7 @@ def test_disk_directory_is_created_and_the_readme_diskfs_example_runs(tmp_path: 
                     "address": "{diskfs}/{processid}.m3u8",
                     # a keyframe a second: the first segment and the playlist come after about a second,
                     # not after x264's default 250-frame GOP (10 s)
-                    "options": [
-                        "-c:v",
-                        "libx264",
-                        "-preset",
-                        "ultrafast",
-                        "-g",
-                        "25",
-                        "-f",
-                        "hls",
-                        "-hls_time",
-                        "1",
-                    ],
+                    "options": "-c:v libx264 -preset ultrafast -g 25 -f hls -hls_time 1".split(),
                 }
             ],
         }
