@@ -10,6 +10,10 @@ from pathlib import Path
 
 from harness import TEST_AUDIO, TEST_VIDEO, running_server, server_env
 
+# A keyframe a second: the first segment and the playlist come after about a second, not after x264's
+# default 250-frame GOP (10 s).
+HLS_EVERY_SECOND = ["-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-f", "hls", "-hls_time", "1"]
+
 
 def test_busy_http_port_stops_start_up_before_any_process_or_db_write(tmp_path: Path) -> None:
     # Before: the demo FFmpeg started and db.json was written, then the server exited.
@@ -40,9 +44,7 @@ def test_disk_directory_is_created_and_the_readme_diskfs_example_runs(tmp_path: 
                 {
                     "id": "hls",
                     "address": "{diskfs}/{processid}.m3u8",
-                    # a keyframe a second: the first segment and the playlist come after about a second,
-                    # not after x264's default 250-frame GOP (10 s)
-                    "options": "-c:v libx264 -preset ultrafast -g 25 -f hls -hls_time 1".split(),
+                    "options": HLS_EVERY_SECOND,
                 }
             ],
         }
