@@ -329,10 +329,21 @@ class WebRTCSettings(_Section):
     max_viewers_per_core: int = Field(
         300,
         ge=1,
-        description="Viewers over all streams before new ones get 503 (the server sends on one core)",
+        description="Viewers per core (the server's, or each WebRTC worker's) before new ones get 503",
     )
     admission_cpu_percent: float = Field(
-        85.0, gt=0, le=100, description="New viewers get 503 while the server's CPU is above this % of a core"
+        85.0,
+        gt=0,
+        le=100,
+        description="New viewers get 503 while the CPU of the core they would use (the server's, or every "
+        "worker's) is above this % of a core",
+    )
+    workers: int = Field(
+        1,
+        ge=0,
+        le=256,
+        description="WebRTC worker processes that run the viewers, each on a core (0: one per usable core); "
+        "1: viewers run in the server process itself",
     )
     handshake_timeout_seconds: float = Field(10.0, gt=0)
     disconnect_grace_seconds: float = Field(5.0, ge=0)

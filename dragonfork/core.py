@@ -25,7 +25,7 @@ from dragonfork.files.service import FileService
 from dragonfork.logs import configure_logging
 from dragonfork.metrics_history import MetricsHistory, SystemMetrics
 from dragonfork.process.access import AccessPolicy
-from dragonfork.process.child import ChildLedger
+from dragonfork.process.child import ChildLedger, spawn
 from dragonfork.process.placeholders import IngestAddresses
 from dragonfork.process.registry import Registry
 from dragonfork.process.runner import ProcessRuntime
@@ -33,6 +33,7 @@ from dragonfork.process.store import Store
 from dragonfork.servers.rtmp import RtmpServer, RtmpSessionSettings, RtmpSettings
 from dragonfork.servers.srt import SrtServer, SrtSettings
 from dragonfork.servers.whep import PublisherStatus, WhepServer, WhepSettings
+from dragonfork.servers.whep.workers import WorkerPool, worker_count
 from dragonfork.servers.whip import PublisherSettings, WhipServer, WhipSettings
 from dragonfork.sessions.ffmpeg import FfmpegSessions
 from dragonfork.sessions.hls import HlsSessions
@@ -168,9 +169,8 @@ def build_core(loaded: LoadedSettings) -> Core:
     config = SettingsService(loaded)
     directory = StreamDirectory()
     files = build_files(settings)
-    runtime = process_runtime(
-        settings, directory=directory, ledger=ChildLedger(settings.data_dir), files=files
-    )
+    ledger = ChildLedger(settings.data_dir)
+    runtime = process_runtime(settings, directory=directory, ledger=ledger, files=files)
     registry = Registry(
         Store(settings.data_dir),
         runtime,
@@ -201,6 +201,7 @@ def build_core(loaded: LoadedSettings) -> Core:
         whep_settings(settings),
         publisher_status,
         viewer_observer=WebrtcSessions(client_sessions),
+        workers=webrtc_workers(settings, ledger),
     )
     started_at = time.time()
     history = MetricsHistory(
@@ -286,6 +287,14 @@ def ice_servers_of(settings: Settings) -> list[dict[str, str]]:
     ]
 
 
+def webrtc_workers(settings: Settings, ledger: ChildLedger) -> WorkerPool | None:
+    """The WebRTC worker processes (``webrtc.workers``); None when viewers run in the server (1 worker)."""
+    count = worker_count(settings.webrtc.workers)
+    if count <= 1 or not settings.webrtc.enable:
+        return None
+    return WorkerPool(count, functools.partial(spawn, ledger=ledger), log_level=settings.log.level)
+
+
 def whep_settings(settings: Settings) -> WhepSettings:
     webrtc = settings.webrtc
     ice_servers = ice_servers_of(settings)
@@ -303,6 +312,7 @@ def whep_settings(settings: Settings) -> WhepSettings:
             fast_path=webrtc.fast_path,
             offer_limits=OfferLimits.of(webrtc),
         ),
+        stream=stream_of(settings),
     )
 
 

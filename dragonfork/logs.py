@@ -96,3 +96,18 @@ def configure_logging(level: str = "info", *, json: bool | None = None, max_line
     logging.basicConfig(
         level=max(_LEVELS[level], logging.WARNING), stream=sys.stderr, format="%(name)s: %(message)s"
     )
+
+
+def log_asyncio_error(loop: object, context: dict[str, object]) -> None:
+    """Log an unhandled asyncio error and carry on, as plain asyncio does.
+
+    trio-asyncio's default handler raises it into the loop instead, which would end the whole server: one
+    aiortc peer's unretrieved exception must not stop every process and viewer.
+    """
+    error = context.get("exception")
+    structlog.get_logger("dragonfork.server").error(
+        "unhandled asyncio error",
+        message=context.get("message"),
+        error=repr(error) if error is not None else None,
+        exc_info=error if isinstance(error, BaseException) else None,
+    )

@@ -346,3 +346,58 @@ SRT_RTT = Gauge(
     ["stream", "role"],
     registry=REGISTRY,
 )
+
+
+# --- counters of the WebRTC worker processes -------------------------------------------------------------
+
+CounterKey = tuple[str, tuple[tuple[str, str], ...]]
+"""A counter series: its family name (without ``_total``) and its labels, sorted."""
+
+
+class CounterDeltas:
+    """What this process's counters grew by since the last call (a WebRTC worker sends it to the server,
+    which adds it to the same series: ``/metrics`` shows the sum over the server and its workers)."""
+
+    def __init__(self) -> None:
+        self._last: dict[CounterKey, float] = {}
+
+    def take(self) -> list[tuple[str, dict[str, str], float]]:
+        deltas = []
+        for family in REGISTRY.collect():
+            if family.type != "counter" or not family.name.startswith("dragonfork_"):
+                continue
+            for sample in family.samples:
+                if not sample.name.endswith("_total"):
+                    continue  # the ``_created`` timestamps
+                key = (family.name, tuple(sorted(sample.labels.items())))
+                delta = sample.value - self._last.get(key, 0.0)
+                if delta:
+                    self._last[key] = sample.value
+                    deltas.append((family.name, sample.labels, delta))
+        return deltas
+
+
+def _counters_by_name() -> dict[str, Counter]:
+    return {
+        family.name: counter
+        for counter in globals().values()
+        if isinstance(counter, Counter)
+        for family in counter.describe()
+    }
+
+
+_COUNTERS: dict[str, Counter] = {}
+
+
+def add_counter_deltas(deltas: list[tuple[str, dict[str, str], float]]) -> None:
+    """Add a worker's ``CounterDeltas.take()`` to this process's counters (unknown names are skipped)."""
+    if not _COUNTERS:
+        _COUNTERS.update(_counters_by_name())
+    for name, labels, delta in deltas:
+        counter = _COUNTERS.get(name)
+        if counter is None or delta <= 0:
+            continue
+        try:
+            (counter.labels(**labels) if labels else counter).inc(delta)
+        except ValueError:
+            continue  # labels that do not match the counter's: a worker of another version

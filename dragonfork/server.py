@@ -35,6 +35,7 @@ from dragonfork.core import Core, build_core, start_scoped_services
 from dragonfork.http.app import create_app
 from dragonfork.http.body_guard import UnreadBodyGuard
 from dragonfork.http.expect_continue import challenge_memfs_writes_first
+from dragonfork.logs import log_asyncio_error
 from dragonfork.systemd import notify_systemd, watch_event_loop
 
 log = structlog.get_logger("dragonfork.server")
@@ -72,21 +73,6 @@ def check_bind_is_safe(loaded: LoadedSettings) -> None:
         )
 
 
-def log_asyncio_error(loop: object, context: dict[str, object]) -> None:
-    """Log an unhandled asyncio error and carry on, as plain asyncio does.
-
-    trio-asyncio's default handler raises it into the loop instead, which would end the whole server: one
-    aiortc peer's unretrieved exception must not stop every process and viewer.
-    """
-    error = context.get("exception")
-    log.error(
-        "unhandled asyncio error",
-        message=context.get("message"),
-        error=repr(error) if error is not None else None,
-        exc_info=error if isinstance(error, BaseException) else None,
-    )
-
-
 def freeze_startup_objects() -> None:
     """Exempt the ~100,000 objects alive after start-up (modules, classes, routes) from garbage collection.
 
@@ -118,7 +104,9 @@ async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None
         root.start_soon(watch_event_loop, lambda: core.settings.metrics.interval_sec)
         await root.start(core.config.run)
         await start_scoped_services(core)
-        await root.start(core.registry.run)
+        await root.start(core.registry.run)  # reaps a killed predecessor's children before any spawn
+        if core.whep.workers is not None:
+            await root.start(core.whep.workers.run)
         await root.start(core.client_sessions.run)
         await root.start(core.whep.run)
         http_stopped = trio.Event()

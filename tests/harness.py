@@ -177,6 +177,10 @@ def server_env(data_dir: Path, **overrides: str) -> dict[str, str]:
             "CORE_WEBRTC_PORT_LAST": str(last),
         }
     )
+    # Any test's server can run its viewers in WebRTC worker processes instead of in itself:
+    # DRAGONFORK_TEST_WEBRTC_WORKERS=2 pytest tests/integration (its own overrides still win).
+    if workers := os.environ.get("DRAGONFORK_TEST_WEBRTC_WORKERS"):
+        env["CORE_WEBRTC_WORKERS"] = workers
     env.update(overrides)
     return env
 

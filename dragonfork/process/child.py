@@ -148,10 +148,18 @@ class ChildProcess:
 
 
 async def spawn(
-    argv: list[str], *, stdout: bool, stderr: bool, ledger: ChildLedger | None = None
+    argv: list[str],
+    *,
+    stdout: bool,
+    stderr: bool,
+    ledger: ChildLedger | None = None,
+    inherit_stderr: bool = False,
+    pass_fds: tuple[int, ...] = (),
 ) -> ChildProcess:
     """Start ``argv`` with stdin from /dev/null and stdout/stderr as pipes when asked for (see module doc).
 
+    ``inherit_stderr`` (with ``stderr`` false): the child writes to the server's own stderr (a WebRTC
+    worker's log lines join the server's). ``pass_fds`` stay open in the child (a worker's sockets).
     Raises ``OSError`` when the binary cannot be started (missing, not executable).
     """
     await trio.lowlevel.checkpoint()
@@ -162,7 +170,8 @@ async def spawn(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=pipes[0][1] if pipes[0] else subprocess.DEVNULL,
-            stderr=pipes[1][1] if pipes[1] else subprocess.DEVNULL,
+            stderr=pipes[1][1] if pipes[1] else (None if inherit_stderr else subprocess.DEVNULL),
+            pass_fds=pass_fds,
             start_new_session=True,  # a Ctrl-C on the server's terminal must not reach FFmpeg directly
             preexec_fn=lambda: _die_with_parent(parent_pid),
         )

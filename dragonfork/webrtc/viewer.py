@@ -110,6 +110,7 @@ class CloseReason(enum.StrEnum):
     PROCESS_STOPPED = "process_stopped"  # the stream's scope was cancelled (stop, restart, delete, crash)
     SENDER_FAILED = "sender_failed"  # aiortc's sender of a track ended while the connection was up
     ERROR = "error"  # an unexpected exception (logged)
+    WORKER_FAILED = "worker_failed"  # the WebRTC worker process holding the viewer failed (servers/whep)
 
 
 _PC_END_REASONS = {"failed": CloseReason.ICE_FAILED, "closed": CloseReason.PEER_CLOSED}

@@ -9,7 +9,7 @@ import trio
 import trio_asyncio
 from structlog.testing import capture_logs
 
-from dragonfork.server import log_asyncio_error
+from dragonfork.logs import log_asyncio_error
 
 
 async def test_unhandled_asyncio_error_is_logged_and_the_loop_goes_on() -> None:

@@ -3,6 +3,8 @@
 ``WhepServer.new_session(name, offer)`` is the whole POST: it finds the stream in the directory (waiting up
 to ``publisher_wait`` for one that is starting), counts the viewer against the per-stream cap, and starts
 the viewer in the stream's nursery (``Stream.start_reader``), so the viewer ends with the stream's publisher.
+With WebRTC worker processes (``webrtc.workers`` > 1, ``workers.py``) the viewer runs in the least-loaded
+worker instead and the table holds its ``RemoteViewer``; PATCH and DELETE reach it through the worker.
 PATCH and DELETE go through ``trickle`` and ``end_session``. Every refusal is an exception whose ``status``
 is the HTTP status of this project's WHEP error matrix; the route only turns them into responses.
 """
@@ -10,22 +12,27 @@ is the HTTP status of this project's WHEP error matrix; the route only turns the
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from dragonfork.servers import SignallingRefused, answer_entity_tag, trickle
-from dragonfork.servers.whep.sessions import ViewerCapReached, ViewerObserver, ViewerRefused, ViewerSessions
+from dragonfork import metrics
+from dragonfork.servers import answer_entity_tag, trickle
+from dragonfork.servers.whep.sessions import SessionEntry, ViewerObserver, ViewerSessions
+from dragonfork.servers.whep.viewer_start import (
+    RETRY_AFTER_NOT_LIVE,
+    WhepRefused,
+    check_capacity,
+    refusals,
+    start_viewer,
+)
+from dragonfork.servers.whep.workers import RemoteViewer, WorkerPool
 from dragonfork.stream.directory import StreamDirectory, StreamNotLive
-from dragonfork.stream.stream import StreamEnded
-from dragonfork.webrtc.sdp import SdpRejected
-from dragonfork.webrtc.viewer import AnswerTimeout, CloseReason, Viewer, ViewerClosed, ViewerSettings
+from dragonfork.stream.stream import Stream, StreamSettings
+from dragonfork.webrtc.viewer import CloseReason, Viewer, ViewerSettings
 
-RETRY_AFTER_NOT_LIVE = 2
-RETRY_AFTER_FULL = 5
 CPU_WINDOW_SECONDS = 1.0  # the server's CPU use (for admission) is measured over this window
 
 
@@ -39,6 +46,8 @@ class WhepSettings:
     admission_cpu_percent: float = 85.0
     """A new viewer is refused (503) while the server's own CPU is above this share of a core."""
     viewer: ViewerSettings = dataclasses.field(default_factory=ViewerSettings)
+    stream: StreamSettings = dataclasses.field(default_factory=StreamSettings)
+    """The hub's settings, for a worker's copy of each stream."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +58,6 @@ class PublisherStatus:
     started: bool
     """Ordered to run: its stream is live, or will be shortly (starting, restarting)."""
     state: str
-
-
-class WhepRefused(SignallingRefused):
-    """An offer, trickle or session request that cannot be served; ``status`` is the HTTP status."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,11 +78,16 @@ class WhepServer:
         publisher_status: Callable[[str], PublisherStatus | None],
         *,
         viewer_observer: ViewerObserver | None = None,
+        workers: WorkerPool | None = None,
     ) -> None:
         self.directory = directory
         self.settings = settings
         self.sessions = ViewerSessions(viewer_observer)
         self._publisher_status = publisher_status
+        self.workers = workers
+        if workers is not None:
+            workers.on_session_ended = self._remote_session_ended
+        """The WebRTC worker processes viewers run in; None: they run in this process."""
         self.cpu_percent = 0.0
         """This process's CPU over the last ``CPU_WINDOW_SECONDS`` (100 = one core), while ``run`` runs."""
 
@@ -93,7 +103,7 @@ class WhepServer:
             raise WhepRefused(404, f"process {name!r} does not serve WebRTC (webrtc.enabled is false)")
         return status
 
-    def _session(self, name: str, resource_id: str) -> Viewer:
+    def _session(self, name: str, resource_id: str) -> SessionEntry:
         viewer = self.sessions.get(resource_id)
         if viewer is None or viewer.process_id != name:
             raise WhepRefused(404, f"no WHEP session {resource_id!r} on process {name!r}", field="resource")
@@ -117,35 +127,49 @@ class WhepServer:
                 details=[f"state: {status.state}"],  # the player tells an ended stream by it
                 retry_after=RETRY_AFTER_NOT_LIVE,
             ) from None
-        self._admit()
-        viewer = Viewer(name, self.settings.viewer)
-        cap = self.settings.max_viewers_per_stream
-        reader = functools.partial(self.sessions.run_viewer, viewer, max_viewers=cap, client=client)
-        try:
-            answer: str = await stream.start_reader(reader, offer_sdp)
-        except ViewerCapReached:
-            raise WhepRefused(
-                503,
-                f"stream {name!r} is full ({cap} viewer{'' if cap == 1 else 's'}); "
-                f"retry in {RETRY_AFTER_FULL} s",
-                field="webrtc.max_peers_per_stream",
-                retry_after=RETRY_AFTER_FULL,
-            ) from None
-        except ViewerRefused as exc:
-            raise WhepRefused(503, exc.message, field=exc.setting, retry_after=exc.retry_after) from None
-        except SdpRejected as exc:
-            raise WhepRefused(exc.status, exc.message, field="offer") from None
-        except AnswerTimeout as exc:
-            raise WhepRefused(504, str(exc)) from None
-        except (StreamEnded, ViewerClosed):
-            raise WhepRefused(
-                409,
-                f"the session on {name!r} ended while it was being set up; retry shortly",
-                retry_after=RETRY_AFTER_NOT_LIVE,
-            ) from None
+        viewer: SessionEntry
+        if self.workers is not None:
+            answer, viewer = await self._start_in_worker(self.workers, stream, name, offer_sdp, client)
+        else:
+            self._admit()
+            viewer = in_process = Viewer(name, self.settings.viewer)
+            answer = await start_viewer(
+                stream,
+                in_process,
+                self.sessions,
+                offer_sdp,
+                max_viewers=self.settings.max_viewers_per_stream,
+                client=client,
+            )
         session = WhepSession(viewer.id, answer)
         viewer.entity_tag = session.etag
         return session
+
+    async def _start_in_worker(
+        self, workers: WorkerPool, stream: Stream, name: str, offer_sdp: str, client: Any
+    ) -> tuple[str, RemoteViewer]:
+        settings = self.settings
+        budget, cpu_limit = settings.max_viewers_per_core, settings.admission_cpu_percent
+        worker = workers.choose(budget=budget, cpu_limit=cpu_limit)
+        viewer = RemoteViewer(name, worker)
+        with refusals(name, settings.max_viewers_per_stream):
+            self.sessions.add(viewer, max_viewers=settings.max_viewers_per_stream, client=client)
+        try:
+            answer = await workers.start_viewer(
+                worker, stream, viewer, offer_sdp, settings.viewer, settings.stream
+            )
+        except BaseException:
+            self.sessions.remove(viewer)
+            raise
+        metrics.VIEWERS_ACTIVE.labels(name).inc()
+        return answer, viewer
+
+    def _remote_session_ended(self, viewer: RemoteViewer, reason: CloseReason | None) -> None:
+        """A worker's viewer ended (``reason``: to count here, None when its worker counted it)."""
+        self.sessions.remove(viewer)
+        metrics.VIEWERS_ACTIVE.labels(viewer.process_id).dec()
+        if reason is not None:
+            metrics.VIEWERS_CLOSED.labels(reason.value).inc()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Measure the server's own CPU (this process; FFmpeg children are not in it) for admission."""
@@ -156,25 +180,14 @@ class WhepServer:
             self.cpu_percent = 100.0 * (time.process_time() - cpu) / (time.monotonic() - at)
 
     def _admit(self) -> None:
-        """Refuse a new viewer (503 + Retry-After) before the server's core saturates: over the viewer
-        budget, or while the server's own CPU over the last second is above ``admission_cpu_percent``."""
-        budget = self.settings.max_viewers_per_core
-        if len(self.sessions) >= budget:
-            raise WhepRefused(
-                503,
-                f"the server is at capacity ({budget} viewers per core); retry in {RETRY_AFTER_FULL} s",
-                field="webrtc.max_viewers_per_core",
-                retry_after=RETRY_AFTER_FULL,
-            )
-        limit = self.settings.admission_cpu_percent
-        if self.cpu_percent > limit:
-            raise WhepRefused(
-                503,
-                f"the server is at capacity (CPU {self.cpu_percent:.0f} % of a core, above {limit:g} %); "
-                f"retry in {RETRY_AFTER_FULL} s",
-                field="webrtc.admission_cpu_percent",
-                retry_after=RETRY_AFTER_FULL,
-            )
+        """Refuse a new in-process viewer (503 + Retry-After) before the server's core saturates."""
+        check_capacity(
+            len(self.sessions),
+            self.cpu_percent,
+            budget=self.settings.max_viewers_per_core,
+            cpu_limit=self.settings.admission_cpu_percent,
+            where="the server",
+        )
 
     async def trickle(
         self, name: str, resource_id: str, sdpfrag: str, *, if_match: str | None = None

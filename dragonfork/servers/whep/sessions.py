@@ -1,4 +1,8 @@
-"""The WHEP session table: resource id → running ``Viewer``, for PATCH/DELETE and the viewer cap."""
+"""The WHEP session table: resource id → running viewer, for PATCH/DELETE and the viewer cap.
+
+A viewer in it is a ``Viewer`` running in this process, or (with WebRTC worker processes) the server's
+``RemoteViewer`` for one running in a worker: both are a ``SessionEntry``.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,28 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from dragonfork.webrtc.viewer import Viewer
+from dragonfork.webrtc.viewer import CloseReason, Viewer
 
 if TYPE_CHECKING:
     from dragonfork.stream.stream import Stream
+
+
+class SessionEntry(Protocol):
+    """What the table, PATCH, DELETE and the session observers use of a viewer."""
+
+    id: str
+    process_id: str
+    entity_tag: str
+    bytes_sent: int
+    setup_seconds: float | None
+    time_to_first_frame_seconds: float | None
+    close_reason: CloseReason | None
+
+    def close(self, reason: CloseReason = CloseReason.DELETE) -> None: ...
+
+    async def add_remote_candidates(self, sdpfrag: str, *, if_match_sent: bool = True) -> None: ...
+
+    def traffic(self) -> tuple[int, int]: ...
 
 
 class ViewerCapReached(Exception):
@@ -30,11 +52,11 @@ class ViewerRefused(Exception):
 class ViewerObserver(Protocol):
     """Told of every viewer that enters and leaves the table (the session collectors' ``webrtc`` side)."""
 
-    def opened(self, viewer: Viewer, client: Any) -> None:
+    def opened(self, viewer: SessionEntry, client: Any) -> None:
         """A viewer is starting; ``client`` is how the caller identified its client. Raises
         ``ViewerRefused`` to turn it away."""
 
-    def closed(self, viewer: Viewer) -> None: ...
+    def closed(self, viewer: SessionEntry) -> None: ...
 
 
 class ViewerSessions:
@@ -46,23 +68,26 @@ class ViewerSessions:
     """
 
     def __init__(self, observer: ViewerObserver | None = None) -> None:
-        self._viewers: dict[str, Viewer] = {}
+        self._viewers: dict[str, SessionEntry] = {}
         self._per_process: collections.Counter[str] = collections.Counter()
         self._observer = observer
 
-    def get(self, viewer_id: str) -> Viewer | None:
+    def get(self, viewer_id: str) -> SessionEntry | None:
         return self._viewers.get(viewer_id)
 
     def count(self, process_id: str) -> int:
         return self._per_process[process_id]
 
-    def viewers(self, process_id: str) -> list[Viewer]:
+    def viewers(self, process_id: str) -> list[SessionEntry]:
         return [viewer for viewer in self._viewers.values() if viewer.process_id == process_id]
+
+    def all_viewers(self) -> list[SessionEntry]:
+        return list(self._viewers.values())
 
     def __len__(self) -> int:
         return len(self._viewers)
 
-    def add(self, viewer: Viewer, *, max_viewers: int | None = None, client: Any = None) -> None:
+    def add(self, viewer: SessionEntry, *, max_viewers: int | None = None, client: Any = None) -> None:
         """Register a viewer; raise ``ViewerCapReached`` if its process already has ``max_viewers``, or
         ``ViewerRefused`` from the observer."""
         if max_viewers is not None and self.count(viewer.process_id) >= max_viewers:
@@ -72,7 +97,7 @@ class ViewerSessions:
         self._viewers[viewer.id] = viewer
         self._per_process[viewer.process_id] += 1
 
-    def remove(self, viewer: Viewer) -> None:
+    def remove(self, viewer: SessionEntry) -> None:
         """Forget a viewer (idempotent)."""
         if self._viewers.pop(viewer.id, None) is not None:
             self._per_process[viewer.process_id] -= 1
