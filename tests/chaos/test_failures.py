@@ -30,6 +30,8 @@ from harness import (
 )
 from whep_peers import play
 
+from dragonfork.servers.whep.workers import WORKER_MODULE
+
 pytestmark = pytest.mark.chaos
 
 
@@ -124,8 +126,9 @@ def test_a_missing_ffmpeg_binary_fails_the_processes_with_the_setting_to_change(
 
 def test_after_kill_9_no_ffmpeg_survives_and_a_restart_plays_again(tmp_path: Path) -> None:
     """Regression: ``kill -9`` of the server left its FFmpeg children running (and sending RTP to the ports
-    the restarted server binds again). The children die with the server now (PR_SET_PDEATHSIG)."""
-    with running_server(tmp_path) as server:
+    the restarted server binds again). The children die with the server now (PR_SET_PDEATHSIG), and so do
+    its WebRTC worker processes (``webrtc.workers: 2`` here)."""
+    with running_server(tmp_path, CORE_WEBRTC_WORKERS="2") as server:
         for index in range(2):
             body = lavfi_process(f"cam{index}", webrtc=True)
             assert server.api("POST", "/api/v3/process", json=body).status_code < 300
@@ -136,15 +139,21 @@ def test_after_kill_9_no_ffmpeg_survives_and_a_restart_plays_again(tmp_path: Pat
         # PR_SET_PDEATHSIG (tied to the forking thread) would have killed it by now.
         time.sleep(max(0.0, 12 - (time.time() - max(psutil.Process(pid).create_time() for pid in pids))))
         assert sorted(child.pid for child in ffmpeg_children(server)) == sorted(pids)
-        ledger = sorted(int(path.name) for path in (server.data_dir / "children").iterdir())
-        assert ledger == sorted(pids)
         assert server.proc is not None
+        workers = [
+            child.pid
+            for child in psutil.Process(server.proc.pid).children()
+            if WORKER_MODULE in child.cmdline()
+        ]
+        assert len(workers) == 2
+        ledger = sorted(int(path.name) for path in (server.data_dir / "children").iterdir())
+        assert ledger == sorted(pids + workers)
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait()
         gone, alive = psutil.wait_procs(
-            [psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)], timeout=5
+            [psutil.Process(pid) for pid in pids + workers if psutil.pid_exists(pid)], timeout=5
         )
-        assert not alive, f"FFmpeg children survived the server: {alive}"
+        assert not alive, f"FFmpeg children or WebRTC workers survived the server: {alive}"
         server.start()
         for index in range(2):
             wait_live(server, f"cam{index}")

@@ -13,6 +13,8 @@ import pytest
 from harness import Server, lavfi_process, metric, running_server, wait_live, whep_url
 from whep_peers import aiortc_offer, play, start_client
 
+from dragonfork.servers.whep.workers import WORKER_MODULE
+
 SDP = {"Content-Type": "application/sdp"}
 TRICKLE = {"Content-Type": "application/trickle-ice-sdpfrag"}
 WEBRTC_ENV = {
@@ -31,6 +33,22 @@ def whep_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         )
         wait_live(server, "cam")
         yield server
+
+
+@pytest.fixture(scope="module")
+def whep_server_with_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server whose viewers run in two WebRTC worker processes (``webrtc.workers: 2``)."""
+    env = {**WEBRTC_ENV, "CORE_WEBRTC_WORKERS": "2"}
+    with running_server(tmp_path_factory.mktemp("whep-workers"), **env) as server:
+        yield server
+
+
+def udp_sockets(server: Server) -> int:
+    """UDP sockets of the server and of its WebRTC workers (where their viewers' ICE sockets are)."""
+    assert server.proc is not None
+    process = psutil.Process(server.proc.pid)
+    processes = [process] + [child for child in process.children() if WORKER_MODULE in child.cmdline()]
+    return sum(len(each.net_connections(kind="udp")) for each in processes)
 
 
 def test_viewer_decodes_video_and_receives_audio(whep_server: Server) -> None:
@@ -185,14 +203,18 @@ def test_at_least_eleven_webrtc_metrics(whep_server: Server) -> None:
     assert len(names) >= 11, names
 
 
+@pytest.mark.parametrize("servers", ["whep_server", "whep_server_with_workers"])
 @pytest.mark.parametrize("action", ["stop", "restart", "delete", "crash"])
-def test_teardown_closes_every_viewer_within_a_second(whep_server: Server, action: str) -> None:
+def test_teardown_closes_every_viewer_within_a_second(
+    request: pytest.FixtureRequest, servers: str, action: str
+) -> None:
+    whep_server: Server = request.getfixturevalue(servers)
     process_id = f"teardown-{action}"
     config = lavfi_process(process_id, webrtc=True, reconnect=True, reconnect_delay_seconds=1)
     assert whep_server.api("POST", "/api/v3/process", json=config).status_code == 200
     wait_live(whep_server, process_id)
     server_pid = whep_server.proc.pid
-    udp_before = len(psutil.Process(server_pid).net_connections(kind="udp"))
+    udp_before = udp_sockets(whep_server)
     clients = [start_client(whep_url(whep_server, process_id), duration=30) for _ in range(3)]
     whep_server.wait_for(
         lambda: metric(whep_server, "dragonfork_webrtc_viewers_active", process=process_id) == 3,
@@ -223,7 +245,7 @@ def test_teardown_closes_every_viewer_within_a_second(whep_server: Server, actio
     assert max(delays) < 3
 
     assert metric(whep_server, "dragonfork_webrtc_viewers_active", process=process_id) == 0
-    udp_after = len(psutil.Process(server_pid).net_connections(kind="udp"))
+    udp_after = udp_sockets(whep_server)
     # Each viewer held aioice sockets; they are closed with the peers (the source pair may be rebound).
     assert udp_after <= udp_before, (udp_before, udp_after)
     if action in ("restart", "crash"):
@@ -324,3 +346,54 @@ def test_an_offer_while_the_process_starts_waits_for_its_stream_and_a_stopped_on
     assert time.monotonic() - asked_at < 1  # nothing to wait for: it is not ordered to run
     assert "has no media yet" in response.json()["message"]
     assert whep_server.api("DELETE", "/api/v3/process/late").status_code == 200
+
+
+def worker_processes(server: Server) -> list[psutil.Process]:
+    assert server.proc is not None
+    children = psutil.Process(server.proc.pid).children()
+    return [child for child in children if WORKER_MODULE in child.cmdline()]
+
+
+def test_a_killed_worker_is_counted_its_viewers_closed_and_it_is_restarted(
+    whep_server_with_workers: Server,
+) -> None:
+    """kill -9 of one WebRTC worker: logged with its index and cause, counted, its viewer's session gone
+    (and counted ``worker_failed``), the other worker's viewer keeps playing, and a new worker takes over."""
+    server = whep_server_with_workers
+    process_id = "worker-kill"
+    assert (
+        server.api("POST", "/api/v3/process", json=lavfi_process(process_id, webrtc=True)).status_code == 200
+    )
+    wait_live(server, process_id)
+    workers = worker_processes(server)
+    assert len(workers) == 2
+    clients = [start_client(whep_url(server, process_id), duration=12) for _ in range(2)]
+    server.wait_for(
+        lambda: metric(server, "dragonfork_webrtc_viewers_active", process=process_id) == 2, 15, "2 viewers"
+    )
+    failures = metric(server, "dragonfork_failures_total", component="webrtc_worker", cause="SIGKILL")
+    workers[0].kill()
+    # The least-loaded choice put one viewer on each worker: one session ends, the other plays on.
+    server.wait_for(
+        lambda: metric(server, "dragonfork_webrtc_viewers_active", process=process_id) == 1,
+        5,
+        "the killed worker's viewer to be closed",
+    )
+    assert (
+        metric(server, "dragonfork_failures_total", component="webrtc_worker", cause="SIGKILL")
+        == failures + 1
+    )
+    assert metric(server, "dragonfork_webrtc_viewers_closed_total", reason="worker_failed") >= 1
+    failed = [
+        line for line in server.log().splitlines() if "webrtc_worker_failed" in line and "SIGKILL" in line
+    ]
+    assert failed and f'"pid": {workers[0].pid}' in failed[-1], failed
+    server.wait_for(lambda: len(worker_processes(server)) == 2, 15, "the worker to be restarted")
+    assert workers[0].pid not in [worker.pid for worker in worker_processes(server)]
+    reports = [client.report() for client in clients]
+    # The killed worker could not say goodbye (no DTLS close_notify): its viewer just stopped receiving.
+    decoded = sorted(report["video_frames_decoded"] for report in reports)
+    assert decoded[0] < 150 and decoded[1] > 200, [(r["video_frames_decoded"], r["error"]) for r in reports]
+    report = play(whep_url(server, process_id), duration=2)  # the new worker (the least loaded) serves
+    assert report["error"] is None and report["video_frames_decoded"] > 10, report
+    assert server.api("DELETE", f"/api/v3/process/{process_id}").status_code == 200
