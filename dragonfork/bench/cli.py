@@ -84,6 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps", help="comma-separated viewer counts (default 1,10,25,50,100,200)")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="a second fan-out sweep with webrtc.workers N on every CPU (default 2; 1: skip it)",
+    )
+    parser.add_argument(
         "--render-only", action="store_true", help="rewrite README.md and the plots from OUT/results.json"
     )
 
@@ -115,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
         if args.memfs_only:
             print(json.dumps(trio.run(run_memfs_reads, settings), indent=2))
             return 0
-        results = trio.run(run_suite, settings, not args.no_janus)
+        results = trio.run(run_suite, settings, not args.no_janus, args.workers)
         _write(results, out)
     print(f"wrote {out / 'README.md'} and {out / 'results.json'}", file=sys.stderr)
     failed = [name for name, figures in results.items() if isinstance(figures, dict) and figures.get("error")]
@@ -136,7 +142,7 @@ async def run_memfs_reads(settings: Any) -> dict[str, Any]:
     return {**figures, "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 
-async def run_suite(settings: Any, with_janus: bool) -> dict[str, Any]:
+async def run_suite(settings: Any, with_janus: bool, workers: int = 1) -> dict[str, Any]:
     from dragonfork.bench.hls_reads import memfs_reads
     from dragonfork.bench.media import DESCRIPTION, make_clip
     from dragonfork.bench.servers import ServerFailed, dragonfork_server, janus_server
@@ -158,6 +164,13 @@ async def run_suite(settings: Any, with_janus: bool) -> dict[str, Any]:
                 ours["fan_out"] = await fan_out(server, settings)
                 say("dragonfork: memfs under HLS clients")
                 ours["memfs_reads"] = await memfs_reads(server)
+            if workers > 1:
+                say(f"dragonfork: restarting with webrtc.workers {workers}, on every CPU")
+                every_cpu = (settings.server_cpus or set()) | (settings.client_cpus or set()) or None
+                async with dragonfork_server(
+                    workdir, clip, keyframe_cache=True, cpus=every_cpu, workers=workers
+                ) as server:
+                    results["dragonfork_workers"] = {"fan_out": await fan_out(server, settings)}
             say("dragonfork: restarting with the keyframe cache off")
             async with dragonfork_server(workdir, clip, keyframe_cache=False, cpus=cpus) as server:
                 ours["first_frames_cache_off"] = await first_frames(server, settings)

@@ -31,6 +31,7 @@ import trio
 
 from dragonfork.bench.media import ffmpeg_binary, with_rtp_ports
 from dragonfork.loadtest.viewer import Target
+from dragonfork.servers.whep.workers import WORKER_MODULE
 from dragonfork.stream.ingest.ports import pair_is_free
 
 READY_TIMEOUT = 30.0
@@ -55,6 +56,17 @@ class RunningServer:
     log: Path
     feed_pid: int | None = None  # the FFmpeg feeding it, when it is not the server's own child
     metrics_url: str | None = None  # Prometheus text (dragonfork only)
+    workers: int = 1  # dragonfork's webrtc.workers: the cores it may serve viewers on
+
+    def worker_pids(self) -> list[int]:
+        """dragonfork's WebRTC worker processes (none when its viewers run in the server itself)."""
+        if self.workers <= 1:
+            return []
+        try:
+            children = psutil.Process(self.pid).children()
+        except psutil.Error:
+            return []
+        return [child.pid for child in children if WORKER_MODULE in child.cmdline()]
 
     def alive(self) -> bool:
         try:
@@ -130,10 +142,11 @@ async def _poll(what: str, check: object, timeout: float, log: Path) -> None:
 
 @contextlib.asynccontextmanager
 async def dragonfork_server(
-    workdir: Path, clip: Path, *, keyframe_cache: bool, cpus: set[int] | None
+    workdir: Path, clip: Path, *, keyframe_cache: bool, cpus: set[int] | None, workers: int = 1
 ) -> AsyncIterator[RunningServer]:
-    """A dragonfork server with one WebRTC process playing ``clip``, ready for viewers."""
-    db = workdir / f"dragonfork-{'cache' if keyframe_cache else 'nocache'}"
+    """A dragonfork server with one WebRTC process playing ``clip``, ready for viewers (in the server, or
+    in ``workers`` WebRTC worker processes)."""
+    db = workdir / f"dragonfork-{'cache' if keyframe_cache else 'nocache'}-{workers}-workers"
     (db / "data").mkdir(parents=True)
     shutil.copy(clip, db / "data" / "clip.mkv")
     http_port, rtp_port = free_port(), _free_udp_pair()
@@ -150,6 +163,7 @@ async def dragonfork_server(
         "CORE_WEBRTC_PORT_FIRST": str(rtp_port),
         "CORE_WEBRTC_PORT_LAST": str(rtp_port + 1),
         "CORE_WEBRTC_KEYFRAME_CACHE_ENABLE": "true" if keyframe_cache else "false",
+        "CORE_WEBRTC_WORKERS": str(workers),
     }
     log = db / "server.log"
     api = f"http://127.0.0.1:{http_port}"
@@ -184,13 +198,14 @@ async def dragonfork_server(
         await _poll("the benchmark process serving media", has_media, READY_TIMEOUT, log)
         state = (await http.get(f"{api}/api/v3/process/{PROCESS_ID}/state")).json()
         yield RunningServer(
-            name="dragonfork",
+            name="dragonfork" if workers <= 1 else "dragonfork_workers",
             pid=process.pid,
             target=Target(f"{api}/api/v3/whep/{PROCESS_ID}"),
             video_port=rtp_port,
             feed_command=state["command"],
             log=log,
             metrics_url=f"{api}/metrics",
+            workers=workers,
         )
 
 

@@ -7,8 +7,11 @@
 - ``first_frames``: viewers join one at a time, each leaving once its first complete keyframe arrived and
   decoded: time to first frame, signalling and ICE+DTLS times on an otherwise idle server.
 
-CPU is measured on the server's process only (psutil, user + system time). The server runs on the CPUs in
-``server_cpus``; viewers, this orchestrator, the packet capture and py-spy run on ``client_cpus``.
+CPU is measured on the server's process only (psutil, user + system time), plus, for dragonfork with
+``webrtc.workers`` above 1, its WebRTC worker processes (``server_cpu_percent`` is then the sum over the
+server and its workers: the CPU that serves the viewers, whichever process spends it; FFmpeg apart). The
+server runs on the CPUs in ``server_cpus``; viewers, this orchestrator, the packet capture and py-spy run on
+``client_cpus``.
 """
 
 from __future__ import annotations
@@ -110,6 +113,8 @@ async def measure_window(
 ) -> dict[str, Any]:
     """Server CPU/RSS, what the viewers received and lost, client CPU, socket drops, over ``seconds``."""
     usage0, counters0, drops0 = meter.read(), test.snapshot(), await _server_drops(server)
+    worker_pids = server.worker_pids()
+    workers0 = _cpu_seconds(worker_pids)
     clients0, socket_drops0, started = (
         _cpu_seconds(test.worker_pids),
         _udp_receive_buffer_errors(),
@@ -117,12 +122,15 @@ async def measure_window(
     )
     await trio.sleep(seconds)
     usage1, counters1, drops1 = meter.read(), test.snapshot(), await _server_drops(server)
+    workers1 = _cpu_seconds(worker_pids)
     clients1, socket_drops1, elapsed = (
         _cpu_seconds(test.worker_pids),
         _udp_receive_buffer_errors(),
         time.monotonic() - started,
     )
-    server_percent, feed_percent = cpu_percent(usage0, usage1)
+    server_percent, children_percent = cpu_percent(usage0, usage1)
+    workers_percent = 100.0 * (workers1 - workers0) / elapsed  # the meter counts them with its children
+    feed_percent = children_percent - workers_percent
     received = expected = 0
     viewer_loss = []
     for viewer, after in counters1.items():
@@ -131,13 +139,14 @@ async def measure_window(
         wanted = after[1] + after[3] - before[1] - before[3]
         received, expected = received + got, expected + wanted
         viewer_loss.append(loss_percent(got, wanted))
-    server_cpu_seconds = usage1.cpu_seconds - usage0.cpu_seconds
+    server_cpu_seconds = usage1.cpu_seconds - usage0.cpu_seconds + workers1 - workers0
     client_cpus = len(os.sched_getaffinity(test.worker_pids[0])) if test.worker_pids else 1
     client_percent = 100.0 * (clients1 - clients0) / elapsed / client_cpus
     return {
         "seconds": round(elapsed, 2),
         "connected": test.connected,
-        "server_cpu_percent": round(server_percent, 1),
+        "server_cpu_percent": round(server_percent + workers_percent, 1),
+        "workers_cpu_percent": round(workers_percent, 1),
         "ffmpeg_cpu_percent": round(feed_percent, 1),
         "server_rss_mib": round(usage1.rss_bytes / 2**20, 1),
         "packets_received": received,
@@ -201,7 +210,13 @@ async def fan_out(server: RunningServer, settings: SuiteSettings) -> dict[str, A
     """Viewers in steps until the server's core saturates (see the module docstring)."""
     meter = server_meter(server)
     can_capture = os.geteuid() == 0
-    result: dict[str, Any] = {"steps": [], "stopped": None, "profile": None, "setup": None}
+    result: dict[str, Any] = {
+        "steps": [],
+        "stopped": None,
+        "profile": None,
+        "setup": None,
+        "workers": server.workers,
+    }
     options = LoadTestOptions(
         target=server.target,
         workers=workers_for(max(settings.steps)),
@@ -239,8 +254,8 @@ async def fan_out(server: RunningServer, settings: SuiteSettings) -> dict[str, A
             if not server.alive():
                 result["stopped"] = f"the server died at {step} viewers; log tail:\n{server.log_tail()}"
                 break
-            if figures["server_cpu_percent"] >= SATURATED_PERCENT:
-                result["stopped"] = f"the server's core saturated at {step} viewers"
+            if figures["server_cpu_percent"] >= SATURATED_PERCENT * server.workers:
+                result["stopped"] = f"the server's cores ({server.workers}) saturated at {step} viewers"
                 break
     # joins while the fan-out grew: signalling, connection and first frames under load (sessions end above)
     result["setup"] = session_figures(list(test.setups.values()), test.ends)
