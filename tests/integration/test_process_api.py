@@ -8,7 +8,7 @@ import time
 
 import imageio_ffmpeg
 import psutil
-from harness import Server, free_port, lavfi_process
+from harness import Server, ffmpeg_children, free_port, lavfi_process
 
 
 def test_create_run_stop_finished(server: Server) -> None:
@@ -30,7 +30,7 @@ def test_create_run_stop_finished(server: Server) -> None:
     assert state["reconnect_seconds"] == -1
     assert {entry["type"] for entry in state["progress"]["outputs"]} == {"video"}
     assert state["command"][0] == imageio_ffmpeg.get_ffmpeg_exe()
-    pid_children = [child.pid for child in psutil.Process(server.proc.pid).children(recursive=True)]
+    pid_children = [child.pid for child in ffmpeg_children(server)]  # not the WebRTC workers, if any
     assert pid_children, "FFmpeg child not found under the server"
 
     assert server.api("PUT", "/api/v3/process/lifecycle/command", json={"command": "stop"}).status_code == 200
