@@ -491,6 +491,43 @@ class Route:
         return sorted(derived)
 
 
+def _signalling_routes(protocol: str, endpoint: str, offer: str) -> tuple[Route, ...]:
+    """A WHEP or WHIP endpoint's offer and its session resource (``endpoint/{resource}``): exists, trickle,
+    end."""
+    session = endpoint + "/{resource}"
+    return (
+        Route(
+            "post",
+            endpoint,
+            f"{protocol}: {offer}",
+            body=_SDP,
+            status=201,
+            response=_SDP,
+            errors=(406, 409, 503, 504),
+        ),
+        *(
+            Route(method, session, f"{protocol}: the session exists (204 + ETag, no body)", status=204)
+            for method in ("get", "head")
+        ),
+        Route(
+            "patch",
+            session,
+            f"{protocol}: trickle ICE candidates (If-Match other than the ETag: 412; ICE restart: 428 "
+            "without If-Match, else 422)",
+            body=_TRICKLE,
+            status=204,
+            errors=(412, 422, 428),
+        ),
+        Route(
+            "delete",
+            session,
+            f"{protocol}: end the session (idempotent: 204 for unknown sessions too)",
+            status=204,
+            not_found=False,
+        ),
+    )
+
+
 _FILTER = (
     "filter",
     "Comma-separated views to include: config, state, report, metadata (default all)",
@@ -671,38 +708,19 @@ ROUTES: tuple[Route, ...] = (
         public=True,
     ),
     Route("get", "/api/v3/config/reload", "Apply the stored configuration", response=_STRING),
-    Route(
-        "post",
+    *_signalling_routes(
+        "WHEP",
         "/api/v3/whep/{id}",
-        "WHEP: SDP offer → 201 + SDP answer (Location, ETag, Link ice-server)",
-        body=_SDP,
-        status=201,
-        response=_SDP,
-        errors=(406, 409, 503, 504),
+        "SDP offer → 201 + SDP answer (Location, ETag, Link ice-server)",
     ),
     *(
-        Route(method, path, f"WHEP: {what} exists (draft-04: 204 without a body)", status=204)
-        for method in ("get", "head")
-        for path, what in (
-            ("/api/v3/whep/{id}", "the endpoint"),
-            ("/api/v3/whep/{id}/{resource}", "the session"),
+        Route(
+            method,
+            "/api/v3/whep/{id}",
+            "WHEP: the endpoint exists (draft-04: 204 without a body)",
+            status=204,
         )
-    ),
-    Route(
-        "patch",
-        "/api/v3/whep/{id}/{resource}",
-        "WHEP: trickle ICE candidates (If-Match other than the ETag: 412; ICE restart: 428 without If-Match, "
-        "else 422)",
-        body=_TRICKLE,
-        status=204,
-        errors=(412, 422, 428),
-    ),
-    Route(
-        "delete",
-        "/api/v3/whep/{id}/{resource}",
-        "WHEP: end the session (idempotent: 204 for unknown sessions too)",
-        status=204,
-        not_found=False,
+        for method in ("get", "head")
     ),
     Route(
         "get",
@@ -717,34 +735,11 @@ ROUTES: tuple[Route, ...] = (
         "RTMP, SRT and WHIP ingest: how to publish, live publishers, errors",
         response="api.Ingest",
     ),
-    Route(
-        "post",
+    *_signalling_routes(
+        "WHIP",
         "/api/v3/whip/{name}",
-        "WHIP: publisher's SDP offer → 201 + SDP answer (Location, ETag, Link ice-server); 404 while WHIP "
-        "is off, 409 for a live name, 503 over whip.max_publishers",
-        body=_SDP,
-        status=201,
-        response=_SDP,
-        errors=(406, 409, 503, 504),
-    ),
-    *(
-        Route(method, "/api/v3/whip/{name}/{resource}", "WHIP: the session exists (204 + ETag)", status=204)
-        for method in ("get", "head")
-    ),
-    Route(
-        "patch",
-        "/api/v3/whip/{name}/{resource}",
-        "WHIP: trickle ICE candidates (If-Match other than the ETag: 412)",
-        body=_TRICKLE,
-        status=204,
-        errors=(412, 422, 428),
-    ),
-    Route(
-        "delete",
-        "/api/v3/whip/{name}/{resource}",
-        "WHIP: end the session (idempotent: 204 for unknown sessions too)",
-        status=204,
-        not_found=False,
+        "publisher's SDP offer → 201 + SDP answer (Location, ETag, Link ice-server); 404 while WHIP is off, "
+        "409 for a live name, 503 over whip.max_publishers",
     ),
     Route(
         "get",
