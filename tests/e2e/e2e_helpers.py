@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import Server
+from harness import Server, free_port, running_server
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -136,3 +138,27 @@ def create_ingest_process(page: Page, process_id: str, protocol: str, name: str)
     page.check("#editor input[name='webrtc.enabled']")
     page.click("#editor button[type=submit]")
     page.wait_for_selector("#editor", state="hidden")
+
+
+def admin_alert_of_a_server_down(
+    new_page: Callable[..., Page], directory: Path, section: str
+) -> tuple[str, int]:
+    """The admin UI's alert for the ingest server ``section`` (``rtmp`` or ``srt``) after a config reload
+    moved it to a port another socket holds, and that port."""
+    config_file = directory / "core.json"
+    config_file.write_text(json.dumps({section: {"enable": True, "address": f"127.0.0.1:{free_port()}"}}))
+    kind = socket.SOCK_STREAM if section == "rtmp" else socket.SOCK_DGRAM
+    with (
+        running_server(directory, CORE_CONFIGFILE=str(config_file)) as server,
+        socket.socket(type=kind) as taken,
+    ):
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        update = {"version": 3, section: {"address": f"127.0.0.1:{port}"}}
+        assert server.api("PUT", "/api/v3/config", json=update).json() == "OK"
+        assert server.api("GET", "/api/v3/config/reload").json() == "OK"
+        page = new_page()
+        page.goto(server.url)
+        alert = page.wait_for_selector(f"#ingest-errors [role=alert][data-protocol={section.upper()}]")
+        assert alert is not None
+        return alert.inner_text(), port

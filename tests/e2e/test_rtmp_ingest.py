@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pytest
-from e2e_helpers import create_ingest_process, video_pixels, wait_for_media, wait_for_webrtc_ready, whep_url
+from e2e_helpers import (
+    admin_alert_of_a_server_down,
+    create_ingest_process,
+    video_pixels,
+    wait_for_media,
+    wait_for_webrtc_ready,
+    whep_url,
+)
 from harness import Server, free_port, running_server
 from rtmp_helpers import Publisher, wait_until
 
@@ -68,3 +75,9 @@ def test_browser_plays_the_rtmp_feed_over_whep(page: Page, server: Server) -> No
     wait_for_media(page, server, frames=30, timeout=15)
     pixels = video_pixels(page, "video")
     assert (pixels["width"], pixels["height"]) == (320, 240) and pixels["litFraction"] > 0.5, pixels
+
+
+def test_admin_shows_why_the_rtmp_server_is_down(new_page: Callable[..., Page], tmp_path: Path) -> None:
+    """A reload to an address another socket holds: the publishers panel says the server is down and why."""
+    alert, port = admin_alert_of_a_server_down(new_page, tmp_path, "rtmp")
+    assert alert.startswith("RTMP server is down:") and f"127.0.0.1:{port}" in alert, alert

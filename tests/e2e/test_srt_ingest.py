@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pytest
-from e2e_helpers import video_pixels, wait_for_media, wait_for_webrtc_ready, whep_url
+from e2e_helpers import (
+    admin_alert_of_a_server_down,
+    video_pixels,
+    wait_for_media,
+    wait_for_webrtc_ready,
+    whep_url,
+)
 from harness import Server, running_server
 from rtmp_helpers import wait_until
 from srt_helpers import free_udp_port, publish_live, srt_url, stop
@@ -80,3 +86,9 @@ def test_browser_plays_the_srt_feed_over_whep(page: Page, server: Server) -> Non
     wait_for_media(page, server, frames=30, timeout=15)
     pixels = video_pixels(page, "video")
     assert (pixels["width"], pixels["height"]) == (320, 240) and pixels["litFraction"] > 0.5, pixels
+
+
+def test_admin_shows_why_the_srt_server_is_down(new_page: Callable[..., Page], tmp_path: Path) -> None:
+    """A reload to an address another socket holds: the publishers panel says the server is down and why."""
+    alert, port = admin_alert_of_a_server_down(new_page, tmp_path, "srt")
+    assert alert.startswith("SRT server is down:") and f"127.0.0.1:{port}" in alert, alert

@@ -4,7 +4,15 @@
 
 import { Api, ApiError } from "./api.js";
 import { copyText } from "./clipboard.js";
-import { publisherRows, publishTargets, rtmpServerUrl, srtPublishUrl, srtServerUrl, whipUrl } from "./ingest.js";
+import {
+  ingestErrors,
+  publisherRows,
+  publishTargets,
+  rtmpServerUrl,
+  srtPublishUrl,
+  srtServerUrl,
+  whipUrl,
+} from "./ingest.js";
 import { ProcessEditor } from "./process-editor.js";
 import { Trends, sparkline } from "./trends.js";
 import { PlayerView } from "./whep-player.js";
@@ -315,8 +323,17 @@ function renderPublishers() {
   const rtmp = rtmpServerUrl(ingest?.rtmp);
   const srt = srtServerUrl(ingest?.srt);
   const whip = whipUrl(ingest?.whip, "NAME");
-  $("#ingest").hidden = !rtmp && !srt && !whip;
-  if (!rtmp && !srt && !whip) return;
+  const errors = ingestErrors(ingest);
+  $("#ingest").hidden = !rtmp && !srt && !whip && errors.length === 0;
+  $("#ingest-errors").replaceChildren(
+    ...errors.map(({ protocol, error }) =>
+      el(
+        "p",
+        { class: "last-error", role: "alert", "data-protocol": protocol },
+        `${protocol} server is down: ${error}`,
+      ),
+    ),
+  );
   $("#publish-here").replaceChildren(
     ...(rtmp ? rtmpHelp(rtmp) : []),
     ...(srt ? srtHelp() : []),

@@ -84,6 +84,17 @@ export function publisherRows(ingest) {
   return rows;
 }
 
+/** The ingest servers that are down and why (a config reload could not restart them: address in use, ...). */
+export function ingestErrors(ingest) {
+  return [
+    ["RTMP", ingest?.rtmp],
+    ["SRT", ingest?.srt],
+    ["WHIP", ingest?.whip],
+  ]
+    .filter(([, server]) => server?.error)
+    .map(([protocol, server]) => ({ protocol, error: server.error }));
+}
+
 /** The address of an input fed by a publisher of `protocol` under `name` (the process form's shortcut). */
 export function ingestAddress(protocol, name) {
   return `{${protocol},name=${name}}`;
