@@ -13,11 +13,20 @@ enabled.
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 from quart import Blueprint, jsonify
 
 from dragonfork.config import host_port
 from dragonfork.core import RTMP_SERVICE, SRT_SERVICE, WHIP_SERVICE, Core
+
+
+def _live(publisher: Any, now: float, *fields: str) -> dict[str, object]:
+    """A live publisher's ``fields`` and its uptime (from its ``since``, a ``trio.current_time()``)."""
+    return {name: getattr(publisher, name) for name in fields} | {
+        "uptime_seconds": round(now - publisher.since, 1)
+    }
 
 
 def ingest_blueprint(core: Core) -> Blueprint:
@@ -46,14 +55,7 @@ def ingest_blueprint(core: Core) -> Blueprint:
                 app=settings.app,
                 token=settings.token,
                 publishers=[
-                    {
-                        "name": publisher.name,
-                        "path": publisher.path,
-                        "remote": publisher.remote,
-                        "uptime_seconds": round(now - publisher.since, 1),
-                        "bytes_received": publisher.bytes_received,
-                        "media_messages": publisher.media_messages,
-                    }
+                    _live(publisher, now, "name", "path", "remote", "bytes_received", "media_messages")
                     for publisher in core.rtmp.publishers()
                 ],
             )
@@ -71,14 +73,7 @@ def ingest_blueprint(core: Core) -> Blueprint:
                 path="/api/v3/whip",
                 bearer_token_required=core.settings.api.auth.enable,
                 publishers=[
-                    {
-                        "name": publisher.name,
-                        "remote": publisher.remote,
-                        "state": publisher.state,
-                        "uptime_seconds": round(now - publisher.since, 1),
-                        "bytes_received": publisher.bytes_received,
-                        "packets_received": publisher.packets_received,
-                    }
+                    _live(publisher, now, "name", "remote", "state", "bytes_received", "packets_received")
                     for publisher in core.whip.publishers()
                 ],
             )
