@@ -5,15 +5,40 @@ A service asks a ``Stream`` of the hub to start its readers (in the stream's nur
 reader tasks. HTTP routes call a service's small API and never wire objects together themselves.
 """
 
+import collections
+import dataclasses
 import hashlib
+import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from dragonfork.webrtc.sdp import SdpRejected
 
 
 class ListenFailed(Exception):
     """A service cannot listen on its configured address (in use, not ours); the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RefusedClient:
+    remote: str
+    reason: str  # the metric label (dragonfork_ingest_refused_total)
+    message: str  # why, without secrets
+    at: float  # Unix time
+
+
+class RecentRefusals:
+    """The last clients an ingest server refused (wrong token, name taken, ...), newest first: the admin UI
+    shows them beside the live publishers, so a publisher that cannot get in sees why."""
+
+    def __init__(self, keep: int = 10) -> None:
+        self._recent: collections.deque[RefusedClient] = collections.deque(maxlen=keep)
+
+    def add(self, remote: str, reason: str, message: str) -> None:
+        self._recent.appendleft(RefusedClient(remote, reason, message, time.time()))
+
+    def view(self) -> list[dict[str, Any]]:
+        return [dataclasses.asdict(refusal) for refusal in self._recent]
 
 
 class ConnectionObserver(Protocol):

@@ -81,3 +81,14 @@ def test_admin_shows_why_the_rtmp_server_is_down(new_page: Callable[..., Page], 
     """A reload to an address another socket holds: the publishers panel says the server is down and why."""
     alert, port = admin_alert_of_a_server_down(new_page, tmp_path, "rtmp")
     assert alert.startswith("RTMP server is down:") and f"127.0.0.1:{port}" in alert, alert
+
+
+def test_admin_lists_a_refused_publisher_with_the_cause(page: Page, server: Server, tmp_path: Path) -> None:
+    url = f"rtmp://127.0.0.1:{server.rtmp_port}/intruder.stream?token=wrong"  # type: ignore[attr-defined]
+    with Publisher(url, tmp_path / "refused.log"):
+        wait_until(lambda: server.api("GET", "/api/v3/ingest").json()["rtmp"]["refused"], 20, "the refusal")
+    page.goto(server.url)
+    refusal = page.wait_for_selector("#ingest-refusals li[data-protocol=RTMP]")
+    assert refusal is not None
+    assert refusal.inner_text().endswith("refused: invalid token"), refusal.inner_text()
+    assert page.locator("#publisher-rows tr[data-publisher='live.stream']").count() == 1  # the live one stays

@@ -92,3 +92,17 @@ def test_admin_shows_why_the_srt_server_is_down(new_page: Callable[..., Page], t
     """A reload to an address another socket holds: the publishers panel says the server is down and why."""
     alert, port = admin_alert_of_a_server_down(new_page, tmp_path, "srt")
     assert alert.startswith("SRT server is down:") and f"127.0.0.1:{port}" in alert, alert
+
+
+def test_admin_lists_a_refused_publisher_with_the_cause(page: Page, server: Server, tmp_path: Path) -> None:
+    """A second publisher of the live cam2 is refused; the publishers panel says so, cam2 stays live."""
+    url = srt_url(server.srt_port, "cam2,mode:publish")  # type: ignore[attr-defined]
+    second = publish_live(url, tmp_path / "second.log", seconds=10)
+    try:
+        wait_until(lambda: server.api("GET", "/api/v3/ingest").json()["srt"]["refused"], 20, "the refusal")
+    finally:
+        stop(second)
+    page.goto(server.url)
+    refusal = page.wait_for_selector("#ingest-refusals li[data-protocol=SRT]")
+    assert refusal is not None and "cam2" in refusal.inner_text(), refusal and refusal.inner_text()
+    assert page.locator("#publisher-rows tr[data-publisher='cam2']").count() == 1

@@ -96,6 +96,8 @@ _PER_KIND = ("pix_fmt", "width", "height", "sampling_hz", "layout", "channels")
 # datarhei Core's log lines: ["<unix seconds>", "<line>"]
 _LOG = _array({**_array(_STRING), "minItems": 2, "maxItems": 2})
 _NAMED_LIST = _array(_ref("api.SkillsFormat"))
+# the clients an ingest server refused last (GET /api/v3/ingest)
+_REFUSED = _array(_object({"remote": _STRING, "reason": _STRING, "message": _STRING, "at": _NUMBER}))
 
 # Response schemas (and the request schemas that are not the process config), by component name: datarhei's
 # names (its swagger's definitions) where datarhei has the thing, with dragonfork's additions as extra fields.
@@ -398,9 +400,10 @@ SCHEMAS: dict[str, Schema] = {
                             }
                         )
                     ),
+                    "refused": _REFUSED,
                     "error": _STRING,
                 },
-                optional=("port", "tls_port", "app", "token", "publishers", "error"),
+                optional=("port", "tls_port", "app", "token", "publishers", "refused", "error"),
             ),
             "srt": _object(
                 {
@@ -423,9 +426,10 @@ SCHEMAS: dict[str, Schema] = {
                             }
                         )
                     ),
+                    "refused": _REFUSED,
                     "error": _STRING,
                 },
-                optional=("port", "token", "passphrase_set", "publishers", "error"),
+                optional=("port", "token", "passphrase_set", "publishers", "refused", "error"),
             ),
             "whip": _object(
                 {

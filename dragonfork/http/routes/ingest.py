@@ -5,7 +5,8 @@
 an array of them; datarhei's handler and its clients use the object). ``/api/v3/ingest`` has one entry per
 ingest protocol (RTMP, SRT, WHIP): whether it is
 enabled, what an encoder needs to publish (port, app, stream key token) and the live publishers with their
-counters (WHIP: its endpoint path and whether it needs an API access token), and ``error`` when a config
+counters (WHIP: its endpoint path and whether it needs an API access token), the clients RTMP and SRT
+refused last (``refused``: remote, reason, message, Unix time), and ``error`` when a config
 reload could not restart the RTMP, SRT or WHIP server (its listener's cause). The RTMP token is here
 because the admin UI builds OBS's stream key from it; ``/api/v3`` requires authentication whenever auth is
 enabled.
@@ -58,6 +59,7 @@ def ingest_blueprint(core: Core) -> Blueprint:
                     _live(publisher, now, "name", "path", "remote", "bytes_received", "media_messages")
                     for publisher in core.rtmp.publishers()
                 ],
+                refused=core.rtmp.refusals.view(),
             )
         srt: dict[str, object] = {"enabled": core.srt is not None}
         if core.srt is not None:
@@ -66,6 +68,7 @@ def ingest_blueprint(core: Core) -> Blueprint:
                 token=core.settings.srt.token,
                 passphrase_set=bool(core.settings.srt.passphrase),
                 publishers=core.srt.publishers(),
+                refused=core.srt.refusals.view(),
             )
         whip: dict[str, object] = {"enabled": core.whip is not None}
         if core.whip is not None:

@@ -6,6 +6,7 @@ import { Api, ApiError } from "./api.js";
 import { copyText } from "./clipboard.js";
 import {
   ingestErrors,
+  ingestRefusals,
   publisherRows,
   publishTargets,
   rtmpServerUrl,
@@ -332,6 +333,11 @@ function renderPublishers() {
         { class: "last-error", role: "alert", "data-protocol": protocol },
         `${protocol} server is down: ${error}`,
       ),
+    ),
+  );
+  $("#ingest-refusals").replaceChildren(
+    ...ingestRefusals(ingest).map(({ protocol, remote, message }) =>
+      el("li", { "data-protocol": protocol }, `${protocol} refused ${remote}: ${message}`),
     ),
   );
   $("#publish-here").replaceChildren(

@@ -95,6 +95,14 @@ export function ingestErrors(ingest) {
     .map(([protocol, server]) => ({ protocol, error: server.error }));
 }
 
+/** The clients the RTMP and SRT servers refused last (wrong token, name taken, ...), newest first. */
+export function ingestRefusals(ingest) {
+  return [
+    ...(ingest?.rtmp?.refused || []).map((refusal) => ({ protocol: "RTMP", ...refusal })),
+    ...(ingest?.srt?.refused || []).map((refusal) => ({ protocol: "SRT", ...refusal })),
+  ].sort((a, b) => b.at - a.at);
+}
+
 /** The address of an input fed by a publisher of `protocol` under `name` (the process form's shortcut). */
 export function ingestAddress(protocol, name) {
   return `{${protocol},name=${name}}`;

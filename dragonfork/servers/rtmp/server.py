@@ -19,7 +19,7 @@ import structlog
 import trio
 
 from dragonfork import metrics
-from dragonfork.servers import ConnectionObserver, ListenFailed
+from dragonfork.servers import ConnectionObserver, ListenFailed, RecentRefusals
 from dragonfork.servers.rtmp.session import (
     PROTOCOL,
     RtmpRefused,
@@ -76,6 +76,7 @@ class RtmpServer:
         self.settings = settings
         self.directory = directory
         self.observer = observer
+        self.refusals = RecentRefusals()
         self.sessions: dict[str, RtmpSession] = {}
         self._publishers: dict[str, RtmpSession] = {}
         self.addresses: list[tuple[str, int]] = []
@@ -149,6 +150,7 @@ class RtmpServer:
             exc = single_cause(raised)
             if isinstance(exc, RtmpRefused):
                 metrics.INGEST_REFUSALS.labels(PROTOCOL, exc.reason).inc()
+                self.refusals.add(session.remote, exc.reason, exc.message)
                 log.warning(
                     "rtmp_refused",
                     session=session.id,

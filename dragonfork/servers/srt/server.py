@@ -30,7 +30,7 @@ import structlog
 import trio
 
 from dragonfork import metrics
-from dragonfork.servers import ConnectionObserver, ListenFailed
+from dragonfork.servers import ConnectionObserver, ListenFailed, RecentRefusals
 from dragonfork.servers.srt import handshake as hs
 from dragonfork.servers.srt import packet as pk
 from dragonfork.servers.srt.connection import TICK, ConnectionClosed, ConnectionStats, SrtConnection
@@ -112,6 +112,7 @@ class SrtServer:
     def __init__(self, settings: SrtSettings, observer: ConnectionObserver | None = None) -> None:
         self.settings = settings
         self._observer = observer
+        self.refusals = RecentRefusals()
         self.address: tuple[str, int] | None = None
         self.channels: dict[str, Channel] = {}
         self._peers: dict[int, _Peer] = {}
@@ -283,6 +284,7 @@ class SrtServer:
             self._accept(request, address)
         except Refusal as refusal:
             self._refused(refusal.reason)
+            self.refusals.add(_display(address), refusal.reason, refusal.message)
             log.warning(
                 "srt_refused",
                 remote=_display(address),
