@@ -52,7 +52,7 @@ SERVER_ENV = {
     "CORE_FFMPEG_ACCESS_OUTPUT_BLOCK": NO_URLS,
     "CORE_WEBRTC_HANDSHAKE_TIMEOUT_SECONDS": "3",
     # a WHEP offer or a WHIP Matroska read of a name that is not live waits this long before its 409/404
-    "CORE_WEBRTC_PUBLISHER_WAIT_SECONDS": "0.5",
+    "CORE_WEBRTC_PUBLISHER_WAIT_SECONDS": "0.1",
 }
 # Fuzzed configs are stored and reloaded: the environment pins what would lock the fuzzer out (auth,
 # read-only, body size, CPU admission: a stored webrtc.admission_cpu_percent near 0 answers every offer
