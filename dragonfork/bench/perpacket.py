@@ -7,7 +7,8 @@ everything; this takes about a minute and measures one thing). It starts the ben
 JSON with ``--json``): µs of server CPU (user + system, the process's own) per packet the viewers received,
 in all and above the idle window's CPU, loss, the viewers' own CPU, the load average, and signalling (WHEP
 POST → 201, as the viewers saw it and as the server's histogram has it) and connection times of the
-joins; with ``--hop``, then the server hop (``hop_latency``).
+joins; with ``--hop``, then the server hop (``hop_latency``); with ``--profile SECONDS``, then a py-spy
+profile of the server sorted into the bench's buckets (``bench/profile.py``), µs per packet each.
 CPU seconds per packet are far less sensitive to a shared machine than wall-clock figures.
 """
 
@@ -30,8 +31,10 @@ from dragonfork.bench.servers import RunningServer, dragonfork_server
 from dragonfork.bench.suite import (
     JOIN_RATE,
     SETUP_TIMEOUT,
+    SuiteSettings,
     hop_latency,
     measure_window,
+    profile_server,
     say,
     server_meter,
 )
@@ -42,7 +45,7 @@ _POST_BUCKETS = "dragonfork_webrtc_whep_request_duration_seconds_bucket{"
 
 
 async def per_packet(
-    viewers: int, seconds: float, settle: float, workdir: Path, *, hop: bool = False
+    viewers: int, seconds: float, settle: float, workdir: Path, *, hop: bool = False, profile: float = 0.0
 ) -> dict[str, Any]:
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus, client_cpus = ({cpus[0]}, set(cpus[1:])) if len(cpus) >= 2 else (None, None)
@@ -62,6 +65,11 @@ async def per_packet(
             await trio.sleep(settle)
             window = await measure_window(server, test, meter, seconds)
             hop_figures = await hop_latency(server, seconds, viewers) if hop else None
+            profiled = None
+            if profile:
+                # the collapsed stacks outlive the run's directory, for a closer look
+                settings = SuiteSettings(workdir=Path(tempfile.gettempdir()), profile_seconds=profile)
+                profiled = await profile_server(server, test, meter, settings)
             served = await _post_durations(server)
         joins = session_figures(list(test.setups.values()), test.ends)
     packets_per_second = window["packets_per_second"]
@@ -82,6 +90,7 @@ async def per_packet(
         "client_cpu_percent": window["client_cpu_percent"],
         "load_average": window["load_average"],
         "hop_latency": hop_figures,
+        "profile": profiled,
         "joins": {
             "connected": joins["connected"],
             "failures": joins["failures"],
@@ -122,11 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="the measuring window")
     parser.add_argument("--settle", type=float, default=4.0, help="seconds after the last join")
     parser.add_argument("--hop", action="store_true", help="then the server hop (kernel timestamps; root)")
+    parser.add_argument(
+        "--profile", type=float, default=0.0, metavar="SECONDS", help="then py-spy the server this long"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="dragonfork-perpacket-") as workdir:
         figures = trio.run(
-            functools.partial(per_packet, hop=args.hop),
+            functools.partial(per_packet, hop=args.hop, profile=args.profile),
             args.viewers,
             args.seconds,
             args.settle,
@@ -155,6 +167,17 @@ def main(argv: list[str] | None = None) -> int:
             f" of {hop.get('viewer_streams')} streams"
             f" ({hop.get('streams_not_aligned')} not aligned) {hop.get('error', '')}"
         )
+    profiled = figures["profile"]
+    if profiled:
+        if "error" in profiled:
+            print(f"profile: {profiled['error']}")
+        else:
+            print(
+                f"py-spy: {profiled['us_per_packet']} µs per packet over {profiled['samples']} samples"
+                f" ({profiled['collapsed_stacks']})"
+            )
+            for row in profiled["buckets"] + profiled["paths"]:
+                print(f"  {row['us_per_packet']:6.2f} µs {row['share_percent']:5.1f} %  {row['name']}")
     return 0
 
 

@@ -184,7 +184,7 @@ async def hop_latency(server: RunningServer, seconds: float, viewers: int) -> di
     return figures
 
 
-async def _profile(
+async def profile_server(
     server: RunningServer, test: LoadTest, meter: ProcessMeter, settings: SuiteSettings
 ) -> Any:
     output = settings.workdir / f"profile-{server.name}-{test.joined}-viewers.txt"
@@ -249,7 +249,7 @@ async def fan_out(server: RunningServer, settings: SuiteSettings) -> dict[str, A
                 figures["hop_latency"]["server_cpu_percent"] = round(cpu_percent(before, meter.read())[0], 1)
             if step == settings.profile_step and server.name == "dragonfork":  # py-spy profiles Python
                 say(f"{server.name}: py-spy profile at {step} viewers")
-                result["profile"] = await _profile(server, test, meter, settings)
+                result["profile"] = await profile_server(server, test, meter, settings)
             result["steps"].append(figures)
             if not server.alive():
                 result["stopped"] = f"the server died at {step} viewers; log tail:\n{server.log_tail()}"

@@ -4,8 +4,9 @@ The fast path (``webrtc/fanout.py``) keeps aiortc for SDP, ICE and DTLS and then
 packet one SRTP protect with the viewer's own keys and one non-blocking ``sendto`` on the viewer's nominated
 ICE socket. That needs a few things aiortc does not publish: the sender's SSRC (set before the answer so every
 viewer of a stream carries the stream's SSRC), its RTCP task and RTCP handler (the fast path sends the sender
-reports and answers NACK/PLI itself), the DTLS transport's outgoing SRTP session, the ICE connection's
-nominated pair, and libsrtp's protect call on pylibsrtp's own buffer. They are all reached here, nowhere
+reports and answers NACK/PLI itself), the DTLS transport's outgoing and incoming SRTP sessions, the ICE
+connection's nominated pair and its socket's datagram handler (the peer's RTCP is taken there), and libsrtp's
+protect call on pylibsrtp's own buffer. They are all reached here, nowhere
 else (the receive side's are in ``webrtc/rtp_tap.py``), and ``tests/unit/test_aiortc_internals.py`` tests
 each so that an upgrade that moves one fails loudly (pyproject pins the versions they were written against).
 """
@@ -24,6 +25,7 @@ import pylibsrtp
 from aioice import stun
 from aioice.ice import CandidatePair, Connection
 from aiortc import RTCPeerConnection, RTCRtpSender
+from aiortc.rtp import RtcpPacket, is_rtcp
 from pylibsrtp._binding import ffi, lib  # type: ignore[import-untyped]
 
 RtcpHandler = Callable[[Any], Coroutine[Any, Any, None]]
@@ -139,6 +141,38 @@ async def consent_fresh(pc: RTCPeerConnection) -> bool:
         )
     except stun.TransactionError:
         return False
+    return True
+
+
+def take_rtcp(pc: RTCPeerConnection, handler: Callable[[list[Any]], None]) -> bool:
+    """Give every SRTCP datagram that reaches the nominated pair's socket to ``handler`` at once: decrypted
+    and parsed (aiortc's ``RtcpPacket``s), in the socket's read callback. False when there is no pair.
+
+    aiortc's own way for each receiver report is long: aioice tries it as STUN, queues it for the ICE
+    transport, the DTLS transport's task wakes up to unprotect it, parse and route it, and the sender's
+    handler is awaited: two asyncio loop iterations and a task switch under trio-asyncio, several coroutines,
+    for each of the two or three reports a viewer sends a second. Here that is one call. RTP, DTLS (the
+    peer's close_notify) and STUN still go aioice's and aiortc's way; a datagram that does not unprotect or
+    parse is dropped, as aiortc drops it.
+    """
+    found = _nominated_pair(pc)
+    session = next((sender.transport._rx_srtp for sender in pc.getSenders()), None)
+    if found is None or session is None:
+        return False
+    protocol = found[1].protocol
+    forward = protocol.datagram_received
+
+    def datagram_received(data: bytes | str, addr: tuple[Any, ...]) -> None:
+        if isinstance(data, str) or not (is_rtcp(data) and 127 < data[0] < 192):
+            forward(data, addr)
+            return
+        try:
+            packets = RtcpPacket.parse(session.unprotect_rtcp(data))
+        except (pylibsrtp.Error, ValueError):
+            return
+        handler(packets)
+
+    protocol.datagram_received = datagram_received  # type: ignore[method-assign]
     return True
 
 

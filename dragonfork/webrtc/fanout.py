@@ -7,7 +7,11 @@ the shared ``sdes:mid`` extension, payload) is built once per *layout* (payload 
 identical for every viewer that offered alike). Then one synchronous loop over the track's viewers sends the
 frame's packets to each back to back: SRTP protect with that viewer's keys into a reused buffer and a
 non-blocking ``sendto`` on its nominated ICE socket (``aiortc_internals.SrtpSocket``). No task, channel or
-``await`` per packet per viewer; a send that would block is a packet dropped for that viewer, counted.
+``await`` per packet per viewer; a send that would block is a packet dropped for that viewer, counted. The
+loop lets the rest of the server run (``trio.lowlevel.checkpoint``) between viewers whenever it has held the
+event loop for ``SLICE_SECONDS``: a keyframe to a few hundred viewers takes tens of milliseconds, which
+signalling and the other streams must not wait for. Each viewer still gets a frame's packets back to back,
+and the track's next frame only after every viewer had this one (the track's subscription buffers meanwhile).
 
 Per track the fan-out keeps the packets since the last keyframe (the burst a joining viewer starts with, so
 its first packets are contiguous with the live ones) and the last ``HISTORY_SECONDS`` of packets, from which
@@ -17,6 +21,10 @@ viewer cannot have a keyframe of its own. Once a second every viewer gets a send
 stream's own timing (``StreamClock``: RTP timestamp ↔ the least arrival delay of the last seconds' frames),
 which is what browsers use for lip sync. A viewer's exception while sending (other than a full socket
 buffer) ends that viewer only.
+
+Liveness is one sweep per stream, not a task per viewer: every ``LIVENESS_INTERVAL`` it asks each viewer that
+has been silent (no RTCP) for ``consent_after`` for ICE consent (an answer counts as hearing from it), and
+ends each viewer silent for longer than its ``disconnect_grace``.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import functools
 import secrets
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from fractions import Fraction
 from typing import Any
 
@@ -41,7 +49,6 @@ from aiortc.rtp import (
     RTCP_PSFB_PLI,
     RTCP_RTPFB_NACK,
     RtcpPsfbPacket,
-    RtcpRrPacket,
     RtcpRtpfbPacket,
     RtcpSdesPacket,
     RtcpSenderInfo,
@@ -59,6 +66,9 @@ log = structlog.get_logger(__name__)
 
 HISTORY_SECONDS = 1.0  # packets kept for NACKs
 HISTORY_MAX_PACKETS = 4096  # and never more than this many per track
+SLICE_SECONDS = 0.002  # the longest a frame's fan-out holds the event loop before other tasks get a turn
+LIVENESS_INTERVAL = 1.0  # how often the stream's sweep looks at every viewer's silence
+CONSENT_AFTER = 2.0  # seconds of silence before a consent check: receiver reports come every 0.5-1.5 s
 BURST_INTERVAL = 1.0  # at most one keyframe burst per viewer and track per second (PLI/FIR storms)
 REPORT_INTERVAL = 1.0  # sender reports to every viewer
 CLOCK_WINDOW = 2.0  # seconds of frames whose earliest arrival maps RTP time to wall clock (a GOP)
@@ -140,6 +150,7 @@ class TrackSink:
         "dropped",
         "awaiting_keyframe",
         "last_burst_at",
+        "active",
     )
 
     def __init__(self, viewer: FastViewer, layout: PacketLayout, rtx: Retransmission | None) -> None:
@@ -152,6 +163,7 @@ class TrackSink:
         self.dropped = 0  # would have blocked: the kernel's socket buffer was full
         self.awaiting_keyframe = False
         self.last_burst_at = -BURST_INTERVAL
+        self.active = True  # False once removed (a frame's fan-out may be half-way when it leaves)
 
     def send(self, wire: list[bytes], octets: int) -> None:
         blocked = self.viewer.srtp.send_many(wire)
@@ -204,17 +216,27 @@ class TrackFanout:
 
     # -- the stream's side ---------------------------------------------------------------------------------
 
-    def write(self, frame: MediaFrame) -> None:
-        """Packetize ``frame`` once and send it to every viewer of the track."""
+    async def write(self, frame: MediaFrame) -> None:
+        """Packetize ``frame`` once and send it to every viewer of the track, in slices of the loop's time.
+
+        Viewers that join during a checkpoint got this frame in their keyframe burst (or wait for the
+        next keyframe); viewers that leave during one are skipped.
+        """
         packets = self._packetize(frame)
         if not packets:
             return
         octets = sum(len(packet.payload) for packet in packets)
         keyframe = frame.keyframe
         sent = 0
-        for layout, sinks in self._groups.items():
+        slice_ends = time.perf_counter() + SLICE_SECONDS
+        for layout, sinks in list(self._groups.items()):
             wire: list[bytes] | None = None
-            for sink in sinks:
+            for sink in list(sinks):
+                if time.perf_counter() > slice_ends:
+                    await trio.lowlevel.checkpoint()
+                    slice_ends = time.perf_counter() + SLICE_SECONDS
+                if not sink.active:
+                    continue
                 if sink.awaiting_keyframe:
                     if not keyframe:
                         continue
@@ -299,6 +321,7 @@ class TrackFanout:
         self._groups.setdefault(sink.layout, []).append(sink)
 
     def remove(self, sink: TrackSink) -> None:
+        sink.active = False
         sinks = self._groups.get(sink.layout)
         if sinks is not None and sink in sinks:
             sinks.remove(sink)
@@ -368,6 +391,25 @@ def _time_base(clock_rate: int) -> Fraction:
     return Fraction(1, clock_rate)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Liveness:
+    """How the stream's sweep keeps one viewer or lets it go.
+
+    ``consent`` asks the peer for ICE consent (RFC 7675) and tells whether it answered; ``on_silent`` ends
+    the viewer, called once after ``disconnect_grace`` seconds without RTCP or an answered consent check.
+    """
+
+    disconnect_grace: float
+    consent: Callable[[], Awaitable[bool]]
+    on_silent: Callable[[], None]
+
+    @property
+    def consent_after(self) -> float:
+        """Seconds of silence before the peer is asked: early enough that the sweep after the one that first
+        finds it silent that long, and the check's round trip, still come within the grace."""
+        return max(0.0, min(CONSENT_AFTER, self.disconnect_grace - 1.5 * LIVENESS_INTERVAL))
+
+
 class FastViewer:
     """One viewer on the fast path: its SRTP socket and its sink per track it receives.
 
@@ -380,17 +422,21 @@ class FastViewer:
         srtp: SrtpSocket,
         *,
         cname: str,
+        liveness: Liveness,
         on_failure: Callable[[BaseException], None],
         on_first_video: Callable[[], None],
     ) -> None:
         self.srtp = srtp
         self.cname = cname
+        self.liveness = liveness
         self.sinks: dict[MediaKind, TrackSink] = {}
         self.last_heard = trio.current_time()  # RTCP from the peer (or a consent check it answered)
+        self.asking_consent = False
         self.failed: BaseException | None = None
         self._on_failure = on_failure
         self._on_first_video = on_first_video
         self._first_video_sent = False
+        self._silent = False
 
     @property
     def octets_sent(self) -> int:
@@ -406,6 +452,11 @@ class FastViewer:
             self.failed = exc
             self._on_failure(exc)
 
+    def fell_silent(self) -> None:
+        if not self._silent:
+            self._silent = True
+            self.liveness.on_silent()
+
 
 class StreamFanout:
     """The fan-out of one stream's tracks to its fast-path viewers (a shared reader of the stream)."""
@@ -418,6 +469,7 @@ class StreamFanout:
             if track is not None
         }
         self._viewers: list[FastViewer] = []
+        self._kinds = {fanout.ssrc: kind for kind, fanout in self.tracks.items()}
         self._name = stream.name
 
     def ssrc(self, kind: str) -> int | None:
@@ -425,19 +477,21 @@ class StreamFanout:
         return track.ssrc if track is not None else None
 
     async def run(self, stream: Stream, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Read every track of ``stream`` and fan it out, and send the sender reports, until it ends."""
+        """Read every track of ``stream`` and fan it out, send the sender reports and watch the viewers'
+        liveness, until it ends."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._forward, stream.video, self.tracks["video"])
             if stream.audio is not None:
                 nursery.start_soon(self._forward, stream.audio, self.tracks["audio"])
             nursery.start_soon(self._report)
+            nursery.start_soon(self.watch_liveness)
             task_status.started()
 
     async def _forward(self, track: Track, fanout: TrackFanout) -> None:
         with track.subscribe() as subscription:
             async for frame in subscription.frames:
                 try:
-                    fanout.write(frame)
+                    await fanout.write(frame)
                 except Exception as exc:  # noqa: BLE001 - a frame we cannot packetize is dropped alone
                     log.exception("fanout_frame_failed", stream=self._name, kind=fanout.kind)
                     metrics.FAILURES.labels("webrtc_fanout", type(exc).__name__).inc()
@@ -454,13 +508,17 @@ class StreamFanout:
         for kind, sink in viewer.sinks.items():
             self.tracks[kind].remove(sink)
 
-    def handle_rtcp(self, viewer: FastViewer, kind: MediaKind, packet: Any) -> None:
-        """The peer's RTCP about ``kind``: reports keep it alive, NACK and PLI/FIR are answered, the rest
-        (REMB, transport-wide feedback) is ignored (the encoder is shared; there is no rate to adapt)."""
+    def handle_rtcp(self, viewer: FastViewer, packet: Any) -> None:
+        """One RTCP packet from the peer: any keeps it alive, NACK and PLI/FIR are answered for the track
+        they name, the rest (REMB, transport-wide feedback) is ignored (the encoder is shared; there is no
+        rate to adapt)."""
         now = trio.current_time()
         viewer.last_heard = now
-        track, sink = self.tracks.get(kind), viewer.sinks.get(kind)
-        if track is None or sink is None or isinstance(packet, RtcpRrPacket):
+        if not isinstance(packet, RtcpRtpfbPacket | RtcpPsfbPacket):
+            return
+        kind = self._kinds.get(packet.media_ssrc)
+        track, sink = self.tracks.get(kind) if kind else None, viewer.sinks.get(kind) if kind else None
+        if track is None or sink is None:
             return
         try:
             if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
@@ -469,6 +527,32 @@ class StreamFanout:
                 track.resend_keyframe_burst(sink, now)
         except Exception as exc:  # noqa: BLE001 - one viewer's failure ends that viewer only
             viewer.fail(exc)
+
+    async def watch_liveness(self) -> None:
+        """Every ``LIVENESS_INTERVAL``: ask the viewers silent for a while for consent, end those silent
+        past their grace. The consent checks run side by side, one at a time per viewer."""
+        async with trio.open_nursery() as checks:
+            while True:
+                await trio.sleep(LIVENESS_INTERVAL)
+                now = trio.current_time()
+                for viewer in list(self._viewers):
+                    silent, liveness = now - viewer.last_heard, viewer.liveness
+                    if silent > liveness.disconnect_grace:
+                        viewer.fell_silent()
+                    elif silent > liveness.consent_after and not viewer.asking_consent:
+                        viewer.asking_consent = True
+                        checks.start_soon(self._ask_consent, viewer)
+
+    async def _ask_consent(self, viewer: FastViewer) -> None:
+        try:
+            answered = await viewer.liveness.consent()
+        except Exception:  # noqa: BLE001 - a check that could not be made (the viewer is closing) is silence
+            log.debug("consent_check_failed", stream=self._name, exc_info=True)
+            answered = False
+        finally:
+            viewer.asking_consent = False
+        if answered:
+            viewer.last_heard = trio.current_time()
 
     async def _report(self) -> None:
         while True:

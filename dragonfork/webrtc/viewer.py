@@ -26,10 +26,11 @@ when the client's DELETE arrives while the connection is closing.
 
 aiortc reports no "disconnected" connection state (only failed, after ~30 s of failed consent checks), so
 a peer that vanishes without a close_notify is detected by its silence: the receiver reports (RTCP RR) that
-every WebRTC receiver sends about once a second stop arriving. On the fast path a viewer that sent no RTCP
-for a second is asked for consent (an RFC 7675 STUN check on its pair); an answer counts as hearing from it,
-so a player that sends no receiver reports but answers consent checks stays. ``disconnect_grace`` seconds of
-silence close it.
+every WebRTC receiver sends about once a second stop arriving. On the fast path the stream's fan-out watches
+every viewer in one sweep (``fanout.Liveness``): a viewer that sent no RTCP for two seconds (less with a short
+grace) is asked for consent (an RFC 7675 STUN check on its pair); an answer counts as hearing from it, so a
+player that sends no receiver reports but answers consent checks stays. ``disconnect_grace`` seconds of
+silence close it. Its RTCP is taken straight from its socket (``aiortc_internals.take_rtcp``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import functools
 import ipaddress
 import secrets
 import time
@@ -59,8 +61,17 @@ from dragonfork.webrtc.aiortc_internals import (
     nominated_socket,
     outgoing_srtp,
     set_sender_ssrc,
+    take_rtcp,
 )
-from dragonfork.webrtc.fanout import FastViewer, PacketLayout, Retransmission, StreamFanout, TrackSink
+from dragonfork.webrtc.fanout import (
+    LIVENESS_INTERVAL,
+    FastViewer,
+    Liveness,
+    PacketLayout,
+    Retransmission,
+    StreamFanout,
+    TrackSink,
+)
 from dragonfork.webrtc.peer import (
     ConnectionStates,
     add_trickled_candidates,
@@ -86,7 +97,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-LIVENESS_INTERVAL = 1.0  # how often the receiver reports are checked
 FANOUT = "webrtc"  # the stream's shared reader for fast-path viewers
 
 
@@ -149,7 +159,7 @@ class Viewer:
         self.id = secrets.token_urlsafe(24)
         self.process_id = process_id
         self.settings = settings or ViewerSettings()
-        self.bytes_sent = 0  # RTP to the peer, from aiortc's stats (read once a second while connected)
+        self._stats_bytes_sent = 0  # aiortc path: RTP sent, from its stats (read once a second)
         self.created_at = time.time()
         self.state = ViewerState.NEW
         self.close_reason: CloseReason | None = None
@@ -163,7 +173,7 @@ class Viewer:
         self._closing = False  # in ``run``'s finally: our own pc.close() stops the senders
         self._stream: Stream | None = None
         self._remote_candidates = 0  # trickled so far, bounded by offer_limits.max_candidates
-        self._rtcp: list[tuple[str, RtcpTakeover]] = []  # (kind, takeover) per sender
+        self._rtcp: list[RtcpTakeover] = []  # one per sender
         self._fast: FastViewer | None = None
         self.entity_tag = '""'  # the session's WHEP ETag, set with the answer (PATCH If-Match compares it)
 
@@ -224,7 +234,7 @@ class Viewer:
                     if fanout is not None and (fast := self._fast_viewer(pc, answer)) is not None:
                         await self._serve_fast(pc, fanout, fast)
                     else:
-                        for _, takeover in self._rtcp:
+                        for takeover in self._rtcp:
                             takeover.decide(fast_path=False)
                         await self._forward(pc, feeds, video)
             if not answered:
@@ -261,6 +271,11 @@ class Viewer:
             pc, offer, sdpfrag, limits, trickled_so_far=self._remote_candidates, if_match_sent=if_match_sent
         )
 
+    @property
+    def bytes_sent(self) -> int:
+        """RTP sent to the peer: the fan-out's count on the fast path, aiortc's stats on its own senders."""
+        return self._fast.octets_sent if self._fast is not None else self._stats_bytes_sent
+
     def traffic(self) -> tuple[int, int]:
         """(received, sent) bytes so far, the session collector's counter (media flows one way: rx is 0)."""
         return 0, self.bytes_sent
@@ -279,7 +294,7 @@ class Viewer:
                 set_sender_ssrc(transceiver.sender, ssrc)
                 takeover = RtcpTakeover(transceiver.sender)
                 takeover.install()
-                self._rtcp.append((track.kind, takeover))
+                self._rtcp.append(takeover)
         answer = await negotiate(pc, offer, viewer=self.id, process=self.process_id)
         return advertise_addresses(answer, self.settings.public_ips)
 
@@ -305,9 +320,15 @@ class Viewer:
                 path[0].close()
             log.info("viewer_fast_path_unavailable", viewer=self.id, process=self.process_id)
             return None
+        liveness = Liveness(
+            disconnect_grace=self.settings.disconnect_grace,
+            consent=functools.partial(aio_as_trio(consent_fresh), pc),
+            on_silent=functools.partial(self.close, CloseReason.ICE_DISCONNECTED),
+        )
         fast = self._fast = FastViewer(  # set at once: ``run``'s finally closes its socket
             SrtpSocket(srtp, *path),
             cname=next((sent.cname for sent in media.values()), ""),
+            liveness=liveness,
             on_failure=self._on_fast_path_failure,
             on_first_video=self._on_first_video_frame,
         )
@@ -320,28 +341,20 @@ class Viewer:
         return fast
 
     async def _serve_fast(self, pc: RTCPeerConnection, fanout: StreamFanout, fast: FastViewer) -> None:
-        for kind, takeover in self._rtcp:
+        """Hand the viewer to the stream's fan-out (media, RTCP, liveness) until its connection ends."""
 
-            async def on_rtcp(packet: Any, kind: Any = kind) -> None:  # aiortc awaits it (asyncio side)
-                fanout.handle_rtcp(fast, kind, packet)
+        def on_rtcp(packets: list[Any]) -> None:
+            for packet in packets:
+                fanout.handle_rtcp(fast, packet)
 
-            takeover.decide(fast_path=True, handler=on_rtcp)
+        async def on_routed_rtcp(packet: Any) -> None:  # aiortc awaits it (asyncio side)
+            on_rtcp([packet])
+
+        take_rtcp(pc, on_rtcp)
+        for takeover in self._rtcp:  # what still reaches aiortc (another pair's socket) comes here
+            takeover.decide(fast_path=True, handler=on_routed_rtcp)
         fanout.add(fast)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_pc_state, pc)
-            nursery.start_soon(self._watch_fast_liveness, pc, fast)
-
-    async def _watch_fast_liveness(self, pc: RTCPeerConnection, fast: FastViewer) -> None:
-        """Close the viewer after ``disconnect_grace`` without RTCP from it or an answered consent check."""
-        while True:
-            await trio.sleep(LIVENESS_INTERVAL)
-            self.bytes_sent = fast.octets_sent
-            silent = trio.current_time() - fast.last_heard > LIVENESS_INTERVAL
-            if silent and await aio_as_trio(consent_fresh)(pc):
-                fast.last_heard = trio.current_time()
-            if trio.current_time() - fast.last_heard > self.settings.disconnect_grace:
-                self.close(CloseReason.ICE_DISCONNECTED)
-                return
+        await self._watch_pc_state(pc)
 
     def _on_fast_path_failure(self, exc: BaseException) -> None:
         """Sending to this viewer raised (in the fan-out's loop): it ends, alone, counted like any failure."""
@@ -381,7 +394,7 @@ class Viewer:
         last_heard = trio.current_time()
         while True:
             await trio.sleep(LIVENESS_INTERVAL)
-            report, self.bytes_sent = await aio_as_trio(_sender_stats)(pc)
+            report, self._stats_bytes_sent = await aio_as_trio(_sender_stats)(pc)
             if report != last_report or video.first_frame_at is None:
                 last_report, last_heard = report, trio.current_time()
             elif trio.current_time() - last_heard > self.settings.disconnect_grace:

@@ -138,6 +138,44 @@ async def test_rtcp_takeover_gives_the_peers_rtcp_to_the_handler() -> None:
         out.close()
 
 
+async def test_the_peers_rtcp_is_taken_from_the_nominated_sockets_datagram_handler() -> None:
+    """``RTCDtlsTransport._rx_srtp`` and aioice's ``StunProtocol.datagram_received`` on the nominated pair:
+    the receiver's reports reach ``take_rtcp``'s handler decrypted, and aiortc's sender no longer sees them,
+    while STUN (consent checks) still goes aioice's way."""
+    taken: list[Any] = []
+    routed: list[Any] = []
+    takeovers: list[RtcpTakeover] = []
+
+    def install(peers: Pair) -> None:
+        takeover = RtcpTakeover(peers.sender)
+        takeover.install()
+        takeovers.append(takeover)
+
+    async def handler(packet: Any) -> None:
+        routed.append(packet)
+
+    async with pair(before_connect=install) as peers:
+        assert isinstance(peers.sender.transport._rx_srtp, pylibsrtp.Session)
+        assert aiortc_internals.take_rtcp(peers.sender_pc, taken.extend) is True
+        takeovers[0].decide(fast_path=True, handler=handler)
+        srtp = aiortc_internals.outgoing_srtp(peers.sender_pc)
+        path = aiortc_internals.nominated_socket(peers.sender_pc)
+        assert srtp is not None and path is not None
+        out = SrtpSocket(srtp, *path)
+        ssrc = answered_media(peers.answer)["video"].ssrc
+        for sequence in range(5):  # the receiver reports only on a source it has heard
+            header = (
+                bytes([0x80, 0x80 | 97]) + sequence.to_bytes(2, "big") + bytes(4) + ssrc.to_bytes(4, "big")
+            )
+            out.send(header + b"\x00" * 20)
+        with trio.fail_after(5):
+            while not any(isinstance(packet, RtcpRrPacket) for packet in taken):
+                await trio.sleep(0.05)
+        assert not routed
+        assert await aio_as_trio(aiortc_internals.consent_fresh)(peers.sender_pc) is True
+        out.close()
+
+
 async def test_the_ice_connection_and_its_nominated_pair_are_reachable() -> None:
     """``RTCIceTransport._connection`` and aioice's ``Connection._nominated``."""
     async with pair() as peers:

@@ -13,15 +13,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pylibsrtp
+import pytest
 import trio
-from aiortc.rtp import RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket
+from aiortc.rtp import RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRrPacket, RtcpRtpfbPacket
 
 from dragonfork.stream.frames import VIDEO_CLOCK_RATE, MediaFrame
 from dragonfork.stream.stream import Stream, StreamSettings
+from dragonfork.webrtc import fanout as fanout_module
 from dragonfork.webrtc.aiortc_internals import SrtpSocket
-from dragonfork.webrtc.fanout import FastViewer, PacketLayout, Retransmission, StreamFanout, TrackSink
+from dragonfork.webrtc.fanout import (
+    LIVENESS_INTERVAL,
+    FastViewer,
+    Liveness,
+    PacketLayout,
+    Retransmission,
+    StreamFanout,
+    TrackSink,
+)
 
 IDR_SIZE = 3000  # three FU-A fragments
+GRACE = 5.0  # the viewers' disconnect grace
 START = secrets.randbelow(2**31)
 
 
@@ -33,9 +44,15 @@ def frame(index: int, *, keyframe: bool = False) -> MediaFrame:
 
 
 class Peer:
-    """One viewer: its SRTP keys, the fan-out's socket towards it, and its receiving end."""
+    """One viewer: its SRTP keys, the fan-out's socket towards it, and its receiving end.
 
-    def __init__(self, layout: PacketLayout, rtx: Retransmission | None = None) -> None:
+    ``answers_consent`` is what its consent checks find (the fan-out asks a silent viewer); ``silenced`` the
+    times at which the fan-out let it go for its silence.
+    """
+
+    def __init__(
+        self, layout: PacketLayout, rtx: Retransmission | None = None, *, answers_consent: bool = False
+    ) -> None:
         key = secrets.token_bytes(30)
         outbound = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
         outbound.allow_repeat_tx = True
@@ -50,14 +67,27 @@ class Peer:
         self.srtp = SrtpSocket(pylibsrtp.Session(outbound), sending, self.receiving.getsockname())
         self.failures: list[BaseException] = []
         self.first_video = 0
+        self.answers_consent = answers_consent
+        self.consent_checks = 0
+        self.silenced: list[float] = []
         self.viewer = FastViewer(
-            self.srtp, cname="test", on_failure=self.failures.append, on_first_video=self._first_video
+            self.srtp,
+            cname="test",
+            liveness=Liveness(GRACE, self._consent, lambda: self.silenced.append(trio.current_time())),
+            on_failure=self.failures.append,
+            on_first_video=self._first_video,
         )
         self.sink = TrackSink(self.viewer, layout, rtx)
         self.viewer.sinks["video"] = self.sink
 
     def _first_video(self) -> None:
         self.first_video += 1
+
+    async def _consent(self) -> bool:
+        """The peer's side of an ICE consent check: a round trip, then its answer (or none)."""
+        self.consent_checks += 1
+        await trio.sleep(0.01)
+        return self.answers_consent
 
     def receive(
         self, count: int, *, lose: int | None = None
@@ -92,8 +122,8 @@ class Peer:
 
 
 @contextmanager
-def peers(*layouts: tuple[PacketLayout, Retransmission | None]) -> Iterator[list[Peer]]:
-    opened = [Peer(layout, rtx) for layout, rtx in layouts]
+def peers(*layouts: tuple[PacketLayout, Retransmission | None], **options: bool) -> Iterator[list[Peer]]:
+    opened = [Peer(layout, rtx, **options) for layout, rtx in layouts]
     try:
         yield opened
     finally:
@@ -110,10 +140,10 @@ async def test_a_joining_viewer_gets_the_keyframe_burst_contiguous_with_the_live
     fanout = video_fanout().tracks["video"]
     with peers((PacketLayout(96), None)) as (peer,):
         for index in range(3):
-            fanout.write(frame(index, keyframe=index == 0))
+            await fanout.write(frame(index, keyframe=index == 0))
         fanout.add(peer.sink)  # mid-GOP: the keyframe and the two frames after it, at once
         burst = peer.receive(4 + 2)  # STAP-A (SPS+PPS) + three FU-A fragments of the IDR, two deltas
-        fanout.write(frame(3))
+        await fanout.write(frame(3))
         live = peer.receive(1)
         sequences = [packet[1] for packet in burst + live]
         assert sequences == [(sequences[0] + step) & 0xFFFF for step in range(len(sequences))]
@@ -132,9 +162,9 @@ async def test_viewers_that_offered_differently_get_the_same_packets_in_their_ow
     with peers((chrome_like, None), (aiortc_like, None)) as (first, second):
         fanout.add(first.sink)
         fanout.add(second.sink)  # both wait for the next keyframe: nothing cached yet
-        fanout.write(frame(0))
+        await fanout.write(frame(0))
         assert first.nothing_more() and second.nothing_more()
-        fanout.write(frame(1, keyframe=True))
+        await fanout.write(frame(1, keyframe=True))
         one, other = first.receive(4), second.receive(4)
         assert [packet[1] for packet in one] == [packet[1] for packet in other]
         assert [packet[5] for packet in one] == [packet[5] for packet in other]
@@ -148,23 +178,23 @@ async def test_a_nack_is_answered_to_that_viewer_only_as_rtx_when_negotiated() -
     fanout = stream.tracks["video"]
     rtx = Retransmission(payload_type=103, ssrc=0x12345678)
     with peers((PacketLayout(102), rtx), (PacketLayout(102), None)) as (with_rtx, plain):
-        fanout.write(frame(0, keyframe=True))
+        await fanout.write(frame(0, keyframe=True))
         fanout.add(with_rtx.sink)
         fanout.add(plain.sink)
         originals = with_rtx.receive(4)
         assert plain.receive(4, lose=2) == originals[:2] + originals[3:]
         lost = originals[2]
         nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=fanout.ssrc, lost=[lost[1]])
-        stream.handle_rtcp(with_rtx.viewer, "video", nack)
+        stream.handle_rtcp(with_rtx.viewer, nack)
         (resent,) = with_rtx.receive(1)
         assert (resent[0], resent[3], resent[2]) == (103, rtx.ssrc, lost[2])
         assert resent[5] == struct.pack("!H", lost[1]) + lost[5]  # RFC 4588: the original sequence first
         assert plain.nothing_more()
-        stream.handle_rtcp(plain.viewer, "video", nack)
+        stream.handle_rtcp(plain.viewer, nack)
         (again,) = plain.receive(1)
         assert again == lost  # without RTX: the very packet again (the receiver's SRTP takes it: it was lost)
         too_old = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=fanout.ssrc, lost=[lost[1] - 99])
-        stream.handle_rtcp(plain.viewer, "video", too_old)
+        stream.handle_rtcp(plain.viewer, too_old)
         assert plain.nothing_more()  # never sent: nothing to answer with
 
 
@@ -173,16 +203,16 @@ async def test_a_picture_loss_is_answered_with_the_keyframe_burst_at_most_once_a
     fanout = stream.tracks["video"]
     rtx = Retransmission(payload_type=103, ssrc=0x0BADCAFE)
     with peers((PacketLayout(102), rtx)) as (peer,):
-        fanout.write(frame(0, keyframe=True))
-        fanout.write(frame(1))
+        await fanout.write(frame(0, keyframe=True))
+        await fanout.write(frame(1))
         fanout.add(peer.sink)
         burst = peer.receive(5)
         pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=fanout.ssrc)
-        stream.handle_rtcp(peer.viewer, "video", pli)
+        stream.handle_rtcp(peer.viewer, pli)
         again = peer.receive(5)
         assert [packet[5][2:] for packet in again] == [packet[5] for packet in burst]  # as RTX, in order
         assert {packet[3] for packet in again} == {rtx.ssrc}
-        stream.handle_rtcp(peer.viewer, "video", pli)  # a storm of PLIs: one burst per second
+        stream.handle_rtcp(peer.viewer, pli)  # a storm of PLIs: one burst per second
         assert peer.nothing_more()
 
 
@@ -197,9 +227,78 @@ async def test_sender_reports_map_rtp_time_by_the_least_arrival_delay_not_the_la
         late = 0.030 if index == 9 else 0.0
         data = b"\0\0\0\1\x41" + secrets.token_bytes(200)
         arrived = origin + index * 0.040 + 0.005 + late
-        fanout.write(
+        await fanout.write(
             MediaFrame("video", data, START + index * 3600, VIDEO_CLOCK_RATE, False, 1, len(data), arrived)
         )
     now = origin + 0.400
     expected = START + round((now - origin - 0.005) * VIDEO_CLOCK_RATE)
     assert abs(fanout.rtp_timestamp_at(now) - (expected & 0xFFFFFFFF)) <= 1  # type: ignore[operator]
+
+
+async def test_a_frame_fans_out_in_slices_and_each_viewer_gets_its_packets_back_to_back_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a checkpoint before every viewer (a zero slice), other tasks run while a frame is half sent, yet
+    every viewer gets each frame's packets whole, in order, before the next frame's; a viewer that leaves
+    mid-frame (its socket closed at once, as a closing viewer's is) is skipped, not failed; one that joins
+    mid-frame has the frame in its keyframe burst, once."""
+    monkeypatch.setattr(fanout_module, "SLICE_SECONDS", 0.0)
+    stream = video_fanout()
+    fanout = stream.tracks["video"]
+    with peers(*[(PacketLayout(96), None)] * 6) as viewers, peers((PacketLayout(96), None)) as (late,):
+        first, *staying, leaving, last = (
+            viewers  # ``leaving`` a few viewers (hence checkpoints) after ``first``
+        )
+        for peer in viewers:
+            fanout.add(peer.sink)  # all wait for the first keyframe
+        progress: list[int] = []
+
+        async def meanwhile() -> None:
+            while True:
+                progress.append(sum(peer.sink.packets for peer in viewers))
+                if first.sink.packets and leaving.sink.active:
+                    stream.remove(leaving.viewer)
+                    leaving.srtp.close()
+                    fanout.add(late.sink)
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(meanwhile)
+            await trio.lowlevel.checkpoint()
+            await fanout.write(frame(0, keyframe=True))  # STAP-A + three FU-A fragments
+            await fanout.write(frame(1))
+            nursery.cancel_scope.cancel()
+        assert any(0 < done < 4 * len(viewers) for done in progress)  # the loop was not held for the frame
+        for peer in [first, *staying, last, late]:
+            packets = peer.receive(5)
+            sequences = [packet[1] for packet in packets]
+            assert sequences == [(sequences[0] + step) & 0xFFFF for step in range(5)]
+            assert [packet[2] for packet in packets] == [START] * 4 + [START + 3600]
+            assert peer.nothing_more() and not peer.failures
+        assert leaving.sink.packets == 0 and not leaving.failures
+
+
+async def test_the_liveness_sweep_asks_silent_viewers_for_consent_and_ends_those_silent_past_the_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One sweep for the stream's viewers: a viewer that reports is never asked; one that sends no RTCP but
+    answers consent checks stays; one that does neither is let go once, after the grace."""
+    stream = video_fanout()
+    with (
+        peers((PacketLayout(96), None)) as (reporting,),
+        peers((PacketLayout(96), None), answers_consent=True) as (answering,),
+        peers((PacketLayout(96), None)) as (vanished,),
+    ):
+        for peer in (reporting, answering, vanished):
+            stream.add(peer.viewer)
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.watch_liveness)
+            for _ in range(int(3 * GRACE)):
+                await trio.sleep(LIVENESS_INTERVAL * 0.75)  # receiver reports come every 0.5-1.5 s
+                stream.handle_rtcp(reporting.viewer, RtcpRrPacket(ssrc=1))
+            nursery.cancel_scope.cancel()
+        assert reporting.consent_checks == 0 and not reporting.silenced
+        assert answering.consent_checks >= 2 and not answering.silenced  # asked once it was silent for 2 s
+        assert vanished.consent_checks >= 2 and len(vanished.silenced) == 1
+        assert GRACE < vanished.silenced[0] - started <= GRACE + LIVENESS_INTERVAL

@@ -23,10 +23,12 @@ class SessionEntry(Protocol):
     id: str
     process_id: str
     entity_tag: str
-    bytes_sent: int
     setup_seconds: float | None
     time_to_first_frame_seconds: float | None
     close_reason: CloseReason | None
+
+    @property
+    def bytes_sent(self) -> int: ...
 
     def close(self, reason: CloseReason = CloseReason.DELETE) -> None: ...
 
