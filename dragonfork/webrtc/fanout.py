@@ -1,7 +1,8 @@
 """The WebRTC fan-out of one stream: frames packetized once, then per viewer only SRTP protect and ``sendto``.
 
 One ``StreamFanout`` per stream is a reader of that stream (``Stream.shared_reader``), started by its first
-fast-path viewer. Each frame of a track is packetized once (H.264 FU-A/STAP-A by aiortc's public ``pack``,
+fast-path viewer. Each frame of a track is packetized once (H.264 FU-A/STAP-A by ``webrtc/h264.py``, in
+fragments of one size so that a frame leaves in one segmented send,
 Opus as it is) into RTP packets with the stream's SSRC and sequence numbers; a packet's wire form (header,
 the shared ``sdes:mid`` extension, payload) is built once per *layout* (payload type, extension id and mid:
 identical for every viewer that offered alike). Then one synchronous loop over the track's viewers sends the
@@ -37,13 +38,10 @@ import secrets
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from fractions import Fraction
 from typing import Any
 
-import av
 import structlog
 import trio
-from aiortc.codecs.h264 import H264Encoder
 from aiortc.rtp import (
     RTCP_PSFB_FIR,
     RTCP_PSFB_PLI,
@@ -61,6 +59,7 @@ from dragonfork.stream.frames import MediaFrame, MediaKind
 from dragonfork.stream.stream import Stream
 from dragonfork.stream.track import Track
 from dragonfork.webrtc.aiortc_internals import SrtpSocket
+from dragonfork.webrtc.h264 import MAX_PAYLOAD, packetize  # an audio frame over MAX_PAYLOAD is dropped
 
 log = structlog.get_logger(__name__)
 
@@ -72,7 +71,6 @@ CONSENT_AFTER = 2.0  # seconds of silence before a consent check: receiver repor
 BURST_INTERVAL = 1.0  # at most one keyframe burst per viewer and track per second (PLI/FIR storms)
 REPORT_INTERVAL = 1.0  # sender reports to every viewer
 CLOCK_WINDOW = 2.0  # seconds of frames whose earliest arrival maps RTP time to wall clock (a GOP)
-MAX_PAYLOAD = 1300  # aiortc's H.264 fragment size; an audio frame over it is dropped (oversize)
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
 
 _RTP_HEADER = struct.Struct("!BBHII")
@@ -205,7 +203,6 @@ class TrackFanout:
         self._history: collections.deque[OutgoingPacket] = collections.deque()
         self._by_sequence: dict[int, OutgoingPacket] = {}
         self._groups: dict[PacketLayout, list[TrackSink]] = {}
-        self._packer = H264Encoder() if self.kind == "video" else None
         self._clock = StreamClock(self.clock_rate)
         self._forwarded_packets = metrics.RTP_PACKETS_FORWARDED.labels(self.kind)
         self._forwarded_bytes = metrics.RTP_BYTES_FORWARDED.labels(self.kind)
@@ -260,11 +257,8 @@ class TrackFanout:
             self._forwarded_bytes.inc(octets * sent)
 
     def _packetize(self, frame: MediaFrame) -> list[OutgoingPacket]:
-        if self._packer is not None:
-            packet = av.Packet(frame.data)
-            packet.pts = frame.timestamp
-            packet.time_base = _time_base(frame.clock_rate)
-            payloads, _ = self._packer.pack(packet)
+        if self.kind == "video":
+            payloads = packetize(frame.data)
         elif len(frame.data) > MAX_PAYLOAD:
             self._dropped_oversize.inc()
             return []
@@ -384,11 +378,6 @@ class StreamClock:
         if not self._delays:
             return None
         return round((now - self._delays[0][1]) * self.clock_rate) & 0xFFFFFFFF
-
-
-@functools.cache
-def _time_base(clock_rate: int) -> Fraction:
-    return Fraction(1, clock_rate)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -6,10 +6,12 @@ import dataclasses
 from collections.abc import Collection
 
 import pytest
+from aiortc.codecs.h264 import H264PayloadDescriptor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dragonfork.stream.ingest.h264 import START_CODE, H264Depacketizer
+from dragonfork.webrtc import h264 as fan_out_h264
 
 SPS = b"\x67\x42\xc0\x1e\xda\x02\x80\xbf\xe5\x84"
 PPS = b"\x68\xce\x3c\x80"
@@ -335,3 +337,37 @@ def test_truncated_packets_of_a_valid_stream_never_raise(
 
     assert all(unit.data.startswith(START_CODE) for unit in recorder.units)
     assert len(recorder.units) + len(recorder.dropped) == len(stream)
+
+
+# --- the fan-out's packetizer (webrtc/h264.py): what it sends, read back by ours and by aiortc's -----------
+
+_NAL_HEADERS = st.sampled_from([0x67, 0x68, 0x06, 0x65, 0x41, 0x01])
+_NAL_UNITS = st.tuples(_NAL_HEADERS, st.binary(min_size=1, max_size=4000)).map(
+    lambda unit: bytes([unit[0]]) + unit[1].replace(b"\0", b"\1")  # no start code inside a unit
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_NAL_UNITS, min_size=1, max_size=6))
+def test_packetized_access_units_read_back_whole_by_our_depacketizer_and_aiortcs(
+    units: list[bytes],
+) -> None:
+    payloads = fan_out_h264.packetize(annex_b(*units))
+    assert all(len(payload) <= fan_out_h264.MAX_PAYLOAD for payload in payloads)
+    recorder = Recorder()
+    assert all(recorder.send(payloads, 9000))
+    assert [unit.data for unit in recorder.units] == [annex_b(*units)]
+    assert b"".join(H264PayloadDescriptor.parse(payload)[1] for payload in payloads) == annex_b(*units)
+
+
+def test_a_large_nal_units_fragments_are_all_one_size_but_the_last_so_a_frame_is_one_segmented_send() -> None:
+    idr = b"\x65" + bytes(range(1, 256)) * 20  # 5101 bytes: four fragments
+    payloads = fan_out_h264.packetize(annex_b(SPS, PPS, idr))
+    assert payloads[0] == stap_a(SPS, PPS)  # F 0, NRI 3 (the SPS's), type 24
+    fragments = payloads[1:]
+    assert len(fragments) == 4 and len({len(fragment) for fragment in fragments[:-1]}) == 1
+    assert len(fragments[-1]) <= len(fragments[0]) <= fan_out_h264.MAX_PAYLOAD
+    assert [fragment[1] & 0xC0 for fragment in fragments] == [0x80, 0, 0, 0x40]  # start, middle, end
+    assert fan_out_h264.packetize(annex_b(P_SLICE)) == [
+        P_SLICE
+    ]  # a small one alone: a single NAL unit packet
