@@ -59,7 +59,7 @@ BUCKETS: list[tuple[str, Callable[[str], bool]]] = [
         lambda f: f.startswith(_UDP_SEND),
     ),
     ("aiortc H.264 packetizer (codecs/h264.py)", lambda f: "aiortc/codecs/" in f),
-    ("aiortc RTP header + serialize (rtp.py)", lambda f: "aiortc/rtp.py" in f),
+    ("aiortc rtp.py (RTP header + serialize; the fast path's RTCP parse)", lambda f: "aiortc/rtp.py" in f),
     ("aiortc wall clock per packet (clock.py: NTP time, twice)", lambda f: "aiortc/clock.py" in f),
     ("aiortc sender loop (rtcrtpsender.py)", lambda f: "aiortc/rtcrtpsender.py" in f),
     ("aiortc DTLS transport send wrapper (rtcdtlstransport.py)", lambda f: "aiortc/rtcdtlstransport.py" in f),

@@ -2,17 +2,17 @@
 
 One ``StreamFanout`` per stream is a reader of that stream (``Stream.shared_reader``), started by its first
 fast-path viewer. Each frame of a track is packetized once (H.264 FU-A/STAP-A by ``webrtc/h264.py``, in
-fragments of one size so that a frame leaves in one segmented send,
-Opus as it is) into RTP packets with the stream's SSRC and sequence numbers; a packet's wire form (header,
-the shared ``sdes:mid`` extension, payload) is built once per *layout* (payload type, extension id and mid:
-identical for every viewer that offered alike). Then one synchronous loop over the track's viewers sends the
-frame's packets to each back to back: SRTP protect with that viewer's keys into a reused buffer and a
-non-blocking ``sendto`` on its nominated ICE socket (``aiortc_internals.SrtpSocket``). No task, channel or
-``await`` per packet per viewer; a send that would block is a packet dropped for that viewer, counted. The
-loop lets the rest of the server run (``trio.lowlevel.checkpoint``) between viewers whenever it has held the
-event loop for ``SLICE_SECONDS``: a keyframe to a few hundred viewers takes tens of milliseconds, which
-signalling and the other streams must not wait for. Each viewer still gets a frame's packets back to back,
-and the track's next frame only after every viewer had this one (the track's subscription buffers meanwhile).
+fragments of one size so that a frame leaves in one segmented send; Opus as it is) into RTP packets with the
+stream's SSRC and sequence numbers; a packet's wire form (header, the shared ``sdes:mid`` extension, payload)
+is built once per *layout* (payload type, extension id and mid: identical for every viewer that offered
+alike). Then one synchronous loop over the track's viewers sends the frame's packets to each back to back:
+SRTP protect with that viewer's keys into a reused buffer and a non-blocking ``sendto`` on its nominated ICE
+socket (``aiortc_internals.SrtpSocket``). No task, channel or ``await`` per packet per viewer; a send that
+would block is a packet dropped for that viewer, counted. The loop lets the rest of the server run
+(``trio.lowlevel.checkpoint``) between viewers whenever it has held the event loop for ``SLICE_SECONDS``: a
+keyframe to a few hundred viewers takes tens of milliseconds, which signalling and the other streams must not
+wait for. Each viewer still gets a frame's packets back to back, and the track's next frame only after every
+viewer had this one (the track's subscription buffers meanwhile).
 
 Per track the fan-out keeps the packets since the last keyframe (the burst a joining viewer starts with, so
 its first packets are contiguous with the live ones) and the last ``HISTORY_SECONDS`` of packets, from which
