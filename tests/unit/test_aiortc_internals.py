@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -107,35 +107,47 @@ async def test_rtcp_takeover_keeps_aiortcs_sender_reports_away_and_stop_still_re
     # leaving the block closed both peers within the deadline: stop() found the events it waits for
 
 
-async def test_rtcp_takeover_gives_the_peers_rtcp_to_the_handler() -> None:
-    """``RTCRtpSender._handle_rtcp_packet``: the DTLS transport's router calls the replacement."""
-    received: list[Any] = []
-    takeovers: list[RtcpTakeover] = []
+def installing_takeover(takeovers: list[RtcpTakeover]) -> Callable[[Pair], None]:
+    """A ``before_connect`` that installs an RTCP takeover on the sender (kept in ``takeovers``)."""
 
     def install(peers: Pair) -> None:
         takeover = RtcpTakeover(peers.sender)
         takeover.install()
         takeovers.append(takeover)
 
-    async def handler(packet: Any) -> None:
-        received.append(packet)
+    return install
 
-    async with pair(before_connect=install) as peers:
-        takeovers[0].decide(fast_path=True, handler=handler)
-        srtp = aiortc_internals.outgoing_srtp(peers.sender_pc)
-        path = aiortc_internals.nominated_socket(peers.sender_pc)
-        assert srtp is not None and path is not None
-        out = SrtpSocket(srtp, *path)
-        ssrc = answered_media(peers.answer)["video"].ssrc
-        for sequence in range(5):  # the receiver reports only on a source it has heard
-            header = (
-                bytes([0x80, 0x80 | 97]) + sequence.to_bytes(2, "big") + bytes(4) + ssrc.to_bytes(4, "big")
-            )
-            out.send(header + b"\x00" * 20)
+
+async def wait_for_a_receiver_report(peers: Pair, received: list[Any]) -> None:
+    """Send the receiver a few RTP packets on the fast path's socket (it reports only on a source it has
+    heard), then wait until a receiver report lands in ``received``."""
+    srtp = aiortc_internals.outgoing_srtp(peers.sender_pc)
+    path = aiortc_internals.nominated_socket(peers.sender_pc)
+    assert srtp is not None and path is not None
+    out = SrtpSocket(srtp, *path)
+    ssrc = answered_media(peers.answer)["video"].ssrc
+    for sequence in range(5):
+        header = bytes([0x80, 0x80 | 97]) + sequence.to_bytes(2, "big") + bytes(4) + ssrc.to_bytes(4, "big")
+        out.send(header + b"\x00" * 20)
+    try:
         with trio.fail_after(5):
             while not any(isinstance(packet, RtcpRrPacket) for packet in received):
                 await trio.sleep(0.05)
+    finally:
         out.close()
+
+
+async def test_rtcp_takeover_gives_the_peers_rtcp_to_the_handler() -> None:
+    """``RTCRtpSender._handle_rtcp_packet``: the DTLS transport's router calls the replacement."""
+    received: list[Any] = []
+    takeovers: list[RtcpTakeover] = []
+
+    async def handler(packet: Any) -> None:
+        received.append(packet)
+
+    async with pair(before_connect=installing_takeover(takeovers)) as peers:
+        takeovers[0].decide(fast_path=True, handler=handler)
+        await wait_for_a_receiver_report(peers, received)
 
 
 async def test_the_peers_rtcp_is_taken_from_the_nominated_sockets_datagram_handler() -> None:
@@ -146,34 +158,16 @@ async def test_the_peers_rtcp_is_taken_from_the_nominated_sockets_datagram_handl
     routed: list[Any] = []
     takeovers: list[RtcpTakeover] = []
 
-    def install(peers: Pair) -> None:
-        takeover = RtcpTakeover(peers.sender)
-        takeover.install()
-        takeovers.append(takeover)
-
     async def handler(packet: Any) -> None:
         routed.append(packet)
 
-    async with pair(before_connect=install) as peers:
+    async with pair(before_connect=installing_takeover(takeovers)) as peers:
         assert isinstance(peers.sender.transport._rx_srtp, pylibsrtp.Session)
         assert aiortc_internals.take_rtcp(peers.sender_pc, taken.extend) is True
         takeovers[0].decide(fast_path=True, handler=handler)
-        srtp = aiortc_internals.outgoing_srtp(peers.sender_pc)
-        path = aiortc_internals.nominated_socket(peers.sender_pc)
-        assert srtp is not None and path is not None
-        out = SrtpSocket(srtp, *path)
-        ssrc = answered_media(peers.answer)["video"].ssrc
-        for sequence in range(5):  # the receiver reports only on a source it has heard
-            header = (
-                bytes([0x80, 0x80 | 97]) + sequence.to_bytes(2, "big") + bytes(4) + ssrc.to_bytes(4, "big")
-            )
-            out.send(header + b"\x00" * 20)
-        with trio.fail_after(5):
-            while not any(isinstance(packet, RtcpRrPacket) for packet in taken):
-                await trio.sleep(0.05)
+        await wait_for_a_receiver_report(peers, taken)
         assert not routed
         assert await aio_as_trio(aiortc_internals.consent_fresh)(peers.sender_pc) is True
-        out.close()
 
 
 async def test_the_ice_connection_and_its_nominated_pair_are_reachable() -> None:
