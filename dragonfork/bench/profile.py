@@ -53,7 +53,11 @@ BUCKETS: list[tuple[str, Callable[[str], bool]]] = [
         "fast path: fan-out (packetize once, wire per layout, RTCP; webrtc/fanout.py)",
         lambda f: "webrtc/fanout.py" in f,
     ),
-    ("SRTP protect (pylibsrtp → libsrtp)", lambda f: "pylibsrtp/" in f),
+    ("fast path: H.264 packetizer (webrtc/h264.py)", lambda f: "dragonfork/webrtc/h264.py" in f),
+    (
+        "SRTP/SRTCP by pylibsrtp (aiortc path, sender reports, unprotect of the peer RTCP)",
+        lambda f: "pylibsrtp/" in f,
+    ),
     (
         "UDP send: aioice → asyncio transport → kernel (loopback delivery included)",
         lambda f: f.startswith(_UDP_SEND),
