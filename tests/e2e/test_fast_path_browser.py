@@ -115,9 +115,9 @@ def test_chromium_plays_20_s_without_a_freeze_in_lip_sync_from_our_sender_report
     assert len(offsets) >= 10, samples[-1]
     median = offsets[len(offsets) // 2]
     figures["chromium_lip_sync_offset_ms"] = median
-    # 14-88 ms in runs here (aiortc's own senders: 82-150 ms; see docs/whep.md): without sender reports
-    # there are no playout timestamps at all, and a broken mapping shows hundreds of ms.
-    assert median <= 100, offsets
+    # 16-55 ms in runs here since the join burst is rebased (88-97 ms before; see docs/whep.md): without
+    # sender reports there are no playout timestamps at all, and a broken mapping shows hundreds of ms.
+    assert median <= 80, offsets
 
 
 # --- the lossy viewer -------------------------------------------------------------------------------------

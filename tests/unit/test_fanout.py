@@ -148,12 +148,36 @@ async def test_a_joining_viewer_gets_the_keyframe_burst_contiguous_with_the_live
         sequences = [packet[1] for packet in burst + live]
         assert sequences == [(sequences[0] + step) & 0xFFFF for step in range(len(sequences))]
         assert burst[0][5][0] & 0x1F == 24  # STAP-A: the parameter sets lead
+        # The burst's frames one tick apart up to the latest frame's timestamp (rebase_burst), then live
         assert [packet[2] for packet in burst + live] == [
-            ts & 0xFFFFFFFF for ts in (START,) * 4 + (START + 3600, START + 7200, START + 10800)
+            ts & 0xFFFFFFFF for ts in (START + 7198,) * 4 + (START + 7199, START + 7200, START + 10800)
         ]
         assert {packet[3] for packet in burst + live} == {fanout.ssrc}
         assert peer.first_video == 1 and peer.sink.packets == 7 and not peer.failures
         assert peer.nothing_more()
+
+
+async def test_a_burst_packet_is_retransmitted_with_the_timestamp_that_viewer_got_it_with() -> None:
+    stream = video_fanout()
+    fanout = stream.tracks["video"]
+    rtx = Retransmission(payload_type=103, ssrc=0x0BADCAFE)
+    with peers((PacketLayout(102), None), (PacketLayout(102), rtx)) as (live, joiner):
+        fanout.add(live.sink)
+        fanout.write(frame(0, keyframe=True))
+        fanout.write(frame(1))
+        live_packets = live.receive(5, lose=1)  # the IDR's first fragment is lost on the way
+        fanout.add(joiner.sink)
+        burst = joiner.receive(5)
+        idr, delta = START & 0xFFFFFFFF, (START + 3600) & 0xFFFFFFFF
+        assert [packet[2] for packet in live_packets] == [idr] * 3 + [delta]
+        assert [packet[2] for packet in burst] == [(START + 3599) & 0xFFFFFFFF] * 4 + [delta]
+        lost = live_packets[0][1] + 1
+        for peer, timestamp in ((joiner, burst[1][2]), (live, idr)):
+            nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=fanout.ssrc, lost=[lost])
+            stream.handle_rtcp(peer.viewer, "video", nack)
+            (resent,) = peer.receive(1)
+            assert resent[2] == timestamp  # as RTX to the joiner, as it was to the live viewer
+        assert live.nothing_more() and joiner.nothing_more()
 
 
 async def test_viewers_that_offered_differently_get_the_same_packets_in_their_own_layout() -> None:
