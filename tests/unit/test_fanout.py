@@ -163,8 +163,8 @@ async def test_a_burst_packet_is_retransmitted_with_the_timestamp_that_viewer_go
     rtx = Retransmission(payload_type=103, ssrc=0x0BADCAFE)
     with peers((PacketLayout(102), None), (PacketLayout(102), rtx)) as (live, joiner):
         fanout.add(live.sink)
-        fanout.write(frame(0, keyframe=True))
-        fanout.write(frame(1))
+        await fanout.write(frame(0, keyframe=True))
+        await fanout.write(frame(1))
         live_packets = live.receive(5, lose=1)  # the IDR's first fragment is lost on the way
         fanout.add(joiner.sink)
         burst = joiner.receive(5)
@@ -174,7 +174,7 @@ async def test_a_burst_packet_is_retransmitted_with_the_timestamp_that_viewer_go
         lost = live_packets[0][1] + 1
         for peer, timestamp in ((joiner, burst[1][2]), (live, idr)):
             nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=fanout.ssrc, lost=[lost])
-            stream.handle_rtcp(peer.viewer, "video", nack)
+            stream.handle_rtcp(peer.viewer, nack)
             (resent,) = peer.receive(1)
             assert resent[2] == timestamp  # as RTX to the joiner, as it was to the live viewer
         assert live.nothing_more() and joiner.nothing_more()
