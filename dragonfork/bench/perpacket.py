@@ -7,7 +7,9 @@ everything; this takes about a minute and measures one thing). It starts the ben
 JSON with ``--json``): µs of server CPU (user + system, the process's own) per packet the viewers received,
 in all and above the idle window's CPU, loss, the viewers' own CPU, the load average, and signalling (WHEP
 POST → 201, as the viewers saw it and as the server's histogram has it) and connection times of the
-joins; with ``--hop``, then the server hop (``hop_latency``).
+joins; with ``--hop``, then the server hop (``hop_latency``). ``--workers 1 2`` measures one server after
+the other, each with that ``webrtc.workers`` (above 1 on every CPU, its workers' CPU, RSS and packets counted
+with the server's), and prints them side by side.
 CPU seconds per packet are far less sensitive to a shared machine than wall-clock figures.
 """
 
@@ -42,14 +44,18 @@ _POST_BUCKETS = "dragonfork_webrtc_whep_request_duration_seconds_bucket{"
 
 
 async def per_packet(
-    viewers: int, seconds: float, settle: float, workdir: Path, *, hop: bool = False
+    viewers: int, seconds: float, settle: float, workdir: Path, *, hop: bool = False, workers: int = 1
 ) -> dict[str, Any]:
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus, client_cpus = ({cpus[0]}, set(cpus[1:])) if len(cpus) >= 2 else (None, None)
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)
+    if workers > 1:
+        server_cpus = set(cpus)  # a core per worker, as ``nox -s bench`` runs them
     clip = make_clip(Path.home() / ".cache" / "dragonfork" / "bench")
-    async with dragonfork_server(workdir, clip, keyframe_cache=True, cpus=server_cpus) as server:
+    async with dragonfork_server(
+        workdir, clip, keyframe_cache=True, cpus=server_cpus, workers=workers
+    ) as server:
         meter = server_meter(server)
         options = LoadTestOptions(
             target=server.target, workers=workers_for(viewers), worker_cpus=client_cpus, lifetime=600
@@ -68,6 +74,7 @@ async def per_packet(
     busy = window["server_cpu_percent"] / 100
     above_idle = busy - idle["server_cpu_percent"] / 100
     return {
+        "workers": workers,
         "viewers": viewers,
         "connected": window["connected"],
         "us_per_packet": round(1e6 * busy / packets_per_second, 2) if packets_per_second else None,
@@ -75,6 +82,7 @@ async def per_packet(
         if packets_per_second
         else None,
         "server_cpu_percent": window["server_cpu_percent"],
+        "server_rss_mib": window["server_rss_mib"],
         "idle_server_cpu_percent": idle["server_cpu_percent"],
         "packets_per_second": packets_per_second,
         "loss_percent": window["loss_percent"],
@@ -122,19 +130,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="the measuring window")
     parser.add_argument("--settle", type=float, default=4.0, help="seconds after the last join")
     parser.add_argument("--hop", action="store_true", help="then the server hop (kernel timestamps; root)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="webrtc.workers of the server; several: one server after the other (e.g. --workers 1 2)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="dragonfork-perpacket-") as workdir:
-        figures = trio.run(
-            functools.partial(per_packet, hop=args.hop),
-            args.viewers,
-            args.seconds,
-            args.settle,
-            Path(workdir),
-        )
+    runs = []
+    for workers in args.workers:
+        with tempfile.TemporaryDirectory(prefix="dragonfork-perpacket-") as workdir:
+            run = functools.partial(per_packet, hop=args.hop, workers=workers)
+            runs.append(trio.run(run, args.viewers, args.seconds, args.settle, Path(workdir)))
     if args.json:
-        print(json.dumps(figures, indent=2))
+        print(json.dumps(runs if len(runs) > 1 else runs[0], indent=2))
         return 0
+    for figures in runs:
+        _print(figures)
+    return 0
+
+
+def _print(figures: dict[str, Any]) -> None:
+    print(f"webrtc.workers {figures['workers']} (CPU and RSS: the server and its workers):")
     signalling = figures["joins"]["signalling_seconds"] or {}
     print(
         f"{figures['connected']}/{figures['viewers']} viewers: {figures['us_per_packet']} µs of server CPU"
@@ -144,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         f" load {figures['load_average']}; joins: POST → 201 p50 {1000 * signalling.get('p50', 0):.0f}"
         f" / p95 {1000 * signalling.get('p95', 0):.0f} ms (the server's own: at most"
         f" {figures['joins']['server_post_seconds_at_most']} s),"
-        f" failures {figures['joins']['failures'] or 'none'}"
+        f" failures {figures['joins']['failures'] or 'none'}, RSS {figures['server_rss_mib']} MiB"
     )
     hop = figures["hop_latency"]
     if hop:
@@ -155,7 +174,6 @@ def main(argv: list[str] | None = None) -> int:
             f" of {hop.get('viewer_streams')} streams"
             f" ({hop.get('streams_not_aligned')} not aligned) {hop.get('error', '')}"
         )
-    return 0
 
 
 if __name__ == "__main__":
