@@ -169,14 +169,17 @@ class WhepServer:
         """A worker's viewer ended, for ``reason`` as its worker saw it; counted and logged here.
 
         The session table decides the reason: a close the server sent (a DELETE that found the session)
-        wins over what the worker saw meanwhile. A client that stops sends its DELETE and closes its peer
-        connection at once; the DTLS close reaches the worker directly, the DELETE only through the server,
-        so the worker often sees the close first, while the DELETE is on its way (in-process the DELETE ends
-        the viewer as soon as it arrives)."""
-        viewer.close_reason = viewer.close_reason or reason
+        wins over what the worker saw meanwhile, except the stream's end (``process_stopped`` comes first,
+        as in-process, though the clients DELETE as they see it). A client that stops sends its DELETE and
+        closes its peer connection at once; the DTLS close reaches the worker directly, the DELETE only
+        through the server, so the worker often sees the close first, while the DELETE is on its way
+        (in-process the DELETE ends the viewer as soon as it arrives)."""
+        if reason is not CloseReason.PROCESS_STOPPED:
+            reason = viewer.close_reason or reason
+        viewer.close_reason = reason
         self.sessions.remove(viewer)
         metrics.VIEWERS_ACTIVE.labels(viewer.process_id).dec()
-        record_viewer_end(viewer, viewer.close_reason, worker=viewer.worker.index)
+        record_viewer_end(viewer, reason, worker=viewer.worker.index)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Measure the server's own CPU (this process; FFmpeg children are not in it) for admission."""
