@@ -339,11 +339,11 @@ class WebRTCSettings(_Section):
         "worker's) is above this % of a core",
     )
     workers: int = Field(
-        1,
+        0,
         ge=0,
         le=256,
-        description="WebRTC worker processes that run the viewers, each on a core (0: one per usable core); "
-        "1: viewers run in the server process itself",
+        description="WebRTC worker processes that run the viewers, each on a core, started with the first "
+        "viewer; 0: one per usable core; 1 (or 0 on a single core): viewers run in the server process",
     )
     handshake_timeout_seconds: float = Field(10.0, gt=0)
     disconnect_grace_seconds: float = Field(5.0, ge=0)

@@ -55,9 +55,10 @@ METHOD = """\
   steps where the viewers' CPUs were over 85 % busy: their loss may be the clients'. `socket_receive_drops`
   in the JSON (UDP receive-buffer overflows, machine-wide) tells whether packets died in a viewer's socket.
 - **Server-hop latency.** A packet socket on `lo` (kernel timestamps, one clock) sees both the source leg
-  (FFmpeg → the server's video RTP port) and every packet the server sends to a viewer. Per viewer, the RTP
-  timestamp offset is found by pairing keyframes (many packets) and every frame is then matched to its
-  source frame. "last packet" = the frame's last packet in → its last packet out to that viewer; "first
+  (FFmpeg → the server's video RTP port) and every packet the server sends to a viewer (from the UDP ports
+  of the server and, with `webrtc.workers` 2, of its worker processes). Per viewer, the RTP timestamp
+  offset is found by pairing keyframes (many packets) and every frame is then matched to its source frame.
+  "last packet" = the frame's last packet in → its last packet out to that viewer; "first
   packet" the same for first packets. It is the server's hop, not the viewers' processing. Only each
   viewer's main video stream counts: retransmissions (RTX, answering a NACK or a PLI) are left out.
 - **Time to first frame.** 30 joins one at a time, each after a random pause of up to one GOP (2 s, seeded)

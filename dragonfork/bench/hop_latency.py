@@ -6,7 +6,8 @@ pairs use this machine's interface address, which Linux routes over ``lo`` too),
 server or the viewers are in user space:
 
 - in: the source leg, FFmpeg → the server's video RTP port (plain RTP);
-- out: every RTP packet the server process sends to a viewer (SRTP: the RTP header stays in the clear).
+- out: every RTP packet the server sends to a viewer (SRTP: the RTP header stays in the clear), from the
+  UDP ports of the server process or of its WebRTC worker processes (``--server-pid`` once for each).
 
 A viewer's packets carry other sequence numbers and timestamps than the source's (the sender's random
 offsets), but within one viewer's stream the RTP timestamp is the source's plus a constant. Keyframes are
@@ -18,7 +19,7 @@ the viewer pairs with its source frame. Per frame the hop is reported twice: las
 
 Needs root (a raw packet socket) and runs as its own process so its CPU never lands on the server's:
 
-    python -m dragonfork.bench.hop_latency --input-port V --server-pid PID --seconds 10
+    python -m dragonfork.bench.hop_latency --input-port V --server-pid PID [--server-pid WORKER…] --seconds 10
 """
 
 from __future__ import annotations
@@ -124,12 +125,12 @@ def _segments(vnet_header: bytes, udp_payload: int) -> int:
     return -(-udp_payload // gso_size) if gso_size else 1
 
 
-def capture(input_port: int, server_pid: int, seconds: float, sample_mask: int = 0) -> Capture:
-    """Record the source leg's video frames and the (sampled) viewer streams' frames for ``seconds``."""
-    server_ports = {conn.laddr.port for conn in psutil.Process(server_pid).net_connections(kind="udp")} - {
-        input_port,
-        input_port + 1,
-    }
+def capture(input_port: int, server_pids: list[int], seconds: float, sample_mask: int = 0) -> Capture:
+    """Record the source leg's video frames and the (sampled) viewer streams' frames for ``seconds``; the
+    viewers' packets are those sent from a UDP port of one of ``server_pids`` (the server, its workers)."""
+    server_ports = {
+        conn.laddr.port for pid in server_pids for conn in psutil.Process(pid).net_connections(kind="udp")
+    } - {input_port, input_port + 1}
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     result = Capture()
     try:
@@ -238,7 +239,13 @@ def analyse(result: Capture) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dragonfork.bench.hop_latency")
     parser.add_argument("--input-port", type=int, required=True, help="the server's video RTP port")
-    parser.add_argument("--server-pid", type=int, required=True)
+    parser.add_argument(
+        "--server-pid",
+        type=int,
+        action="append",
+        required=True,
+        help="a process that sends to the viewers: the server, and each of its WebRTC workers",
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument(
         "--sample-mask", type=int, default=0, help="keep viewer streams whose server port & MASK == 0"

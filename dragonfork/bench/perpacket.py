@@ -9,6 +9,8 @@ in all and above the idle window's CPU, loss, the viewers' own CPU, the load ave
 POST → 201, as the viewers saw it and as the server's histogram has it) and connection times of the
 joins; with ``--hop``, then the server hop (``hop_latency``); with ``--profile SECONDS``, then a py-spy
 profile of the server sorted into the bench's buckets (``bench/profile.py``), µs per packet each.
+``--workers 1 2`` measures one server after the other, each with that ``webrtc.workers`` (above 1 on every
+CPU, its workers' CPU, RSS and packets counted with the server's), and prints them side by side.
 CPU seconds per packet are far less sensitive to a shared machine than wall-clock figures.
 """
 
@@ -45,14 +47,25 @@ _POST_BUCKETS = "dragonfork_webrtc_whep_request_duration_seconds_bucket{"
 
 
 async def per_packet(
-    viewers: int, seconds: float, settle: float, workdir: Path, *, hop: bool = False, profile: float = 0.0
+    viewers: int,
+    seconds: float,
+    settle: float,
+    workdir: Path,
+    *,
+    hop: bool = False,
+    profile: float = 0.0,
+    workers: int = 1,
 ) -> dict[str, Any]:
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus, client_cpus = ({cpus[0]}, set(cpus[1:])) if len(cpus) >= 2 else (None, None)
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)
+    if workers > 1:
+        server_cpus = set(cpus)  # a core per worker, as ``nox -s bench`` runs them
     clip = make_clip(Path.home() / ".cache" / "dragonfork" / "bench")
-    async with dragonfork_server(workdir, clip, keyframe_cache=True, cpus=server_cpus) as server:
+    async with dragonfork_server(
+        workdir, clip, keyframe_cache=True, cpus=server_cpus, workers=workers
+    ) as server:
         meter = server_meter(server)
         options = LoadTestOptions(
             target=server.target, workers=workers_for(viewers), worker_cpus=client_cpus, lifetime=600
@@ -76,6 +89,7 @@ async def per_packet(
     busy = window["server_cpu_percent"] / 100
     above_idle = busy - idle["server_cpu_percent"] / 100
     return {
+        "workers": workers,
         "viewers": viewers,
         "connected": window["connected"],
         "us_per_packet": round(1e6 * busy / packets_per_second, 2) if packets_per_second else None,
@@ -83,6 +97,7 @@ async def per_packet(
         if packets_per_second
         else None,
         "server_cpu_percent": window["server_cpu_percent"],
+        "server_rss_mib": window["server_rss_mib"],
         "idle_server_cpu_percent": idle["server_cpu_percent"],
         "packets_per_second": packets_per_second,
         "loss_percent": window["loss_percent"],
@@ -134,19 +149,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", type=float, default=0.0, metavar="SECONDS", help="then py-spy the server this long"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="webrtc.workers of the server; several: one server after the other (e.g. --workers 1 2)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="dragonfork-perpacket-") as workdir:
-        figures = trio.run(
-            functools.partial(per_packet, hop=args.hop, profile=args.profile),
-            args.viewers,
-            args.seconds,
-            args.settle,
-            Path(workdir),
-        )
+    runs = []
+    for workers in args.workers:
+        with tempfile.TemporaryDirectory(prefix="dragonfork-perpacket-") as workdir:
+            run = functools.partial(per_packet, hop=args.hop, profile=args.profile, workers=workers)
+            runs.append(trio.run(run, args.viewers, args.seconds, args.settle, Path(workdir)))
     if args.json:
-        print(json.dumps(figures, indent=2))
+        print(json.dumps(runs if len(runs) > 1 else runs[0], indent=2))
         return 0
+    for figures in runs:
+        _print(figures)
+    return 0
+
+
+def _print(figures: dict[str, Any]) -> None:
+    print(f"webrtc.workers {figures['workers']} (CPU and RSS: the server and its workers):")
     signalling = figures["joins"]["signalling_seconds"] or {}
     print(
         f"{figures['connected']}/{figures['viewers']} viewers: {figures['us_per_packet']} µs of server CPU"
@@ -156,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         f" load {figures['load_average']}; joins: POST → 201 p50 {1000 * signalling.get('p50', 0):.0f}"
         f" / p95 {1000 * signalling.get('p95', 0):.0f} ms (the server's own: at most"
         f" {figures['joins']['server_post_seconds_at_most']} s),"
-        f" failures {figures['joins']['failures'] or 'none'}"
+        f" failures {figures['joins']['failures'] or 'none'}, RSS {figures['server_rss_mib']} MiB"
     )
     hop = figures["hop_latency"]
     if hop:
@@ -178,7 +204,6 @@ def main(argv: list[str] | None = None) -> int:
             )
             for row in profiled["buckets"] + profiled["paths"]:
                 print(f"  {row['us_per_packet']:6.2f} µs {row['share_percent']:5.1f} %  {row['name']}")
-    return 0
 
 
 if __name__ == "__main__":

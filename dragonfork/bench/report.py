@@ -8,7 +8,7 @@ from typing import Any
 LOSS_LIMIT_PERCENT = 0.1
 SERVERS = {
     "dragonfork": "dragonfork",
-    "dragonfork_workers": "dragonfork, webrtc.workers: 2 (CPU summed over the server and its workers)",
+    "dragonfork_workers": "dragonfork, webrtc.workers: 2 (CPU and RSS: the server and its workers summed)",
     "janus": "Janus, 1 event loop",
     "janus_default": "Janus, default config (a thread per viewer)",
 }
@@ -241,7 +241,7 @@ def _fan_out_table(fan_out: dict[str, Any]) -> list[str]:
                 _cell(s["loss_percent"], 3),
                 _cell(_get(s, "loss_percent_per_viewer", "max"), 3),
                 _cell(s["server_rss_mib"]),
-                _cell(s["rss_per_viewer_kib"]),
+                _cell(s.get("rss_per_viewer_kib")),  # none at the base step of a workers run
                 _cell(s["client_cpu_percent"]),
                 s["load_average"],
             )  # fmt: skip

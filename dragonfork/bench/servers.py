@@ -68,6 +68,10 @@ class RunningServer:
             return []
         return [child.pid for child in children if WORKER_MODULE in child.cmdline()]
 
+    def sender_pids(self) -> list[int]:
+        """The processes that send media to the viewers: the server and its WebRTC workers."""
+        return [self.pid, *self.worker_pids()]
+
     def alive(self) -> bool:
         try:
             return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE

@@ -7,9 +7,10 @@
 - ``first_frames``: viewers join one at a time, each leaving once its first complete keyframe arrived and
   decoded: time to first frame, signalling and ICE+DTLS times on an otherwise idle server.
 
-CPU is measured on the server's process only (psutil, user + system time), plus, for dragonfork with
-``webrtc.workers`` above 1, its WebRTC worker processes (``server_cpu_percent`` is then the sum over the
-server and its workers: the CPU that serves the viewers, whichever process spends it; FFmpeg apart). The
+CPU and RSS are measured on the server's process only (psutil, user + system time), plus, for dragonfork
+with ``webrtc.workers`` above 1, its WebRTC worker processes (``server_cpu_percent`` and ``server_rss_mib``
+are then sums over the server and its workers: what serves the viewers, whichever process it is; FFmpeg
+apart). The server hop is captured from the UDP ports of all of them. The
 server runs on the CPUs in ``server_cpus``; viewers, this orchestrator, the packet capture and py-spy run on
 ``client_cpus``.
 """
@@ -82,6 +83,16 @@ def _udp_receive_buffer_errors() -> int:
     return total
 
 
+def _rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
 def _cpu_seconds(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -111,7 +122,8 @@ async def _server_drops(server: RunningServer) -> dict[str, float]:
 async def measure_window(
     server: RunningServer, test: LoadTest, meter: ProcessMeter, seconds: float
 ) -> dict[str, Any]:
-    """Server CPU/RSS, what the viewers received and lost, client CPU, socket drops, over ``seconds``."""
+    """Server CPU/RSS, what the viewers received and lost, client CPU, socket drops, over ``seconds``
+    (CPU and RSS of the server and its WebRTC workers together)."""
     usage0, counters0, drops0 = meter.read(), test.snapshot(), await _server_drops(server)
     worker_pids = server.worker_pids()
     workers0 = _cpu_seconds(worker_pids)
@@ -139,6 +151,7 @@ async def measure_window(
         wanted = after[1] + after[3] - before[1] - before[3]
         received, expected = received + got, expected + wanted
         viewer_loss.append(loss_percent(got, wanted))
+    workers_rss = _rss_bytes(worker_pids)
     server_cpu_seconds = usage1.cpu_seconds - usage0.cpu_seconds + workers1 - workers0
     client_cpus = len(os.sched_getaffinity(test.worker_pids[0])) if test.worker_pids else 1
     client_percent = 100.0 * (clients1 - clients0) / elapsed / client_cpus
@@ -148,7 +161,8 @@ async def measure_window(
         "server_cpu_percent": round(server_percent + workers_percent, 1),
         "workers_cpu_percent": round(workers_percent, 1),
         "ffmpeg_cpu_percent": round(feed_percent, 1),
-        "server_rss_mib": round(usage1.rss_bytes / 2**20, 1),
+        "server_rss_mib": round((usage1.rss_bytes + workers_rss) / 2**20, 1),
+        "workers_rss_mib": round(workers_rss / 2**20, 1),
         "packets_received": received,
         "packets_expected": expected,
         "packets_per_second": round(received / elapsed),
@@ -171,9 +185,10 @@ async def hop_latency(server: RunningServer, seconds: float, viewers: int) -> di
     packet costs the sending server a little kernel time, which matters when the server's core is nearly full.
     """
     sample_mask = 0 if viewers <= CAPTURE_ALL_UP_TO else 7
+    senders = [arg for pid in server.sender_pids() for arg in ("--server-pid", str(pid))]
     command = [
         sys.executable, "-m", "dragonfork.bench.hop_latency",
-        "--input-port", str(server.video_port), "--server-pid", str(server.pid), "--seconds", str(seconds),
+        "--input-port", str(server.video_port), *senders, "--seconds", str(seconds),
         "--sample-mask", str(sample_mask),
     ]  # fmt: skip
     with trio.fail_after(seconds + 120):
@@ -226,6 +241,7 @@ async def fan_out(server: RunningServer, settings: SuiteSettings) -> dict[str, A
     async with open_load_test(options) as test:
         say(f"{server.name}: idle window")
         result["idle"] = await measure_window(server, test, meter, settings.window_seconds / 2)
+        idle_rss = result["idle"]["server_rss_mib"]
         for step in settings.steps:
             added = step - test.joined
             say(f"{server.name}: {step} viewers (+{added})")
@@ -234,9 +250,13 @@ async def fan_out(server: RunningServer, settings: SuiteSettings) -> dict[str, A
             await trio.sleep(settings.settle_seconds)
             figures = await measure_window(server, test, meter, settings.window_seconds)
             figures["viewers"] = step
-            figures["rss_per_viewer_kib"] = round(
-                (figures["server_rss_mib"] - result["idle"]["server_rss_mib"]) * 1024 / step, 1
-            )
+            # The workers start with the first viewer: their own RSS is not the viewers' (base: 1 viewer).
+            base = result["steps"][0] if server.workers > 1 and result["steps"] else None
+            base_rss, base_viewers = (base["server_rss_mib"], base["viewers"]) if base else (idle_rss, 0)
+            if step > base_viewers:
+                figures["rss_per_viewer_kib"] = round(
+                    (figures["server_rss_mib"] - base_rss) * 1024 / (step - base_viewers), 1
+                )
             say(
                 f"{server.name}: {step} viewers: CPU {figures['server_cpu_percent']} %, "
                 f"loss {figures['loss_percent']} %, {figures['packets_per_second']} packets/s, "

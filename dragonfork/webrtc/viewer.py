@@ -42,7 +42,7 @@ import functools
 import ipaddress
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 import trio
@@ -155,10 +155,15 @@ class ViewerSettings:
 class Viewer:
     """A WHEP session. Create it, start ``run`` with ``nursery.start``, then PATCH/DELETE through it."""
 
-    def __init__(self, process_id: str, settings: ViewerSettings | None = None) -> None:
+    def __init__(
+        self, process_id: str, settings: ViewerSettings | None = None, *, records_end: bool = True
+    ) -> None:
         self.id = secrets.token_urlsafe(24)
         self.process_id = process_id
         self.settings = settings or ViewerSettings()
+        self.records_end = records_end
+        """Count and log its end (``record_viewer_end``); False in a WebRTC worker, whose server records
+        it with the reason its session table decides."""
         self._stats_bytes_sent = 0  # aiortc path: RTP sent, from its stats (read once a second)
         self.created_at = time.time()
         self.state = ViewerState.NEW
@@ -427,17 +432,33 @@ class Viewer:
         metrics.TIME_TO_FIRST_FRAME_SECONDS.observe(self.time_to_first_frame_seconds)
 
     def _record_end(self) -> None:
-        reason = self.close_reason or CloseReason.PROCESS_STOPPED
         metrics.VIEWERS_ACTIVE.labels(self.process_id).dec()
-        metrics.VIEWERS_CLOSED.labels(reason.value).inc()
-        log.info(
-            "viewer_closed",
-            viewer=self.id,
-            process=self.process_id,
-            reason=reason.value,
-            setup_seconds=self.setup_seconds,
-            time_to_first_frame_seconds=self.time_to_first_frame_seconds,
-        )
+        if self.records_end:
+            record_viewer_end(self, self.close_reason or CloseReason.PROCESS_STOPPED)
+
+
+class EndedViewer(Protocol):
+    """What the record of a viewer's end names (a ``Viewer``, or the WHEP server's entry for one in a
+    WebRTC worker)."""
+
+    id: str
+    process_id: str
+    setup_seconds: float | None
+    time_to_first_frame_seconds: float | None
+
+
+def record_viewer_end(viewer: EndedViewer, reason: CloseReason, **context: Any) -> None:
+    """Count a viewer's end by its reason (``VIEWERS_CLOSED``) and log it (``viewer_closed``), once."""
+    metrics.VIEWERS_CLOSED.labels(reason.value).inc()
+    log.info(
+        "viewer_closed",
+        viewer=viewer.id,
+        process=viewer.process_id,
+        reason=reason.value,
+        setup_seconds=viewer.setup_seconds,
+        time_to_first_frame_seconds=viewer.time_to_first_frame_seconds,
+        **context,
+    )
 
 
 async def _sender_stats(pc: RTCPeerConnection) -> tuple[tuple[object, ...], int]:

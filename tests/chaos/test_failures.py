@@ -140,6 +140,7 @@ def test_after_kill_9_no_ffmpeg_survives_and_a_restart_plays_again(tmp_path: Pat
         time.sleep(max(0.0, 12 - (time.time() - max(psutil.Process(pid).create_time() for pid in pids))))
         assert sorted(child.pid for child in ffmpeg_children(server)) == sorted(pids)
         assert server.proc is not None
+        assert play(whep_url(server, "cam0"), duration=1)["error"] is None  # the first offer starts them
         workers = [
             child.pid
             for child in psutil.Process(server.proc.pid).children()

@@ -27,7 +27,10 @@ WEBRTC_ENV = {
 
 @pytest.fixture(scope="module")
 def whep_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("whep"), **WEBRTC_ENV) as server:
+    """Viewers in the server process (``webrtc.workers: 1``, not the default): the in-process side of the
+    tests that run both ways (``whep_server_with_workers`` is the other)."""
+    env = {**WEBRTC_ENV, "CORE_WEBRTC_WORKERS": "1"}
+    with running_server(tmp_path_factory.mktemp("whep"), **env) as server:
         assert (
             server.api("POST", "/api/v3/process", json=lavfi_process("cam", webrtc=True)).status_code == 200
         )
@@ -365,12 +368,12 @@ def test_a_killed_worker_is_counted_its_viewers_closed_and_it_is_restarted(
         server.api("POST", "/api/v3/process", json=lavfi_process(process_id, webrtc=True)).status_code == 200
     )
     wait_live(server, process_id)
-    workers = worker_processes(server)
-    assert len(workers) == 2
     clients = [start_client(whep_url(server, process_id), duration=12) for _ in range(2)]
     server.wait_for(
         lambda: metric(server, "dragonfork_webrtc_viewers_active", process=process_id) == 2, 15, "2 viewers"
     )
+    workers = worker_processes(server)  # started with the first offer
+    assert len(workers) == 2
     failures = metric(server, "dragonfork_failures_total", component="webrtc_worker", cause="SIGKILL")
     workers[0].kill()
     # The least-loaded choice put one viewer on each worker: one session ends, the other plays on.

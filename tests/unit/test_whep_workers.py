@@ -19,8 +19,10 @@ from dragonfork.servers.whep.channel import (
     opened_description,
     stream_opened,
 )
+from dragonfork.servers.whep.server import WhepServer, WhepSettings
 from dragonfork.servers.whep.viewer_start import WhepRefused
 from dragonfork.servers.whep.workers import RemoteViewer, WorkerConnection, WorkerPool
+from dragonfork.stream.directory import StreamDirectory
 from dragonfork.stream.frames import MediaFrame
 
 
@@ -121,3 +123,32 @@ def test_a_workers_counter_growth_is_added_to_the_same_series() -> None:
     before = series._value.get()  # prometheus_client has no public read of one series
     metrics.add_counter_deltas(taken + [("dragonfork_no_such_counter", {}, 3.0)])
     assert series._value.get() == before + 5
+
+
+@pytest.mark.parametrize(("deleted", "counted"), [(True, "delete"), (False, "peer_closed")])
+async def test_a_delete_that_found_the_session_is_its_close_reason_whatever_the_worker_saw(
+    deleted: bool, counted: str
+) -> None:
+    """The stopping client's DTLS close reaches the worker before its DELETE, which goes through the server:
+    the worker reports peer_closed; the server's table, which the DELETE found the session in, says delete."""
+    here, there = channel_pair()
+    worker = WorkerConnection(0, 1000, here, channel_pair()[0])
+    pool = pool_of(worker)
+    whep = WhepServer(StreamDirectory(), WhepSettings(), lambda _: None, workers=pool)
+    viewer = RemoteViewer("cam", worker)
+    whep.sessions.add(viewer)
+    worker.sessions[viewer.id] = viewer
+    viewer.answered = True
+    if deleted:
+        whep.end_session("cam", viewer.id)
+    closed = {
+        reason: metrics.VIEWERS_CLOSED.labels(reason)._value.get() for reason in ("delete", "peer_closed")
+    }
+    await there.send_json(
+        {"op": "ended", "session": viewer.id, "reason": "peer_closed", "figures": [9, 0.1, 0.2]}
+    )
+    await there.aclose()
+    assert await pool._receive(worker) == "channel_closed"
+    assert whep.sessions.get(viewer.id) is None and viewer.close_reason == counted
+    for reason, before in closed.items():
+        assert metrics.VIEWERS_CLOSED.labels(reason)._value.get() == before + (reason == counted)

@@ -6,6 +6,7 @@
 
 const STATS_INTERVAL_MS = 1000;
 const DISCONNECT_GRACE_MS = 4000; // ICE "disconnected" often recovers by itself; give it this long
+const DELETE_WAIT_MS = 2000; // Stop closes the connection when its DELETE is answered, or after this long
 const MAX_BACKOFF_S = 30;
 const PROCESS_DOWN_STATES = new Set(["finished", "finishing", "failed", "killed"]);
 
@@ -382,10 +383,18 @@ export class WhepPlayer extends EventTarget {
       this.stats = null;
       this.dispatchEvent(new CustomEvent("stats", { detail: null }));
     }
-    if (session.location) this.#deleteSession(session.location, keepalive);
-    session.pc.close();
+    if (!session.location || keepalive) {
+      if (session.location) this.#deleteSession(session.location, keepalive);
+      session.pc.close(); // no session yet, or the page is leaving: no time to wait for an answer
+      return;
+    }
+    // The connection closes once the DELETE is answered (or after DELETE_WAIT_MS): the server then ends
+    // the session for the DELETE, and our DTLS close does not race the request to the server.
+    const waited = new Promise((resolve) => setTimeout(resolve, DELETE_WAIT_MS));
+    Promise.race([this.#deleteSession(session.location, keepalive), waited]).then(() => session.pc.close());
   }
 
+  /** The DELETE request; resolves when it is answered or failed. */
   #deleteSession(location, keepalive) {
     const send = (token) =>
       fetch(location, {
@@ -395,8 +404,7 @@ export class WhepPlayer extends EventTarget {
       }).catch(() => {});
     const token = typeof this.#token === "function" ? this.#token() : this.#token;
     // Send at once when the token is at hand: on page unload there is no time to wait for a promise.
-    if (token instanceof Promise) token.then(send);
-    else send(token);
+    return token instanceof Promise ? token.then(send) : send(token);
   }
 
   #schedule(callback, delayMs) {

@@ -31,7 +31,7 @@ from dragonfork.servers.whep.viewer_start import (
 from dragonfork.servers.whep.workers import RemoteViewer, WorkerPool
 from dragonfork.stream.directory import StreamDirectory, StreamNotLive
 from dragonfork.stream.stream import Stream, StreamSettings
-from dragonfork.webrtc.viewer import CloseReason, Viewer, ViewerSettings
+from dragonfork.webrtc.viewer import CloseReason, Viewer, ViewerSettings, record_viewer_end
 
 CPU_WINDOW_SECONDS = 1.0  # the server's CPU use (for admission) is measured over this window
 
@@ -150,6 +150,7 @@ class WhepServer:
     ) -> tuple[str, RemoteViewer]:
         settings = self.settings
         budget, cpu_limit = settings.max_viewers_per_core, settings.admission_cpu_percent
+        await workers.started()
         worker = workers.choose(budget=budget, cpu_limit=cpu_limit)
         viewer = RemoteViewer(name, worker)
         with refusals(name, settings.max_viewers_per_stream):
@@ -164,12 +165,21 @@ class WhepServer:
         metrics.VIEWERS_ACTIVE.labels(name).inc()
         return answer, viewer
 
-    def _remote_session_ended(self, viewer: RemoteViewer, reason: CloseReason | None) -> None:
-        """A worker's viewer ended (``reason``: to count here, None when its worker counted it)."""
+    def _remote_session_ended(self, viewer: RemoteViewer, reason: CloseReason) -> None:
+        """A worker's viewer ended, for ``reason`` as its worker saw it; counted and logged here.
+
+        The session table decides the reason: a close the server sent (a DELETE that found the session)
+        wins over what the worker saw meanwhile, except the stream's end (``process_stopped`` comes first,
+        as in-process, though the clients DELETE as they see it). A client that stops sends its DELETE and
+        closes its peer connection at once; the DTLS close reaches the worker directly, the DELETE only
+        through the server, so the worker often sees the close first, while the DELETE is on its way
+        (in-process the DELETE ends the viewer as soon as it arrives)."""
+        if reason is not CloseReason.PROCESS_STOPPED:
+            reason = viewer.close_reason or reason
+        viewer.close_reason = reason
         self.sessions.remove(viewer)
         metrics.VIEWERS_ACTIVE.labels(viewer.process_id).dec()
-        if reason is not None:
-            metrics.VIEWERS_CLOSED.labels(reason.value).inc()
+        record_viewer_end(viewer, reason, worker=viewer.worker.index)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Measure the server's own CPU (this process; FFmpeg children are not in it) for admission."""

@@ -116,7 +116,8 @@ class Worker:
         request = message["request"]
         try:
             stream = await self.directory.wait_live(str(message["stream"]), STREAM_WAIT)
-            viewer = Viewer(str(message["name"]), viewer_settings_of(dict(message["settings"])))
+            settings = viewer_settings_of(dict(message["settings"]))
+            viewer = Viewer(str(message["name"]), settings, records_end=False)  # the server records it
             viewer.id = str(message["session"])  # the server's resource id names it everywhere
             answer = await start_viewer(stream, viewer, self.sessions, str(message["offer"]))
         except WhepRefused as refused:

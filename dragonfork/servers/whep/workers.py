@@ -15,7 +15,8 @@ fan-out (``StreamFanout``) for them, on a core of its own. The server keeps the 
 - **Figures**: a worker sends its counters' growth (``metrics.CounterDeltas``), its CPU over the last
   second and each viewer's bytes, setup time and time to first frame once a second and when a viewer ends;
   the server adds them to its own series, so ``/metrics`` and the sessions API read as with one process.
-- **Supervision**: each worker is a task of the pool (``WorkerPool.run``, in the root nursery). A worker
+- **Supervision**: each worker is a task of the pool (``WorkerPool.run``, in the root nursery), all started
+  when the first offer comes (``WorkerPool.started``: a server without viewers runs none). A worker
   that exits or breaks its channel is logged with its index, pid and cause, counted
   (``dragonfork_failures_total{component="webrtc_worker"}``), its sessions are closed (reason
   ``worker_failed``: GET/PATCH on them answer 404) and it is started again. Workers are spawned like FFmpeg
@@ -265,11 +266,13 @@ class WorkerPool:
         self.count = count
         self._spawn = spawn
         self._log_level = log_level
-        self.on_session_ended: Callable[[RemoteViewer, CloseReason | None], None] = lambda *_: None
-        """Told when a session ended (the WHEP server's table): with the reason to count, or None when its
-        worker counted it."""
+        self.on_session_ended: Callable[[RemoteViewer, CloseReason], None] = lambda *_: None
+        """Told when a session ended (the WHEP server's table), with the reason its worker gave (or
+        ``worker_failed``, ``process_stopped`` when the worker is gone)."""
         self.workers: list[WorkerConnection | None] = [None] * count
         self._stream_ids = itertools.count(1)
+        self._wanted = trio.Event()  # the first offer came: start the workers
+        self._first_starts = trio.Event()  # every worker is ready or has failed its first start
 
     def running(self) -> list[WorkerConnection]:
         return [worker for worker in self.workers if worker is not None]
@@ -340,14 +343,26 @@ class WorkerPool:
         viewer.answered = True
         return str(reply["answer"])
 
+    async def started(self) -> None:
+        """Have the workers started (the first offer starts them) and wait until each is ready or has
+        failed its first start (at most ``READY_TIMEOUT``; then ``choose`` refuses with 503)."""
+        self._wanted.set()
+        with trio.move_on_after(READY_TIMEOUT):
+            await self._first_starts.wait()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start every worker (in parallel), then keep each running, restarted when it fails, until
-        cancelled. Reports started once each worker is ready or has failed its first start."""
+        """Once the first offer asks for them (``started``), start every worker (in parallel), then keep
+        each running, restarted when it fails, until cancelled.
+
+        Lazily: a server that serves no viewer never pays for its workers (a process each, importing
+        aiortc: about a second of CPU apiece), and its start-up does not wait for them."""
+        task_status.started()
+        await self._wanted.wait()
         async with trio.open_nursery() as nursery:
             async with trio.open_nursery() as starting:
                 for index in range(self.count):
                     starting.start_soon(nursery.start, self._supervise, index)
-            task_status.started()
+            self._first_starts.set()
 
     async def _supervise(self, index: int, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         delay = RESTART_DELAY_FIRST
@@ -477,7 +492,7 @@ class WorkerPool:
                         viewer.ended = True
                         viewer.update(message.get("figures", [0, None, None]))
                         if viewer.answered:  # else its offer's refusal follows; start_viewer cleans up
-                            self.on_session_ended(viewer, None)
+                            self.on_session_ended(viewer, CloseReason(message["reason"]))
         except ChannelClosed:
             return "channel_closed"
 
