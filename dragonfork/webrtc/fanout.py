@@ -258,9 +258,10 @@ class TrackFanout:
         keyframe = frame.keyframe
         sent = 0
         slice_ends = time.perf_counter() + SLICE_SECONDS
-        for layout, sinks in list(self._groups.items()):
+        groups = [(layout, list(sinks)) for layout, sinks in self._groups.items()]
+        for layout, sinks in groups:
             wire: list[bytes] | None = None
-            for sink in list(sinks):
+            for sink in sinks:
                 if time.perf_counter() > slice_ends:
                     await trio.lowlevel.checkpoint()
                     slice_ends = time.perf_counter() + SLICE_SECONDS

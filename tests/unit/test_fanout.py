@@ -265,11 +265,13 @@ async def test_a_frame_fans_out_in_slices_and_each_viewer_gets_its_packets_back_
     """With a checkpoint before every viewer (a zero slice), other tasks run while a frame is half sent, yet
     every viewer gets each frame's packets whole, in order, before the next frame's; a viewer that leaves
     mid-frame (its socket closed at once, as a closing viewer's is) is skipped, not failed; one that joins
-    mid-frame has the frame in its keyframe burst, once."""
+    mid-frame has the frame in its keyframe burst, once (also when its layout's viewers are
+    yet to be sent)."""
     monkeypatch.setattr(fanout_module, "SLICE_SECONDS", 0.0)
     stream = video_fanout()
     fanout = stream.tracks["video"]
-    with peers(*[(PacketLayout(96), None)] * 6) as viewers, peers((PacketLayout(96), None)) as (late,):
+    other_layout = (PacketLayout(97), None)  # ``late`` joins a group whose turn in the loop is still to come
+    with peers(*[(PacketLayout(96), None)] * 5, other_layout) as viewers, peers(other_layout) as (late,):
         first, *staying, leaving, last = (
             viewers  # ``leaving`` a few viewers (hence checkpoints) after ``first``
         )
