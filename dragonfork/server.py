@@ -107,6 +107,7 @@ async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None
         await root.start(core.registry.run)  # reaps a killed predecessor's children before any spawn
         if core.whep.workers is not None:
             await root.start(core.whep.workers.run)
+            root.start_soon(core.whep.start_workers_with_the_first_stream, core.whep.workers)
         await root.start(core.client_sessions.run)
         await root.start(core.whep.run)
         http_stopped = trio.Event()

@@ -51,6 +51,11 @@ class StreamDirectory:
                 del self._streams[stream.name]
                 self._notify()
 
+    async def wait_for_any(self) -> None:
+        """Until any stream is published (returns at once when one is)."""
+        while not self._streams:
+            await self._changed.wait()
+
     async def wait_live(self, name: str, timeout: float) -> Stream:
         """The stream under ``name`` once it has media, waiting up to ``timeout`` seconds for it."""
         with trio.move_on_after(timeout):

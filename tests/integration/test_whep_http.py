@@ -357,6 +357,18 @@ def worker_processes(server: Server) -> list[psutil.Process]:
     return [child for child in children if WORKER_MODULE in child.cmdline()]
 
 
+def test_the_workers_start_with_the_first_published_stream_before_any_viewer(tmp_path: Path) -> None:
+    """No worker while nothing is published (a server that serves no one pays for none); once a stream is,
+    both start without waiting for an offer, so the first viewer does not wait for them."""
+    with running_server(tmp_path, **WEBRTC_ENV, CORE_WEBRTC_WORKERS="2") as server:
+        assert worker_processes(server) == []
+        response = server.api("POST", "/api/v3/process", json=lavfi_process("early", webrtc=True))
+        assert response.status_code == 200, response.text
+        wait_live(server, "early")
+        server.wait_for(lambda: len(worker_processes(server)) == 2, 20, "the workers, before any offer")
+        assert metric(server, "dragonfork_webrtc_viewers_active", process="early") == 0
+
+
 def test_a_killed_worker_is_counted_its_viewers_closed_and_it_is_restarted(
     whep_server_with_workers: Server,
 ) -> None:
@@ -372,7 +384,7 @@ def test_a_killed_worker_is_counted_its_viewers_closed_and_it_is_restarted(
     server.wait_for(
         lambda: metric(server, "dragonfork_webrtc_viewers_active", process=process_id) == 2, 15, "2 viewers"
     )
-    workers = worker_processes(server)  # started with the first offer
+    workers = worker_processes(server)  # started with the first stream
     assert len(workers) == 2
     failures = metric(server, "dragonfork_failures_total", component="webrtc_worker", cause="SIGKILL")
     workers[0].kill()

@@ -181,6 +181,12 @@ class WhepServer:
         metrics.VIEWERS_ACTIVE.labels(viewer.process_id).dec()
         record_viewer_end(viewer, reason, worker=viewer.worker.index)
 
+    async def start_workers_with_the_first_stream(self, workers: WorkerPool) -> None:
+        """Start the WebRTC workers once anything is published, before its first viewer asks: that
+        viewer's offer would otherwise wait for them to start (about a second)."""
+        await self.directory.wait_for_any()
+        workers.want()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Measure the server's own CPU (this process; FFmpeg children are not in it) for admission."""
         task_status.started()

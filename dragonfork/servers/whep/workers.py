@@ -16,7 +16,8 @@ fan-out (``StreamFanout``) for them, on a core of its own. The server keeps the 
   second and each viewer's bytes, setup time and time to first frame once a second and when a viewer ends;
   the server adds them to its own series, so ``/metrics`` and the sessions API read as with one process.
 - **Supervision**: each worker is a task of the pool (``WorkerPool.run``, in the root nursery), all started
-  when the first offer comes (``WorkerPool.started``: a server without viewers runs none). A worker
+  when the first stream is published or the first offer comes (``WorkerPool.want``: a server that
+  publishes nothing runs none). A worker
   that exits or breaks its channel is logged with its index, pid and cause, counted
   (``dragonfork_failures_total{component="webrtc_worker"}``), its sessions are closed (reason
   ``worker_failed``: GET/PATCH on them answer 404) and it is started again. Workers are spawned like FFmpeg
@@ -271,7 +272,7 @@ class WorkerPool:
         ``worker_failed``, ``process_stopped`` when the worker is gone)."""
         self.workers: list[WorkerConnection | None] = [None] * count
         self._stream_ids = itertools.count(1)
-        self._wanted = trio.Event()  # the first offer came: start the workers
+        self._wanted = trio.Event()  # a stream was published or an offer came: start the workers
         self._first_starts = trio.Event()  # every worker is ready or has failed its first start
 
     def running(self) -> list[WorkerConnection]:
@@ -343,18 +344,22 @@ class WorkerPool:
         viewer.answered = True
         return str(reply["answer"])
 
-    async def started(self) -> None:
-        """Have the workers started (the first offer starts them) and wait until each is ready or has
-        failed its first start (at most ``READY_TIMEOUT``; then ``choose`` refuses with 503)."""
+    def want(self) -> None:
+        """Start the workers now (once; later calls do nothing)."""
         self._wanted.set()
+
+    async def started(self) -> None:
+        """Have the workers started (if nothing started them yet) and wait until each is ready or has
+        failed its first start (at most ``READY_TIMEOUT``; then ``choose`` refuses with 503)."""
+        self.want()
         with trio.move_on_after(READY_TIMEOUT):
             await self._first_starts.wait()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Once the first offer asks for them (``started``), start every worker (in parallel), then keep
-        each running, restarted when it fails, until cancelled.
+        """Once asked (``want``: the first stream is published, or the first offer came), start every
+        worker (in parallel), then keep each running, restarted when it fails, until cancelled.
 
-        Lazily: a server that serves no viewer never pays for its workers (a process each, importing
+        Lazily: a server that publishes nothing never pays for its workers (a process each, importing
         aiortc: about a second of CPU apiece), and its start-up does not wait for them."""
         task_status.started()
         await self._wanted.wait()
