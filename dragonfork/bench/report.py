@@ -241,7 +241,7 @@ def _fan_out_table(fan_out: dict[str, Any]) -> list[str]:
                 _cell(s["loss_percent"], 3),
                 _cell(_get(s, "loss_percent_per_viewer", "max"), 3),
                 _cell(s["server_rss_mib"]),
-                _cell(s.get("rss_per_viewer_kib")),  # none at the base step of a workers run
+                _cell(s["rss_per_viewer_kib"]),
                 _cell(s["client_cpu_percent"]),
                 s["load_average"],
             )  # fmt: skip

@@ -250,13 +250,8 @@ async def fan_out(server: RunningServer, settings: SuiteSettings) -> dict[str, A
             await trio.sleep(settings.settle_seconds)
             figures = await measure_window(server, test, meter, settings.window_seconds)
             figures["viewers"] = step
-            # The workers start with the first viewer: their own RSS is not the viewers' (base: 1 viewer).
-            base = result["steps"][0] if server.workers > 1 and result["steps"] else None
-            base_rss, base_viewers = (base["server_rss_mib"], base["viewers"]) if base else (idle_rss, 0)
-            if step > base_viewers:
-                figures["rss_per_viewer_kib"] = round(
-                    (figures["server_rss_mib"] - base_rss) * 1024 / (step - base_viewers), 1
-                )
+            # the workers started with the stream, before the idle window: their own RSS is in its figure
+            figures["rss_per_viewer_kib"] = round((figures["server_rss_mib"] - idle_rss) * 1024 / step, 1)
             say(
                 f"{server.name}: {step} viewers: CPU {figures['server_cpu_percent']} %, "
                 f"loss {figures['loss_percent']} %, {figures['packets_per_second']} packets/s, "
