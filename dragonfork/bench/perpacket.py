@@ -10,7 +10,9 @@ POST → 201, as the viewers saw it and as the server's histogram has it) and co
 joins; with ``--hop``, then the server hop (``hop_latency``); with ``--profile SECONDS``, then a py-spy
 profile of the server sorted into the bench's buckets (``bench/profile.py``), µs per packet each.
 ``--workers 1 2`` measures one server after the other, each with that ``webrtc.workers`` (above 1 on every
-CPU, its workers' CPU, RSS and packets counted with the server's), and prints them side by side.
+CPU, its workers' CPU, RSS and packets counted with the server's), and prints them side by side;
+``--every-cpu`` runs the 1-worker server on every CPU too, beside the viewers, as the 2-worker one has to
+run on a machine that also carries the viewers (docs/whep.md: what that costs per packet).
 CPU seconds per packet are far less sensitive to a shared machine than wall-clock figures.
 """
 
@@ -55,13 +57,17 @@ async def per_packet(
     hop: bool = False,
     profile: float = 0.0,
     workers: int = 1,
+    every_cpu: bool = False,
+    cpus: list[int] | None = None,
 ) -> dict[str, Any]:
-    cpus = sorted(os.sched_getaffinity(0))
+    """One server measured; ``cpus``: the machine's CPUs to place it and the viewers on (by default this
+    process's; a run leaves this process on the viewers' CPUs, so runs after the first must be given them)."""
+    cpus = cpus or sorted(os.sched_getaffinity(0))
     server_cpus, client_cpus = ({cpus[0]}, set(cpus[1:])) if len(cpus) >= 2 else (None, None)
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)
-    if workers > 1:
-        server_cpus = set(cpus)  # a core per worker, as ``nox -s bench`` runs them
+    if workers > 1 or every_cpu:
+        server_cpus = set(cpus)  # a core per worker, as ``nox -s bench`` runs them; beside the viewers
     clip = make_clip(Path.home() / ".cache" / "dragonfork" / "bench")
     async with dragonfork_server(
         workdir, clip, keyframe_cache=True, cpus=server_cpus, workers=workers
@@ -90,6 +96,7 @@ async def per_packet(
     above_idle = busy - idle["server_cpu_percent"] / 100
     return {
         "workers": workers,
+        "server_cpus": sorted(server_cpus) if server_cpus else None,
         "viewers": viewers,
         "connected": window["connected"],
         "us_per_packet": round(1e6 * busy / packets_per_second, 2) if packets_per_second else None,
@@ -156,12 +163,26 @@ def main(argv: list[str] | None = None) -> int:
         default=[1],
         help="webrtc.workers of the server; several: one server after the other (e.g. --workers 1 2)",
     )
+    parser.add_argument(
+        "--every-cpu",
+        action="store_true",
+        help="every server on every CPU, beside the viewers (as webrtc.workers above 1 always runs), so a "
+        "1-worker run is measured as a 2-worker one is, not alone on the first CPU",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     runs = []
+    cpus = sorted(os.sched_getaffinity(0))  # every run places its server and viewers on these
     for workers in args.workers:
         with tempfile.TemporaryDirectory(prefix="dragonfork-perpacket-") as workdir:
-            run = functools.partial(per_packet, hop=args.hop, profile=args.profile, workers=workers)
+            run = functools.partial(
+                per_packet,
+                hop=args.hop,
+                profile=args.profile,
+                workers=workers,
+                every_cpu=args.every_cpu,
+                cpus=cpus,
+            )
             runs.append(trio.run(run, args.viewers, args.seconds, args.settle, Path(workdir)))
     if args.json:
         print(json.dumps(runs if len(runs) > 1 else runs[0], indent=2))
@@ -172,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print(figures: dict[str, Any]) -> None:
-    print(f"webrtc.workers {figures['workers']} (CPU and RSS: the server and its workers):")
+    cpus = ",".join(str(cpu) for cpu in figures["server_cpus"] or []) or "any"
+    print(f"webrtc.workers {figures['workers']} on CPUs {cpus} (CPU and RSS: the server and its workers):")
     signalling = figures["joins"]["signalling_seconds"] or {}
     print(
         f"{figures['connected']}/{figures['viewers']} viewers: {figures['us_per_packet']} µs of server CPU"
