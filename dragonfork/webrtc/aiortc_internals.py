@@ -19,9 +19,10 @@ import functools
 import socket
 import struct
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pylibsrtp
+import trio
 from aioice import stun
 from aioice.ice import CandidatePair, Connection
 from aiortc import RTCPeerConnection, RTCRtpSender
@@ -144,36 +145,72 @@ async def consent_fresh(pc: RTCPeerConnection) -> bool:
     return True
 
 
-def take_rtcp(pc: RTCPeerConnection, handler: Callable[[list[Any]], None]) -> bool:
-    """Give every SRTCP datagram that reaches the nominated pair's socket to ``handler`` at once: decrypted
-    and parsed (aiortc's ``RtcpPacket``s), in the socket's read callback. False when there is no pair.
+class PairReader:
+    """Reads the nominated pair's UDP socket from a Trio task of ours instead of asyncio's transport.
 
-    aiortc's own way for each receiver report is long: aioice tries it as STUN, queues it for the ICE
-    transport, the DTLS transport's task wakes up to unprotect it, parse and route it, and the sender's
-    handler is awaited: two asyncio loop iterations and a task switch under trio-asyncio, several coroutines,
-    for each of the two or three reports a viewer sends a second. Here that is one call. RTP, DTLS (the
-    peer's close_notify) and STUN still go aioice's and aiortc's way; a datagram that does not unprotect or
-    parse is dropped, as aiortc drops it.
+    Under trio-asyncio every readable event on an asyncio datagram transport costs a task of trio-asyncio's
+    own (``_io_task``) a wake-up, one ``recvfrom``, then a round trip through the asyncio main loop
+    (``synchronize``: an Event set by a handle queued there) before it waits again: three task switches per
+    datagram, for the two or three receiver reports and the STUN checks every viewer sends a second. ``run``
+    pauses the transport's reading (public asyncio API) and reads the socket itself, draining it on each
+    wake-up: SRTCP is decrypted and parsed here and handed to ``on_rtcp`` at once (aiortc's way for each
+    report is long: aioice tries it as STUN, queues it for the ICE transport, the DTLS transport's task wakes
+    up to unprotect it, parse and route it, and the sender's handler is awaited); everything else (STUN,
+    DTLS: the peer's close_notify, RTP) goes to aioice's ``StunProtocol.datagram_received`` as before, whose
+    futures and ``call_soon`` work from a Trio task as from trio-asyncio's own. A datagram that does not
+    unprotect or parse is dropped, as aiortc drops it. When ``run`` ends (cancelled: the viewer ends) the
+    transport reads again, until aioice closes it with the peer connection.
     """
-    found = _nominated_pair(pc)
-    session = next((sender.transport._rx_srtp for sender in pc.getSenders()), None)
-    if found is None or session is None:
-        return False
-    protocol = found[1].protocol
-    forward = protocol.datagram_received
 
-    def datagram_received(data: bytes | str, addr: tuple[Any, ...]) -> None:
-        if isinstance(data, str) or not (is_rtcp(data) and 127 < data[0] < 192):
-            forward(data, addr)
+    BATCH = 64  # datagrams read per wake-up at most, before other tasks get a turn
+
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        sock: socket.socket,
+        on_rtcp: Callable[[list[Any]], None],
+    ) -> None:
+        found = _nominated_pair(pc)
+        session = next((sender.transport._rx_srtp for sender in pc.getSenders()), None)
+        if found is None or session is None:
+            raise ValueError("no nominated pair or no SRTP session yet")
+        self._protocol = found[1].protocol
+        self._session: pylibsrtp.Session = session
+        self._socket = sock
+        self._on_rtcp = on_rtcp
+
+    async def run(self) -> None:
+        """Read the socket until cancelled."""
+        # asyncio's selector datagram transport has ReadTransport's pause/resume (its type does not say so)
+        transport = cast(asyncio.ReadTransport, self._protocol.transport)
+        transport.pause_reading()  # ends trio-asyncio's reader task of this socket (its waiter goes at once)
+        sock, receive, dispatch, batch = self._socket, self._socket.recvfrom, self.dispatch, self.BATCH
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                for _ in range(batch):
+                    try:
+                        data, address = receive(65536)
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:  # as asyncio's transport does: aioice logs it
+                        self._protocol.error_received(exc)
+                        break
+                    dispatch(data, address)
+        finally:
+            if not transport.is_closing():
+                transport.resume_reading()
+
+    def dispatch(self, data: bytes, address: tuple[Any, ...]) -> None:
+        """One datagram from the socket: SRTCP to ``on_rtcp`` (decrypted, parsed), the rest to aioice."""
+        if not (is_rtcp(data) and 127 < data[0] < 192):
+            self._protocol.datagram_received(data, address)
             return
         try:
-            packets = RtcpPacket.parse(session.unprotect_rtcp(data))
+            packets = RtcpPacket.parse(self._session.unprotect_rtcp(data))
         except (pylibsrtp.Error, ValueError):
             return
-        handler(packets)
-
-    protocol.datagram_received = datagram_received  # type: ignore[method-assign]
-    return True
+        self._on_rtcp(packets)
 
 
 def outgoing_srtp(pc: RTCPeerConnection) -> pylibsrtp.Session | None:
@@ -230,6 +267,11 @@ class SrtpSocket:
         self._sendmsg = sock.sendmsg
         self._address = address
         self.gso = True
+
+    @property
+    def socket(self) -> socket.socket:
+        """The duplicate of the ICE socket it sends on (``PairReader`` reads the peer's datagrams there)."""
+        return self._socket
 
     def send(self, packet: bytes) -> bool:
         """Protect and send one RTP packet; False when the kernel would block (nothing was sent)."""

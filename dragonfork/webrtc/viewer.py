@@ -30,7 +30,8 @@ every WebRTC receiver sends about once a second stop arriving. On the fast path 
 every viewer in one sweep (``fanout.Liveness``): a viewer that sent no RTCP for two seconds (less with a short
 grace) is asked for consent (an RFC 7675 STUN check on its pair); an answer counts as hearing from it, so a
 player that sends no receiver reports but answers consent checks stays. ``disconnect_grace`` seconds of
-silence close it. Its RTCP is taken straight from its socket (``aiortc_internals.take_rtcp``).
+silence close it. Its socket is read by a Trio task of the viewer (``aiortc_internals.PairReader``): RTCP
+goes straight to the fan-out, STUN and DTLS to aioice and aiortc.
 """
 
 from __future__ import annotations
@@ -55,13 +56,13 @@ from trio_asyncio import aio_as_trio
 
 from dragonfork import metrics
 from dragonfork.webrtc.aiortc_internals import (
+    PairReader,
     RtcpTakeover,
     SrtpSocket,
     consent_fresh,
     nominated_socket,
     outgoing_srtp,
     set_sender_ssrc,
-    take_rtcp,
 )
 from dragonfork.webrtc.fanout import (
     LIVENESS_INTERVAL,
@@ -355,11 +356,14 @@ class Viewer:
         async def on_routed_rtcp(packet: Any) -> None:  # aiortc awaits it (asyncio side)
             on_rtcp([packet])
 
-        take_rtcp(pc, on_rtcp)
+        reader = PairReader(pc, fast.srtp.socket, on_rtcp)
         for takeover in self._rtcp:  # what still reaches aiortc (another pair's socket) comes here
             takeover.decide(fast_path=True, handler=on_routed_rtcp)
         fanout.add(fast)
-        await self._watch_pc_state(pc)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)
+            await self._watch_pc_state(pc)
+            nursery.cancel_scope.cancel()
 
     def _on_fast_path_failure(self, exc: BaseException) -> None:
         """Sending to this viewer raised (in the fan-out's loop): it ends, alone, counted like any failure."""

@@ -150,10 +150,11 @@ async def test_rtcp_takeover_gives_the_peers_rtcp_to_the_handler() -> None:
         await wait_for_a_receiver_report(peers, received)
 
 
-async def test_the_peers_rtcp_is_taken_from_the_nominated_sockets_datagram_handler() -> None:
-    """``RTCDtlsTransport._rx_srtp`` and aioice's ``StunProtocol.datagram_received`` on the nominated pair:
-    the receiver's reports reach ``take_rtcp``'s handler decrypted, and aiortc's sender no longer sees them,
-    while STUN (consent checks) still goes aioice's way."""
+async def test_the_pair_reader_gives_rtcp_to_its_handler_stun_to_aioice_and_stops_when_cancelled() -> None:
+    """``RTCDtlsTransport._rx_srtp``, aioice's ``StunProtocol.transport`` and ``datagram_received`` on the
+    nominated pair: while ``PairReader.run`` reads the socket the receiver's reports reach its handler
+    decrypted and aiortc's sender no longer sees them, STUN (a consent check's answer) still reaches aioice;
+    cancelled, it hands the socket back to the asyncio transport, which reads (and answers STUN) again."""
     taken: list[Any] = []
     routed: list[Any] = []
     takeovers: list[RtcpTakeover] = []
@@ -163,11 +164,27 @@ async def test_the_peers_rtcp_is_taken_from_the_nominated_sockets_datagram_handl
 
     async with pair(before_connect=installing_takeover(takeovers)) as peers:
         assert isinstance(peers.sender.transport._rx_srtp, pylibsrtp.Session)
-        assert aiortc_internals.take_rtcp(peers.sender_pc, taken.extend) is True
+        transport = peers.sender.transport.transport._connection._nominated[1].protocol.transport
+        path = aiortc_internals.nominated_socket(peers.sender_pc)
+        assert path is not None
+        reader = aiortc_internals.PairReader(peers.sender_pc, path[0], taken.extend)
         takeovers[0].decide(fast_path=True, handler=handler)
-        await wait_for_a_receiver_report(peers, taken)
-        assert not routed
-        assert await aio_as_trio(aiortc_internals.consent_fresh)(peers.sender_pc) is True
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader.run)
+                await trio.sleep(0.1)
+                assert not transport.is_reading()  # the asyncio side no longer reads this socket
+                await wait_for_a_receiver_report(peers, taken)
+                assert not routed
+                assert await aio_as_trio(aiortc_internals.consent_fresh)(peers.sender_pc) is True
+                nursery.cancel_scope.cancel()
+            assert transport.is_reading()
+            reports = len(taken)
+            assert await aio_as_trio(aiortc_internals.consent_fresh)(peers.sender_pc) is True
+            await wait_for_a_receiver_report(peers, routed)  # aiortc's way again
+            assert len(taken) == reports
+        finally:
+            path[0].close()
 
 
 async def test_the_ice_connection_and_its_nominated_pair_are_reachable() -> None:
