@@ -26,7 +26,15 @@ import trio
 from aioice import stun
 from aioice.ice import CandidatePair, Connection
 from aiortc import RTCPeerConnection, RTCRtpSender
-from aiortc.rtp import RtcpPacket, is_rtcp
+from aiortc.rtp import (
+    RTCP_PSFB,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB,
+    RTCP_RTPFB_NACK,
+    RtcpPacket,
+    is_rtcp,
+)
 from pylibsrtp._binding import ffi, lib  # type: ignore[import-untyped]
 
 RtcpHandler = Callable[[Any], Coroutine[Any, Any, None]]
@@ -153,12 +161,13 @@ class PairReader:
     (``synchronize``: an Event set by a handle queued there) before it waits again: three task switches per
     datagram, for the two or three receiver reports and the STUN checks every viewer sends a second. ``run``
     pauses the transport's reading (public asyncio API) and reads the socket itself, draining it on each
-    wake-up: SRTCP is decrypted and parsed here and handed to ``on_rtcp`` at once (aiortc's way for each
-    report is long: aioice tries it as STUN, queues it for the ICE transport, the DTLS transport's task wakes
-    up to unprotect it, parse and route it, and the sender's handler is awaited); everything else (STUN,
-    DTLS: the peer's close_notify, RTP) goes to aioice's ``StunProtocol.datagram_received`` as before, whose
-    futures and ``call_soon`` work from a Trio task as from trio-asyncio's own. A datagram that does not
-    unprotect or parse is dropped, as aiortc drops it. When ``run`` ends (cancelled: the viewer ends) the
+    wake-up: SRTCP is decrypted here and handed to ``on_rtcp`` at once, with the feedback in it parsed
+    (``feedback``; each datagram keeps the viewer alive), where aiortc's way for each report is long (aioice
+    tries it as STUN, queues it for the ICE transport, the DTLS transport's task wakes up to unprotect it,
+    parse and route it, and the sender's handler is awaited). Everything else (STUN, DTLS: the peer's
+    close_notify, RTP) goes to aioice's ``StunProtocol.datagram_received`` as before, whose futures and
+    ``call_soon`` work from a Trio task as from trio-asyncio's own. A datagram that does not unprotect or
+    parse is dropped, as aiortc drops it. When ``run`` ends (cancelled: the viewer ends) the
     transport reads again, until aioice closes it with the peer connection.
     """
 
@@ -207,10 +216,31 @@ class PairReader:
             self._protocol.datagram_received(data, address)
             return
         try:
-            packets = RtcpPacket.parse(self._session.unprotect_rtcp(data))
+            packets = feedback(self._session.unprotect_rtcp(data))
         except (pylibsrtp.Error, ValueError):
             return
         self._on_rtcp(packets)
+
+
+_FEEDBACK = frozenset(((RTCP_RTPFB, RTCP_RTPFB_NACK), (RTCP_PSFB, RTCP_PSFB_PLI), (RTCP_PSFB, RTCP_PSFB_FIR)))
+
+
+def feedback(compound: bytes) -> list[Any]:
+    """The NACK, PLI and FIR packets of a compound RTCP packet, parsed by aiortc; the rest (receiver
+    reports, SDES, REMB, transport-wide feedback: most of what a viewer sends, and nothing the fan-out
+    answers) is skipped by its length field, unparsed. ValueError when the lengths do not add up."""
+    packets: list[Any] = []
+    at, end = 0, len(compound)
+    while at < end:
+        if end - at < 4 or compound[at] >> 6 != 2:
+            raise ValueError("RTCP packet truncated or not version 2")
+        length = 4 + 4 * ((compound[at + 2] << 8) | compound[at + 3])
+        if (compound[at + 1], compound[at] & 0x1F) in _FEEDBACK:
+            packets += RtcpPacket.parse(compound[at : at + length])
+        at += length
+    if at != end:
+        raise ValueError("RTCP packet lengths overrun the datagram")
+    return packets
 
 
 def outgoing_srtp(pc: RTCPeerConnection) -> pylibsrtp.Session | None:

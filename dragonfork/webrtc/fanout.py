@@ -38,7 +38,7 @@ import functools
 import secrets
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import structlog
@@ -530,25 +530,27 @@ class StreamFanout:
         for kind, sink in viewer.sinks.items():
             self.tracks[kind].remove(sink)
 
-    def handle_rtcp(self, viewer: FastViewer, packet: Any) -> None:
-        """One RTCP packet from the peer: any keeps it alive, NACK and PLI/FIR are answered for the track
-        they name, the rest (REMB, transport-wide feedback) is ignored (the encoder is shared; there is no
-        rate to adapt)."""
+    def handle_rtcp(self, viewer: FastViewer, packets: Iterable[Any]) -> None:
+        """One datagram of RTCP from the peer (``packets``: the feedback in it, or all of it): any keeps the
+        viewer alive, NACK and PLI/FIR are answered for the track they name, the rest (reports, REMB,
+        transport-wide feedback) is ignored (the encoder is shared; there is no rate to adapt)."""
         now = trio.current_time()
         viewer.last_heard = now
-        if not isinstance(packet, RtcpRtpfbPacket | RtcpPsfbPacket):
-            return
-        kind = self._kinds.get(packet.media_ssrc)
-        track, sink = self.tracks.get(kind) if kind else None, viewer.sinks.get(kind) if kind else None
-        if track is None or sink is None:
-            return
-        try:
-            if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
-                track.retransmit(sink, packet.lost)
-            elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
-                track.resend_keyframe_burst(sink, now)
-        except Exception as exc:  # noqa: BLE001 - one viewer's failure ends that viewer only
-            viewer.fail(exc)
+        for packet in packets:
+            if not isinstance(packet, RtcpRtpfbPacket | RtcpPsfbPacket):
+                continue
+            kind = self._kinds.get(packet.media_ssrc)
+            track, sink = self.tracks.get(kind) if kind else None, viewer.sinks.get(kind) if kind else None
+            if track is None or sink is None:
+                continue
+            try:
+                if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                    track.retransmit(sink, packet.lost)
+                elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                    track.resend_keyframe_burst(sink, now)
+            except Exception as exc:  # noqa: BLE001 - one viewer's failure ends that viewer only
+                viewer.fail(exc)
+                return
 
     async def watch_liveness(self) -> None:
         """Every ``LIVENESS_INTERVAL``: ask the viewers silent for a while for consent, end those silent

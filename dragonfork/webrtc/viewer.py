@@ -349,14 +349,10 @@ class Viewer:
     async def _serve_fast(self, pc: RTCPeerConnection, fanout: StreamFanout, fast: FastViewer) -> None:
         """Hand the viewer to the stream's fan-out (media, RTCP, liveness) until its connection ends."""
 
-        def on_rtcp(packets: list[Any]) -> None:
-            for packet in packets:
-                fanout.handle_rtcp(fast, packet)
-
         async def on_routed_rtcp(packet: Any) -> None:  # aiortc awaits it (asyncio side)
-            on_rtcp([packet])
+            fanout.handle_rtcp(fast, (packet,))
 
-        reader = PairReader(pc, fast.srtp.socket, on_rtcp)
+        reader = PairReader(pc, fast.srtp.socket, functools.partial(fanout.handle_rtcp, fast))
         for takeover in self._rtcp:  # what still reaches aiortc (another pair's socket) comes here
             takeover.decide(fast_path=True, handler=on_routed_rtcp)
         fanout.add(fast)

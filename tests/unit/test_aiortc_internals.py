@@ -18,7 +18,18 @@ import trio
 import trio_asyncio
 from aioice.ice import CandidatePair, Connection
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSdesPacket,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+)
 from trio_asyncio import aio_as_trio
 
 from dragonfork.webrtc import aiortc_internals
@@ -120,7 +131,8 @@ def installing_takeover(takeovers: list[RtcpTakeover]) -> Callable[[Pair], None]
 
 async def wait_for_a_receiver_report(peers: Pair, received: list[Any]) -> None:
     """Send the receiver a few RTP packets on the fast path's socket (it reports only on a source it has
-    heard), then wait until a receiver report lands in ``received``."""
+    heard), then wait until a receiver report lands in ``received`` (a list of RTCP packets, or of the
+    feedback lists ``PairReader`` hands over per datagram: an empty one is a report's)."""
     srtp = aiortc_internals.outgoing_srtp(peers.sender_pc)
     path = aiortc_internals.nominated_socket(peers.sender_pc)
     assert srtp is not None and path is not None
@@ -131,7 +143,7 @@ async def wait_for_a_receiver_report(peers: Pair, received: list[Any]) -> None:
         out.send(header + b"\x00" * 20)
     try:
         with trio.fail_after(5):
-            while not any(isinstance(packet, RtcpRrPacket) for packet in received):
+            while not any(isinstance(packet, RtcpRrPacket | list) for packet in received):
                 await trio.sleep(0.05)
     finally:
         out.close()
@@ -167,7 +179,7 @@ async def test_the_pair_reader_gives_rtcp_to_its_handler_stun_to_aioice_and_stop
         transport = peers.sender.transport.transport._connection._nominated[1].protocol.transport
         path = aiortc_internals.nominated_socket(peers.sender_pc)
         assert path is not None
-        reader = aiortc_internals.PairReader(peers.sender_pc, path[0], taken.extend)
+        reader = aiortc_internals.PairReader(peers.sender_pc, path[0], taken.append)
         takeovers[0].decide(fast_path=True, handler=handler)
         try:
             async with trio.open_nursery() as nursery:
@@ -274,3 +286,32 @@ def test_a_frame_leaves_as_the_datagrams_pylibsrtp_would_protect_with_or_without
         assert ours.send_many(packets) == 0
         assert [receiver.recv(2048) for _ in packets] == [reference.protect(packet) for packet in packets]
         assert ours.gso is kernel_segments
+
+
+def test_only_the_feedback_the_fan_out_answers_is_parsed_from_a_compound_rtcp_packet() -> None:
+    """``feedback``: NACK and PLI come out parsed; reports, SDES and REMB are skipped; bad lengths raise."""
+    info = RtcpReceiverInfo(
+        ssrc=7, fraction_lost=0, packets_lost=0, highest_sequence=1, jitter=0, lsr=0, dlsr=0
+    )
+    nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=7, lost=[10, 12])
+    pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=7)
+    remb = RtcpPsfbPacket(
+        fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=b"REMB\x01\x00\x00\x01\x00\x00\x00\x07"
+    )
+    compound = b"".join(
+        bytes(packet)
+        for packet in (
+            RtcpRrPacket(ssrc=1, reports=[info]),
+            RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=1, items=[(1, b"cname")])]),
+            remb,
+            nack,
+            pli,
+        )
+    )
+    parsed = aiortc_internals.feedback(compound)
+    assert [type(packet) for packet in parsed] == [RtcpRtpfbPacket, RtcpPsfbPacket]
+    assert parsed[0].lost == [10, 12] and parsed[1].fmt == RTCP_PSFB_PLI
+    assert aiortc_internals.feedback(bytes(RtcpRrPacket(ssrc=1, reports=[info]))) == []
+    for broken in (compound[:-2], compound + b"\x80", b"\x00" + compound[1:]):
+        with pytest.raises(ValueError):
+            aiortc_internals.feedback(broken)

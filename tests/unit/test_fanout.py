@@ -174,7 +174,7 @@ async def test_a_burst_packet_is_retransmitted_with_the_timestamp_that_viewer_go
         lost = live_packets[0][1] + 1
         for peer, timestamp in ((joiner, burst[1][2]), (live, idr)):
             nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=fanout.ssrc, lost=[lost])
-            stream.handle_rtcp(peer.viewer, nack)
+            stream.handle_rtcp(peer.viewer, [nack])
             (resent,) = peer.receive(1)
             assert resent[2] == timestamp  # as RTX to the joiner, as it was to the live viewer
         assert live.nothing_more() and joiner.nothing_more()
@@ -209,16 +209,16 @@ async def test_a_nack_is_answered_to_that_viewer_only_as_rtx_when_negotiated() -
         assert plain.receive(4, lose=2) == originals[:2] + originals[3:]
         lost = originals[2]
         nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=fanout.ssrc, lost=[lost[1]])
-        stream.handle_rtcp(with_rtx.viewer, nack)
+        stream.handle_rtcp(with_rtx.viewer, [nack])
         (resent,) = with_rtx.receive(1)
         assert (resent[0], resent[3], resent[2]) == (103, rtx.ssrc, lost[2])
         assert resent[5] == struct.pack("!H", lost[1]) + lost[5]  # RFC 4588: the original sequence first
         assert plain.nothing_more()
-        stream.handle_rtcp(plain.viewer, nack)
+        stream.handle_rtcp(plain.viewer, [nack])
         (again,) = plain.receive(1)
         assert again == lost  # without RTX: the very packet again (the receiver's SRTP takes it: it was lost)
         too_old = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=fanout.ssrc, lost=[lost[1] - 99])
-        stream.handle_rtcp(plain.viewer, too_old)
+        stream.handle_rtcp(plain.viewer, [too_old])
         assert plain.nothing_more()  # never sent: nothing to answer with
 
 
@@ -232,11 +232,11 @@ async def test_a_picture_loss_is_answered_with_the_keyframe_burst_at_most_once_a
         fanout.add(peer.sink)
         burst = peer.receive(5)
         pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=fanout.ssrc)
-        stream.handle_rtcp(peer.viewer, pli)
+        stream.handle_rtcp(peer.viewer, [pli])
         again = peer.receive(5)
         assert [packet[5][2:] for packet in again] == [packet[5] for packet in burst]  # as RTX, in order
         assert {packet[3] for packet in again} == {rtx.ssrc}
-        stream.handle_rtcp(peer.viewer, pli)  # a storm of PLIs: one burst per second
+        stream.handle_rtcp(peer.viewer, [pli])  # a storm of PLIs: one burst per second
         assert peer.nothing_more()
 
 
@@ -322,7 +322,7 @@ async def test_the_liveness_sweep_asks_silent_viewers_for_consent_and_ends_those
             nursery.start_soon(stream.watch_liveness)
             for _ in range(int(3 * GRACE)):
                 await trio.sleep(LIVENESS_INTERVAL * 0.75)  # receiver reports come every 0.5-1.5 s
-                stream.handle_rtcp(reporting.viewer, RtcpRrPacket(ssrc=1))
+                stream.handle_rtcp(reporting.viewer, [RtcpRrPacket(ssrc=1)])
             nursery.cancel_scope.cancel()
         assert reporting.consent_checks == 0 and not reporting.silenced
         assert answering.consent_checks >= 2 and not answering.silenced  # asked once it was silent for 2 s
