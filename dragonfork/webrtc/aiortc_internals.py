@@ -5,8 +5,9 @@ packet one SRTP protect with the viewer's own keys and one non-blocking ``sendto
 ICE socket. That needs a few things aiortc does not publish: the sender's SSRC (set before the answer so every
 viewer of a stream carries the stream's SSRC), its RTCP task and RTCP handler (the fast path sends the sender
 reports and answers NACK/PLI itself), the DTLS transport's outgoing and incoming SRTP sessions, the ICE
-connection's nominated pair and its socket's datagram handler (the peer's RTCP is taken there), and libsrtp's
-protect call on pylibsrtp's own buffer. They are all reached here, nowhere
+connection's nominated pair, its protocol's transport and datagram handler (``PairReader`` reads the socket:
+the peer's RTCP and the answers to our consent checks are taken there), aioice's consent loop (replaced by
+the fan-out's checks), and libsrtp's protect call on pylibsrtp's own buffer. They are all reached here, nowhere
 else (the receive side's are in ``webrtc/rtp_tap.py``), and ``tests/unit/test_aiortc_internals.py`` tests
 each so that an upgrade that moves one fails loudly (pyproject pins the versions they were written against).
 """
@@ -14,6 +15,7 @@ each so that an upgrade that moves one fails loudly (pyproject pins the versions
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import socket
@@ -128,31 +130,6 @@ def nominated_socket(pc: RTCPeerConnection) -> tuple[socket.socket, tuple[str, i
     return own, pair.remote_addr
 
 
-async def consent_fresh(pc: RTCPeerConnection) -> bool:
-    """One RFC 7675 consent check on the nominated pair (asyncio side): True when the peer answered.
-
-    aioice runs its own checks every ~5 s and fails the connection after 30 s without answers; this one lets
-    the viewer tell a live player that sends no receiver reports from a vanished one within seconds.
-    """
-    found = _nominated_pair(pc)
-    if found is None:
-        return False
-    connection, pair = found
-    if connection.remote_password is None:
-        return False
-    request = connection.build_request(pair, nominate=False)
-    try:
-        await pair.protocol.request(
-            request,
-            pair.remote_addr,
-            integrity_key=connection.remote_password.encode("utf8"),
-            retransmissions=0,
-        )
-    except stun.TransactionError:
-        return False
-    return True
-
-
 class PairReader:
     """Reads the nominated pair's UDP socket from a Trio task of ours instead of asyncio's transport.
 
@@ -172,21 +149,49 @@ class PairReader:
     """
 
     BATCH = 64  # datagrams read per wake-up at most, before other tasks get a turn
+    CONSENT_PENDING = 4  # consent checks awaiting an answer at most (the oldest is forgotten)
 
     def __init__(
         self,
         pc: RTCPeerConnection,
         sock: socket.socket,
+        *,
         on_rtcp: Callable[[list[Any]], None],
+        on_consent: Callable[[], None],
     ) -> None:
         found = _nominated_pair(pc)
         session = next((sender.transport._rx_srtp for sender in pc.getSenders()), None)
-        if found is None or session is None:
-            raise ValueError("no nominated pair or no SRTP session yet")
-        self._protocol = found[1].protocol
+        if found is None or session is None or found[0].remote_password is None:
+            raise ValueError("no nominated pair, remote ICE password or SRTP session yet")
+        self._connection, self._pair = found
+        self._protocol = self._pair.protocol
+        self._remote_key = found[0].remote_password.encode("utf8")
         self._session: pylibsrtp.Session = session
         self._socket = sock
         self._on_rtcp = on_rtcp
+        self._on_consent = on_consent
+        self._consent_asked: dict[bytes, None] = {}  # transaction ids, oldest first
+
+    def ask_consent(self) -> None:
+        """Send one RFC 7675 consent check (a STUN binding request) on the pair; ``on_consent`` is called
+        when its answer comes (read by ``run``). No answer (a lost datagram, a vanished peer) calls nothing:
+        the caller keeps the time. A send that would block is a check not sent, as a lost one."""
+        request = self._connection.build_request(self._pair, nominate=False)
+        request.add_message_integrity(self._remote_key)
+        asked = self._consent_asked
+        asked[request.transaction_id] = None
+        while len(asked) > self.CONSENT_PENDING:
+            del asked[next(iter(asked))]
+        with contextlib.suppress(BlockingIOError):
+            self._socket.sendto(bytes(request), self._pair.remote_addr)
+
+    def stop_aioice_consent(self) -> None:
+        """End aioice's own consent loop for this connection (``Connection._query_consent_task``: an
+        asyncio sleep, a transaction and its timers per viewer every ~5 s); ``ask_consent``, called by the
+        fan-out's sweep for every viewer in one pass, takes its place."""
+        task = self._connection._query_consent_task
+        if task is not None:
+            task.cancel()
 
     async def run(self) -> None:
         """Read the socket until cancelled."""
@@ -211,8 +216,11 @@ class PairReader:
                 transport.resume_reading()
 
     def dispatch(self, data: bytes, address: tuple[Any, ...]) -> None:
-        """One datagram from the socket: SRTCP to ``on_rtcp`` (decrypted, parsed), the rest to aioice."""
+        """One datagram from the socket: SRTCP to ``on_rtcp`` (decrypted, its feedback parsed), the answer
+        to one of our consent checks to ``on_consent``, the rest to aioice."""
         if not (is_rtcp(data) and 127 < data[0] < 192):
+            if data[8:20] in self._consent_asked and self._consent_answered(data):
+                return
             self._protocol.datagram_received(data, address)
             return
         try:
@@ -220,6 +228,20 @@ class PairReader:
         except (pylibsrtp.Error, ValueError):
             return
         self._on_rtcp(packets)
+
+    def _consent_answered(self, data: bytes) -> bool:
+        """Whether ``data`` is an authenticated success response to one of our consent checks."""
+        try:
+            message = stun.parse_message(data)
+        except ValueError:
+            return False
+        if message.message_class != stun.Class.RESPONSE or not message.check_message_integrity(
+            self._remote_key
+        ):
+            return False
+        del self._consent_asked[message.transaction_id]
+        self._on_consent()
+        return True
 
 
 _FEEDBACK = frozenset(((RTCP_RTPFB, RTCP_RTPFB_NACK), (RTCP_PSFB, RTCP_PSFB_PLI), (RTCP_PSFB, RTCP_PSFB_FIR)))

@@ -6,6 +6,7 @@ fast path reaches into; pyproject pins the versions. Real peers: two aiortc peer
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -16,6 +17,7 @@ import pylibsrtp
 import pytest
 import trio
 import trio_asyncio
+from aioice import stun
 from aioice.ice import CandidatePair, Connection
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.rtp import (
@@ -68,6 +70,23 @@ class Pair:
             await aio_as_trio(self.sender_pc.close)()
             await aio_as_trio(self.receiver_pc.close)()
         self.track.stop()
+
+
+async def consent_fresh(pc: RTCPeerConnection) -> bool:
+    """One consent check from ``pc`` made the way aioice makes its own (``StunProtocol.request``): True
+    when the other peer (its aioice) answered."""
+    connection = pc.getSenders()[0].transport.transport._connection
+    pair = connection._nominated[1]
+    try:
+        await pair.protocol.request(
+            connection.build_request(pair, nominate=False),
+            pair.remote_addr,
+            integrity_key=connection.remote_password.encode("utf8"),
+            retransmissions=0,
+        )
+    except stun.TransactionError:
+        return False
+    return True
 
 
 @asynccontextmanager
@@ -165,8 +184,9 @@ async def test_rtcp_takeover_gives_the_peers_rtcp_to_the_handler() -> None:
 async def test_the_pair_reader_gives_rtcp_to_its_handler_stun_to_aioice_and_stops_when_cancelled() -> None:
     """``RTCDtlsTransport._rx_srtp``, aioice's ``StunProtocol.transport`` and ``datagram_received`` on the
     nominated pair: while ``PairReader.run`` reads the socket the receiver's reports reach its handler
-    decrypted and aiortc's sender no longer sees them, STUN (a consent check's answer) still reaches aioice;
-    cancelled, it hands the socket back to the asyncio transport, which reads (and answers STUN) again."""
+    decrypted and aiortc's sender no longer sees them, STUN (aioice's requests, the peer's answers and its
+    requests) still reaches aioice; cancelled, it hands the socket back to the asyncio transport, which
+    reads (and answers STUN) again."""
     taken: list[Any] = []
     routed: list[Any] = []
     takeovers: list[RtcpTakeover] = []
@@ -179,7 +199,9 @@ async def test_the_pair_reader_gives_rtcp_to_its_handler_stun_to_aioice_and_stop
         transport = peers.sender.transport.transport._connection._nominated[1].protocol.transport
         path = aiortc_internals.nominated_socket(peers.sender_pc)
         assert path is not None
-        reader = aiortc_internals.PairReader(peers.sender_pc, path[0], taken.append)
+        reader = aiortc_internals.PairReader(
+            peers.sender_pc, path[0], on_rtcp=taken.append, on_consent=lambda: None
+        )
         takeovers[0].decide(fast_path=True, handler=handler)
         try:
             async with trio.open_nursery() as nursery:
@@ -188,11 +210,12 @@ async def test_the_pair_reader_gives_rtcp_to_its_handler_stun_to_aioice_and_stop
                 assert not transport.is_reading()  # the asyncio side no longer reads this socket
                 await wait_for_a_receiver_report(peers, taken)
                 assert not routed
-                assert await aio_as_trio(aiortc_internals.consent_fresh)(peers.sender_pc) is True
+                assert await aio_as_trio(consent_fresh)(peers.sender_pc) is True
+                assert await aio_as_trio(consent_fresh)(peers.receiver_pc) is True
                 nursery.cancel_scope.cancel()
             assert transport.is_reading()
             reports = len(taken)
-            assert await aio_as_trio(aiortc_internals.consent_fresh)(peers.sender_pc) is True
+            assert await aio_as_trio(consent_fresh)(peers.sender_pc) is True
             await wait_for_a_receiver_report(peers, routed)  # aiortc's way again
             assert len(taken) == reports
         finally:
@@ -214,12 +237,38 @@ async def test_the_ice_connection_and_its_nominated_pair_are_reachable() -> None
         sock.close()
 
 
-async def test_consent_checks_are_answered_by_a_live_peer_and_not_by_a_closed_one() -> None:
-    """aioice's ``Connection.build_request`` / ``remote_password`` and ``StunProtocol.request``."""
+async def test_the_readers_consent_checks_are_answered_by_a_live_peer_and_aioices_loop_stops() -> None:
+    """aioice's ``Connection.build_request``, ``remote_password`` and ``_query_consent_task``: a check that
+    ``PairReader.ask_consent`` sends is answered (``on_consent``) while the peer lives, not once it closed;
+    ``stop_aioice_consent`` ends aioice's consent loop."""
+    answers: list[float] = []
     async with pair() as peers:
-        assert await aio_as_trio(aiortc_internals.consent_fresh)(peers.sender_pc) is True
-        await aio_as_trio(peers.receiver_pc.close)()
-        assert await aio_as_trio(aiortc_internals.consent_fresh)(peers.sender_pc) is False
+        aioice_loop = peers.sender.transport.transport._connection._query_consent_task
+        assert isinstance(aioice_loop, asyncio.Task) and not aioice_loop.done()
+        path = aiortc_internals.nominated_socket(peers.sender_pc)
+        assert path is not None
+        reader = aiortc_internals.PairReader(
+            peers.sender_pc,
+            path[0],
+            on_rtcp=lambda packets: None,
+            on_consent=lambda: answers.append(trio.current_time()),
+        )
+        reader.stop_aioice_consent()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader.run)
+                reader.ask_consent()
+                with trio.fail_after(2):
+                    while not answers:
+                        await trio.sleep(0.01)
+                assert aioice_loop.done()
+                await aio_as_trio(peers.receiver_pc.close)()
+                reader.ask_consent()
+                await trio.sleep(0.5)
+                assert len(answers) == 1
+                nursery.cancel_scope.cancel()
+        finally:
+            path[0].close()
 
 
 async def test_the_dtls_transport_has_its_outgoing_srtp_session_once_connected() -> None:
