@@ -7,9 +7,10 @@ viewer of a stream carries the stream's SSRC), its RTCP task and RTCP handler (t
 reports and answers NACK/PLI itself), the DTLS transport's outgoing and incoming SRTP sessions, the ICE
 connection's nominated pair, its protocol's transport and datagram handler (``PairReader`` reads the socket:
 the peer's RTCP and the answers to our consent checks are taken there), aioice's consent loop (replaced by
-the fan-out's checks), and libsrtp's protect call on pylibsrtp's own buffer. They are all reached here, nowhere
-else (the receive side's are in ``webrtc/rtp_tap.py``), and ``tests/unit/test_aiortc_internals.py`` tests
-each so that an upgrade that moves one fails loudly (pyproject pins the versions they were written against).
+the fan-out's checks), and libsrtp's protect call on pylibsrtp's own buffer. They are all reached here,
+nowhere else (the receive side's are in ``webrtc/rtp_tap.py``), and ``tests/unit/test_aiortc_internals.py``
+tests each so that an upgrade that moves one fails loudly (pyproject pins the versions they were written
+against).
 """
 
 from __future__ import annotations
