@@ -69,6 +69,10 @@ BUCKETS: list[tuple[str, Callable[[str], bool]]] = [
     ("aiortc DTLS transport send wrapper (rtcdtlstransport.py)", lambda f: "aiortc/rtcdtlstransport.py" in f),
     ("aiortc/aioice other (RTCP, stats, rate, ICE)", lambda f: "aiortc/" in f or "aioice/" in f),
     ("dragonfork track hand-off (webrtc/track.py)", lambda f: "dragonfork/webrtc/track.py" in f),
+    (
+        "fast path: the peer's datagrams (PairReader: read, RTCP feedback, consent answers)",
+        lambda f: f.startswith(("PairReader.", "feedback (")) and "webrtc/aiortc_internals.py" in f,
+    ),
     ("dragonfork viewer tasks (webrtc/viewer.py)", lambda f: "dragonfork/webrtc/" in f),
     ("dragonfork RTP source + fan-out (stream/)", lambda f: "dragonfork/stream/" in f),
     ("Prometheus counters", lambda f: "prometheus_client/" in f),

@@ -5,27 +5,39 @@ packet one SRTP protect with the viewer's own keys and one non-blocking ``sendto
 ICE socket. That needs a few things aiortc does not publish: the sender's SSRC (set before the answer so every
 viewer of a stream carries the stream's SSRC), its RTCP task and RTCP handler (the fast path sends the sender
 reports and answers NACK/PLI itself), the DTLS transport's outgoing and incoming SRTP sessions, the ICE
-connection's nominated pair and its socket's datagram handler (the peer's RTCP is taken there), and libsrtp's
-protect call on pylibsrtp's own buffer. They are all reached here, nowhere
-else (the receive side's are in ``webrtc/rtp_tap.py``), and ``tests/unit/test_aiortc_internals.py`` tests
-each so that an upgrade that moves one fails loudly (pyproject pins the versions they were written against).
+connection's nominated pair, its protocol's transport and datagram handler (``PairReader`` reads the socket:
+the peer's RTCP and the answers to our consent checks are taken there), aioice's consent loop (replaced by
+the fan-out's checks), and libsrtp's protect call on pylibsrtp's own buffer. They are all reached here,
+nowhere else (the receive side's are in ``webrtc/rtp_tap.py``), and ``tests/unit/test_aiortc_internals.py``
+tests each so that an upgrade that moves one fails loudly (pyproject pins the versions they were written
+against).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import socket
 import struct
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pylibsrtp
+import trio
 from aioice import stun
 from aioice.ice import CandidatePair, Connection
 from aiortc import RTCPeerConnection, RTCRtpSender
-from aiortc.rtp import RtcpPacket, is_rtcp
+from aiortc.rtp import (
+    RTCP_PSFB,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB,
+    RTCP_RTPFB_NACK,
+    RtcpPacket,
+    is_rtcp,
+)
 from pylibsrtp._binding import ffi, lib  # type: ignore[import-untyped]
 
 RtcpHandler = Callable[[Any], Coroutine[Any, Any, None]]
@@ -119,61 +131,139 @@ def nominated_socket(pc: RTCPeerConnection) -> tuple[socket.socket, tuple[str, i
     return own, pair.remote_addr
 
 
-async def consent_fresh(pc: RTCPeerConnection) -> bool:
-    """One RFC 7675 consent check on the nominated pair (asyncio side): True when the peer answered.
+class PairReader:
+    """Reads the nominated pair's UDP socket from a Trio task of ours instead of asyncio's transport.
 
-    aioice runs its own checks every ~5 s and fails the connection after 30 s without answers; this one lets
-    the viewer tell a live player that sends no receiver reports from a vanished one within seconds.
+    Under trio-asyncio every readable event on an asyncio datagram transport costs a task of trio-asyncio's
+    own (``_io_task``) a wake-up, one ``recvfrom``, then a round trip through the asyncio main loop
+    (``synchronize``: an Event set by a handle queued there) before it waits again: three task switches per
+    datagram, for the two or three receiver reports and the STUN checks every viewer sends a second. ``run``
+    pauses the transport's reading (public asyncio API) and reads the socket itself, draining it on each
+    wake-up: SRTCP is decrypted here and handed to ``on_rtcp`` at once, with the feedback in it parsed
+    (``feedback``; each datagram keeps the viewer alive), where aiortc's way for each report is long (aioice
+    tries it as STUN, queues it for the ICE transport, the DTLS transport's task wakes up to unprotect it,
+    parse and route it, and the sender's handler is awaited). Everything else (STUN, DTLS: the peer's
+    close_notify, RTP) goes to aioice's ``StunProtocol.datagram_received`` as before, whose futures and
+    ``call_soon`` work from a Trio task as from trio-asyncio's own. A datagram that does not unprotect or
+    parse is dropped, as aiortc drops it. When ``run`` ends (cancelled: the viewer ends) the
+    transport reads again, until aioice closes it with the peer connection.
     """
-    found = _nominated_pair(pc)
-    if found is None:
-        return False
-    connection, pair = found
-    if connection.remote_password is None:
-        return False
-    request = connection.build_request(pair, nominate=False)
-    try:
-        await pair.protocol.request(
-            request,
-            pair.remote_addr,
-            integrity_key=connection.remote_password.encode("utf8"),
-            retransmissions=0,
-        )
-    except stun.TransactionError:
-        return False
-    return True
 
+    BATCH = 64  # datagrams read per wake-up at most, before other tasks get a turn
+    CONSENT_PENDING = 4  # consent checks awaiting an answer at most (the oldest is forgotten)
 
-def take_rtcp(pc: RTCPeerConnection, handler: Callable[[list[Any]], None]) -> bool:
-    """Give every SRTCP datagram that reaches the nominated pair's socket to ``handler`` at once: decrypted
-    and parsed (aiortc's ``RtcpPacket``s), in the socket's read callback. False when there is no pair.
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        sock: socket.socket,
+        *,
+        on_rtcp: Callable[[list[Any]], None],
+        on_consent: Callable[[], None],
+    ) -> None:
+        found = _nominated_pair(pc)
+        session = next((sender.transport._rx_srtp for sender in pc.getSenders()), None)
+        if found is None or session is None or found[0].remote_password is None:
+            raise ValueError("no nominated pair, remote ICE password or SRTP session yet")
+        self._connection, self._pair = found
+        self._protocol = self._pair.protocol
+        self._remote_key = found[0].remote_password.encode("utf8")
+        self._session: pylibsrtp.Session = session
+        self._socket = sock
+        self._on_rtcp = on_rtcp
+        self._on_consent = on_consent
+        self._consent_asked: dict[bytes, None] = {}  # transaction ids, oldest first
 
-    aiortc's own way for each receiver report is long: aioice tries it as STUN, queues it for the ICE
-    transport, the DTLS transport's task wakes up to unprotect it, parse and route it, and the sender's
-    handler is awaited: two asyncio loop iterations and a task switch under trio-asyncio, several coroutines,
-    for each of the two or three reports a viewer sends a second. Here that is one call. RTP, DTLS (the
-    peer's close_notify) and STUN still go aioice's and aiortc's way; a datagram that does not unprotect or
-    parse is dropped, as aiortc drops it.
-    """
-    found = _nominated_pair(pc)
-    session = next((sender.transport._rx_srtp for sender in pc.getSenders()), None)
-    if found is None or session is None:
-        return False
-    protocol = found[1].protocol
-    forward = protocol.datagram_received
+    def ask_consent(self) -> None:
+        """Send one RFC 7675 consent check (a STUN binding request) on the pair; ``on_consent`` is called
+        when its answer comes (read by ``run``). No answer (a lost datagram, a vanished peer) calls nothing:
+        the caller keeps the time. A send that would block is a check not sent, as a lost one."""
+        request = self._connection.build_request(self._pair, nominate=False)
+        request.add_message_integrity(self._remote_key)
+        asked = self._consent_asked
+        asked[request.transaction_id] = None
+        while len(asked) > self.CONSENT_PENDING:
+            del asked[next(iter(asked))]
+        with contextlib.suppress(BlockingIOError):
+            self._socket.sendto(bytes(request), self._pair.remote_addr)
 
-    def datagram_received(data: bytes | str, addr: tuple[Any, ...]) -> None:
-        if isinstance(data, str) or not (is_rtcp(data) and 127 < data[0] < 192):
-            forward(data, addr)
+    def stop_aioice_consent(self) -> None:
+        """End aioice's own consent loop for this connection (``Connection._query_consent_task``: an
+        asyncio sleep, a transaction and its timers per viewer every ~5 s); ``ask_consent``, called by the
+        fan-out's sweep for every viewer in one pass, takes its place."""
+        task = self._connection._query_consent_task
+        if task is not None:
+            task.cancel()
+
+    async def run(self) -> None:
+        """Read the socket until cancelled."""
+        # asyncio's selector datagram transport has ReadTransport's pause/resume (its type does not say so)
+        transport = cast(asyncio.ReadTransport, self._protocol.transport)
+        transport.pause_reading()  # ends trio-asyncio's reader task of this socket (its waiter goes at once)
+        sock, receive, dispatch, batch = self._socket, self._socket.recvfrom, self.dispatch, self.BATCH
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                for _ in range(batch):
+                    try:
+                        data, address = receive(65536)
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:  # as asyncio's transport does: aioice logs it
+                        self._protocol.error_received(exc)
+                        break
+                    dispatch(data, address)
+        finally:
+            if not transport.is_closing():
+                transport.resume_reading()
+
+    def dispatch(self, data: bytes, address: tuple[Any, ...]) -> None:
+        """One datagram from the socket: SRTCP to ``on_rtcp`` (decrypted, its feedback parsed), the answer
+        to one of our consent checks to ``on_consent``, the rest to aioice."""
+        if not (is_rtcp(data) and 127 < data[0] < 192):
+            if data[8:20] in self._consent_asked and self._consent_answered(data):
+                return
+            self._protocol.datagram_received(data, address)
             return
         try:
-            packets = RtcpPacket.parse(session.unprotect_rtcp(data))
+            packets = feedback(self._session.unprotect_rtcp(data))
         except (pylibsrtp.Error, ValueError):
             return
-        handler(packets)
+        self._on_rtcp(packets)
 
-    protocol.datagram_received = datagram_received  # type: ignore[method-assign]
-    return True
+    def _consent_answered(self, data: bytes) -> bool:
+        """Whether ``data`` is an authenticated success response to one of our consent checks."""
+        try:
+            message = stun.parse_message(data)
+        except ValueError:
+            return False
+        if message.message_class != stun.Class.RESPONSE or not message.check_message_integrity(
+            self._remote_key
+        ):
+            return False
+        del self._consent_asked[message.transaction_id]
+        self._on_consent()
+        return True
+
+
+_FEEDBACK = frozenset(((RTCP_RTPFB, RTCP_RTPFB_NACK), (RTCP_PSFB, RTCP_PSFB_PLI), (RTCP_PSFB, RTCP_PSFB_FIR)))
+
+
+def feedback(compound: bytes) -> list[Any]:
+    """The NACK, PLI and FIR packets of a compound RTCP packet, parsed by aiortc; the rest (receiver
+    reports, SDES, REMB, transport-wide feedback: most of what a viewer sends, and nothing the fan-out
+    answers) is skipped by its length field, unparsed. ValueError when the lengths do not add up."""
+    packets: list[Any] = []
+    at, end = 0, len(compound)
+    while at < end:
+        if end - at < 4 or compound[at] >> 6 != 2:
+            raise ValueError("RTCP packet truncated or not version 2")
+        length = 4 + 4 * ((compound[at + 2] << 8) | compound[at + 3])
+        if (compound[at + 1], compound[at] & 0x1F) in _FEEDBACK:
+            packets += RtcpPacket.parse(compound[at : at + length])
+        at += length
+    if at != end:
+        raise ValueError("RTCP packet lengths overrun the datagram")
+    return packets
 
 
 def outgoing_srtp(pc: RTCPeerConnection) -> pylibsrtp.Session | None:
@@ -230,6 +320,11 @@ class SrtpSocket:
         self._sendmsg = sock.sendmsg
         self._address = address
         self.gso = True
+
+    @property
+    def socket(self) -> socket.socket:
+        """The duplicate of the ICE socket it sends on (``PairReader`` reads the peer's datagrams there)."""
+        return self._socket
 
     def send(self, packet: bytes) -> bool:
         """Protect and send one RTP packet; False when the kernel would block (nothing was sent)."""

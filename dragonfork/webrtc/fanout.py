@@ -24,9 +24,11 @@ stream's own timing (``StreamClock``: RTP timestamp ↔ the least arrival delay 
 which is what browsers use for lip sync. A viewer's exception while sending (other than a full socket
 buffer) ends that viewer only.
 
-Liveness is one sweep per stream, not a task per viewer: every ``LIVENESS_INTERVAL`` it asks each viewer that
-has been silent (no RTCP) for ``consent_after`` for ICE consent (an answer counts as hearing from it), and
-ends each viewer silent for longer than its ``disconnect_grace``.
+Liveness is one sweep per stream, not a task per viewer: every ``LIVENESS_INTERVAL`` it asks each viewer for
+ICE consent (RFC 7675) about every ``CONSENT_INTERVAL`` seconds (randomized), and every sweep once it has been
+silent (no RTCP) for ``consent_after``; an answer counts as hearing from it. It ends each viewer silent for
+longer than its ``disconnect_grace``, and one whose consent has not been answered for ``CONSENT_EXPIRY`` (it
+still sends RTCP: RFC 7675's end of consent). These checks replace aioice's own loop per viewer.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ import collections
 import dataclasses
 import errno
 import functools
+import random
 import secrets
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
@@ -69,6 +72,8 @@ HISTORY_MAX_PACKETS = 4096  # and never more than this many per track
 SLICE_SECONDS = 0.002  # the longest a frame's fan-out holds the event loop before other tasks get a turn
 LIVENESS_INTERVAL = 1.0  # how often the stream's sweep looks at every viewer's silence
 CONSENT_AFTER = 2.0  # seconds of silence before a consent check: receiver reports come every 0.5-1.5 s
+CONSENT_INTERVAL = 5.0  # RFC 7675: a consent check about this often (0.8-1.2 times, randomized) regardless
+CONSENT_EXPIRY = 30.0  # RFC 7675: consent ends this long after the last answered check
 BURST_INTERVAL = 1.0  # at most one keyframe burst per viewer and track per second (PLI/FIR storms)
 REPORT_INTERVAL = 1.0  # sender reports to every viewer
 CLOCK_WINDOW = 2.0  # seconds of frames whose earliest arrival maps RTP time to wall clock (a GOP)
@@ -417,12 +422,13 @@ class StreamClock:
 class Liveness:
     """How the stream's sweep keeps one viewer or lets it go.
 
-    ``consent`` asks the peer for ICE consent (RFC 7675) and tells whether it answered; ``on_silent`` ends
-    the viewer, called once after ``disconnect_grace`` seconds without RTCP or an answered consent check.
+    ``consent`` sends the peer an ICE consent check (RFC 7675); its answer, when it comes, is the viewer's
+    ``consented``. ``on_silent`` ends the viewer, called once after ``disconnect_grace`` seconds without
+    RTCP or an answered consent check, or ``CONSENT_EXPIRY`` seconds without an answered check.
     """
 
     disconnect_grace: float
-    consent: Callable[[], Awaitable[bool]]
+    consent: Callable[[], None]
     on_silent: Callable[[], None]
 
     @property
@@ -452,8 +458,10 @@ class FastViewer:
         self.cname = cname
         self.liveness = liveness
         self.sinks: dict[MediaKind, TrackSink] = {}
-        self.last_heard = trio.current_time()  # RTCP from the peer (or a consent check it answered)
-        self.asking_consent = False
+        now = trio.current_time()
+        self.last_heard = now  # RTCP from the peer (or a consent check it answered)
+        self.last_consent = now  # a consent check it answered (or its connection's start)
+        self.next_consent_at = now + _consent_interval()
         self.failed: BaseException | None = None
         self._on_failure = on_failure
         self._on_first_video = on_first_video
@@ -474,10 +482,18 @@ class FastViewer:
             self.failed = exc
             self._on_failure(exc)
 
+    def consented(self) -> None:
+        """The peer answered a consent check."""
+        self.last_heard = self.last_consent = trio.current_time()
+
     def fell_silent(self) -> None:
         if not self._silent:
             self._silent = True
             self.liveness.on_silent()
+
+
+def _consent_interval() -> float:
+    return CONSENT_INTERVAL * random.uniform(0.8, 1.2)  # noqa: S311 - spreads checks, not a secret
 
 
 class StreamFanout:
@@ -530,51 +546,45 @@ class StreamFanout:
         for kind, sink in viewer.sinks.items():
             self.tracks[kind].remove(sink)
 
-    def handle_rtcp(self, viewer: FastViewer, packet: Any) -> None:
-        """One RTCP packet from the peer: any keeps it alive, NACK and PLI/FIR are answered for the track
-        they name, the rest (REMB, transport-wide feedback) is ignored (the encoder is shared; there is no
-        rate to adapt)."""
+    def handle_rtcp(self, viewer: FastViewer, packets: Iterable[Any]) -> None:
+        """One datagram of RTCP from the peer (``packets``: the feedback in it, or all of it): any keeps the
+        viewer alive, NACK and PLI/FIR are answered for the track they name, the rest (reports, REMB,
+        transport-wide feedback) is ignored (the encoder is shared; there is no rate to adapt)."""
         now = trio.current_time()
         viewer.last_heard = now
-        if not isinstance(packet, RtcpRtpfbPacket | RtcpPsfbPacket):
-            return
-        kind = self._kinds.get(packet.media_ssrc)
-        track, sink = self.tracks.get(kind) if kind else None, viewer.sinks.get(kind) if kind else None
-        if track is None or sink is None:
-            return
-        try:
-            if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
-                track.retransmit(sink, packet.lost)
-            elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
-                track.resend_keyframe_burst(sink, now)
-        except Exception as exc:  # noqa: BLE001 - one viewer's failure ends that viewer only
-            viewer.fail(exc)
+        for packet in packets:
+            if not isinstance(packet, RtcpRtpfbPacket | RtcpPsfbPacket):
+                continue
+            kind = self._kinds.get(packet.media_ssrc)
+            track, sink = self.tracks.get(kind) if kind else None, viewer.sinks.get(kind) if kind else None
+            if track is None or sink is None:
+                continue
+            try:
+                if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                    track.retransmit(sink, packet.lost)
+                elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                    track.resend_keyframe_burst(sink, now)
+            except Exception as exc:  # noqa: BLE001 - one viewer's failure ends that viewer only
+                viewer.fail(exc)
+                return
 
     async def watch_liveness(self) -> None:
-        """Every ``LIVENESS_INTERVAL``: ask the viewers silent for a while for consent, end those silent
-        past their grace. The consent checks run side by side, one at a time per viewer."""
-        async with trio.open_nursery() as checks:
-            while True:
-                await trio.sleep(LIVENESS_INTERVAL)
-                now = trio.current_time()
-                for viewer in list(self._viewers):
-                    silent, liveness = now - viewer.last_heard, viewer.liveness
-                    if silent > liveness.disconnect_grace:
-                        viewer.fell_silent()
-                    elif silent > liveness.consent_after and not viewer.asking_consent:
-                        viewer.asking_consent = True
-                        checks.start_soon(self._ask_consent, viewer)
-
-    async def _ask_consent(self, viewer: FastViewer) -> None:
-        try:
-            answered = await viewer.liveness.consent()
-        except Exception:  # noqa: BLE001 - a check that could not be made (the viewer is closing) is silence
-            log.debug("consent_check_failed", stream=self._name, exc_info=True)
-            answered = False
-        finally:
-            viewer.asking_consent = False
-        if answered:
-            viewer.last_heard = trio.current_time()
+        """Every ``LIVENESS_INTERVAL``: end the viewers silent past their grace or without consent, and ask
+        for consent those due for a check or silent for a while (the answers come by their sockets)."""
+        while True:
+            await trio.sleep(LIVENESS_INTERVAL)
+            now = trio.current_time()
+            for viewer in list(self._viewers):
+                liveness = viewer.liveness
+                silent = now - viewer.last_heard
+                if silent > liveness.disconnect_grace or now - viewer.last_consent > CONSENT_EXPIRY:
+                    viewer.fell_silent()
+                elif silent > liveness.consent_after or now >= viewer.next_consent_at:
+                    viewer.next_consent_at = now + _consent_interval()
+                    try:
+                        liveness.consent()
+                    except Exception:  # noqa: BLE001 - a check that could not be made is one unanswered
+                        log.debug("consent_check_failed", stream=self._name, exc_info=True)
 
     async def _report(self) -> None:
         while True:

@@ -28,9 +28,12 @@ aiortc reports no "disconnected" connection state (only failed, after ~30 s of f
 a peer that vanishes without a close_notify is detected by its silence: the receiver reports (RTCP RR) that
 every WebRTC receiver sends about once a second stop arriving. On the fast path the stream's fan-out watches
 every viewer in one sweep (``fanout.Liveness``): a viewer that sent no RTCP for two seconds (less with a short
-grace) is asked for consent (an RFC 7675 STUN check on its pair); an answer counts as hearing from it, so a
-player that sends no receiver reports but answers consent checks stays. ``disconnect_grace`` seconds of
-silence close it. Its RTCP is taken straight from its socket (``aiortc_internals.take_rtcp``).
+grace) is asked for consent (an RFC 7675 STUN check on its pair) every sweep, every viewer about every 5 s
+(these checks replace aioice's own consent loop); an answer counts as hearing from it, so a player that sends
+no receiver reports but answers consent checks stays. ``disconnect_grace`` seconds of silence close it, as
+do 30 s without an answered check. Its socket is read by a Trio task of the viewer
+(``aiortc_internals.PairReader``): RTCP and the answers to our checks go straight to the fan-out, the rest
+(STUN requests, DTLS) to aioice and aiortc.
 """
 
 from __future__ import annotations
@@ -55,13 +58,12 @@ from trio_asyncio import aio_as_trio
 
 from dragonfork import metrics
 from dragonfork.webrtc.aiortc_internals import (
+    PairReader,
     RtcpTakeover,
     SrtpSocket,
-    consent_fresh,
     nominated_socket,
     outgoing_srtp,
     set_sender_ssrc,
-    take_rtcp,
 )
 from dragonfork.webrtc.fanout import (
     LIVENESS_INTERVAL,
@@ -236,8 +238,8 @@ class Viewer:
                 metrics.VIEWERS_ACTIVE.labels(self.process_id).inc()
                 task_status.started(answer)
                 if await self._connect(pc, deadline):
-                    if fanout is not None and (fast := self._fast_viewer(pc, answer)) is not None:
-                        await self._serve_fast(pc, fanout, fast)
+                    if fanout is not None and (fast := self._fast_viewer(pc, answer, fanout)):
+                        await self._serve_fast(pc, fanout, *fast)
                     else:
                         for takeover in self._rtcp:
                             takeover.decide(fast_path=False)
@@ -316,18 +318,30 @@ class Viewer:
         metrics.VIEWER_SETUP_SECONDS.observe(self.setup_seconds)
         return True
 
-    def _fast_viewer(self, pc: RTCPeerConnection, answer: str) -> FastViewer | None:
-        """This viewer on the fast path, or None when its pair is not ours to send on (a TURN relay)."""
+    def _fast_viewer(
+        self, pc: RTCPeerConnection, answer: str, fanout: StreamFanout
+    ) -> tuple[FastViewer, PairReader] | None:
+        """This viewer on the fast path and the reader of its socket, or None when its pair is not ours to
+        send on (a TURN relay)."""
         media = answered_media(answer)
         path, srtp = nominated_socket(pc), outgoing_srtp(pc)
-        if path is None or srtp is None:
+        reader = None
+        if path is not None and srtp is not None:
+            with contextlib.suppress(ValueError):  # the connection has no remote ICE password
+                reader = PairReader(  # the fan-out hears of the peer through ``fast``, made right below
+                    pc,
+                    path[0],
+                    on_rtcp=lambda packets: fanout.handle_rtcp(fast, packets),
+                    on_consent=lambda: fast.consented(),
+                )
+        if path is None or srtp is None or reader is None:
             if path is not None:
                 path[0].close()
             log.info("viewer_fast_path_unavailable", viewer=self.id, process=self.process_id)
             return None
         liveness = Liveness(
             disconnect_grace=self.settings.disconnect_grace,
-            consent=functools.partial(aio_as_trio(consent_fresh), pc),
+            consent=reader.ask_consent,
             on_silent=functools.partial(self.close, CloseReason.ICE_DISCONNECTED),
         )
         fast = self._fast = FastViewer(  # set at once: ``run``'s finally closes its socket
@@ -343,23 +357,25 @@ class Viewer:
                 rtx = Retransmission(sent.rtx_payload_type, sent.rtx_ssrc)
             layout = PacketLayout(sent.payload_type, sent.mid_extension_id, sent.mid)
             fast.sinks[kind] = TrackSink(fast, layout, rtx)  # type: ignore[index]
-        return fast
+        return fast, reader
 
-    async def _serve_fast(self, pc: RTCPeerConnection, fanout: StreamFanout, fast: FastViewer) -> None:
-        """Hand the viewer to the stream's fan-out (media, RTCP, liveness) until its connection ends."""
-
-        def on_rtcp(packets: list[Any]) -> None:
-            for packet in packets:
-                fanout.handle_rtcp(fast, packet)
+    async def _serve_fast(
+        self, pc: RTCPeerConnection, fanout: StreamFanout, fast: FastViewer, reader: PairReader
+    ) -> None:
+        """Hand the viewer to the stream's fan-out (media, RTCP, liveness: its consent checks replace
+        aioice's) and read its socket until its connection ends."""
 
         async def on_routed_rtcp(packet: Any) -> None:  # aiortc awaits it (asyncio side)
-            on_rtcp([packet])
+            fanout.handle_rtcp(fast, (packet,))
 
-        take_rtcp(pc, on_rtcp)
+        reader.stop_aioice_consent()
         for takeover in self._rtcp:  # what still reaches aiortc (another pair's socket) comes here
             takeover.decide(fast_path=True, handler=on_routed_rtcp)
         fanout.add(fast)
-        await self._watch_pc_state(pc)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)
+            await self._watch_pc_state(pc)
+            nursery.cancel_scope.cancel()
 
     def _on_fast_path_failure(self, exc: BaseException) -> None:
         """Sending to this viewer raised (in the fan-out's loop): it ends, alone, counted like any failure."""

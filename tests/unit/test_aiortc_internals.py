@@ -6,6 +6,7 @@ fast path reaches into; pyproject pins the versions. Real peers: two aiortc peer
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -16,9 +17,21 @@ import pylibsrtp
 import pytest
 import trio
 import trio_asyncio
+from aioice import stun
 from aioice.ice import CandidatePair, Connection
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSdesPacket,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+)
 from trio_asyncio import aio_as_trio
 
 from dragonfork.webrtc import aiortc_internals
@@ -57,6 +70,23 @@ class Pair:
             await aio_as_trio(self.sender_pc.close)()
             await aio_as_trio(self.receiver_pc.close)()
         self.track.stop()
+
+
+async def consent_fresh(pc: RTCPeerConnection) -> bool:
+    """One consent check from ``pc`` made the way aioice makes its own (``StunProtocol.request``): True
+    when the other peer (its aioice) answered."""
+    connection = pc.getSenders()[0].transport.transport._connection
+    pair = connection._nominated[1]
+    try:
+        await pair.protocol.request(
+            connection.build_request(pair, nominate=False),
+            pair.remote_addr,
+            integrity_key=connection.remote_password.encode("utf8"),
+            retransmissions=0,
+        )
+    except stun.TransactionError:
+        return False
+    return True
 
 
 @asynccontextmanager
@@ -120,7 +150,8 @@ def installing_takeover(takeovers: list[RtcpTakeover]) -> Callable[[Pair], None]
 
 async def wait_for_a_receiver_report(peers: Pair, received: list[Any]) -> None:
     """Send the receiver a few RTP packets on the fast path's socket (it reports only on a source it has
-    heard), then wait until a receiver report lands in ``received``."""
+    heard), then wait until a receiver report lands in ``received`` (a list of RTCP packets, or of the
+    feedback lists ``PairReader`` hands over per datagram: an empty one is a report's)."""
     srtp = aiortc_internals.outgoing_srtp(peers.sender_pc)
     path = aiortc_internals.nominated_socket(peers.sender_pc)
     assert srtp is not None and path is not None
@@ -131,7 +162,7 @@ async def wait_for_a_receiver_report(peers: Pair, received: list[Any]) -> None:
         out.send(header + b"\x00" * 20)
     try:
         with trio.fail_after(5):
-            while not any(isinstance(packet, RtcpRrPacket) for packet in received):
+            while not any(isinstance(packet, RtcpRrPacket | list) for packet in received):
                 await trio.sleep(0.05)
     finally:
         out.close()
@@ -150,10 +181,12 @@ async def test_rtcp_takeover_gives_the_peers_rtcp_to_the_handler() -> None:
         await wait_for_a_receiver_report(peers, received)
 
 
-async def test_the_peers_rtcp_is_taken_from_the_nominated_sockets_datagram_handler() -> None:
-    """``RTCDtlsTransport._rx_srtp`` and aioice's ``StunProtocol.datagram_received`` on the nominated pair:
-    the receiver's reports reach ``take_rtcp``'s handler decrypted, and aiortc's sender no longer sees them,
-    while STUN (consent checks) still goes aioice's way."""
+async def test_the_pair_reader_gives_rtcp_to_its_handler_stun_to_aioice_and_stops_when_cancelled() -> None:
+    """``RTCDtlsTransport._rx_srtp``, aioice's ``StunProtocol.transport`` and ``datagram_received`` on the
+    nominated pair: while ``PairReader.run`` reads the socket the receiver's reports reach its handler
+    decrypted and aiortc's sender no longer sees them, STUN (aioice's requests, the peer's answers and its
+    requests) still reaches aioice; cancelled, it hands the socket back to the asyncio transport, which
+    reads (and answers STUN) again."""
     taken: list[Any] = []
     routed: list[Any] = []
     takeovers: list[RtcpTakeover] = []
@@ -163,11 +196,30 @@ async def test_the_peers_rtcp_is_taken_from_the_nominated_sockets_datagram_handl
 
     async with pair(before_connect=installing_takeover(takeovers)) as peers:
         assert isinstance(peers.sender.transport._rx_srtp, pylibsrtp.Session)
-        assert aiortc_internals.take_rtcp(peers.sender_pc, taken.extend) is True
+        transport = peers.sender.transport.transport._connection._nominated[1].protocol.transport
+        path = aiortc_internals.nominated_socket(peers.sender_pc)
+        assert path is not None
+        reader = aiortc_internals.PairReader(
+            peers.sender_pc, path[0], on_rtcp=taken.append, on_consent=lambda: None
+        )
         takeovers[0].decide(fast_path=True, handler=handler)
-        await wait_for_a_receiver_report(peers, taken)
-        assert not routed
-        assert await aio_as_trio(aiortc_internals.consent_fresh)(peers.sender_pc) is True
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader.run)
+                await trio.sleep(0.1)
+                assert not transport.is_reading()  # the asyncio side no longer reads this socket
+                await wait_for_a_receiver_report(peers, taken)
+                assert not routed
+                assert await aio_as_trio(consent_fresh)(peers.sender_pc) is True
+                assert await aio_as_trio(consent_fresh)(peers.receiver_pc) is True
+                nursery.cancel_scope.cancel()
+            assert transport.is_reading()
+            reports = len(taken)
+            assert await aio_as_trio(consent_fresh)(peers.sender_pc) is True
+            await wait_for_a_receiver_report(peers, routed)  # aiortc's way again
+            assert len(taken) == reports
+        finally:
+            path[0].close()
 
 
 async def test_the_ice_connection_and_its_nominated_pair_are_reachable() -> None:
@@ -185,12 +237,38 @@ async def test_the_ice_connection_and_its_nominated_pair_are_reachable() -> None
         sock.close()
 
 
-async def test_consent_checks_are_answered_by_a_live_peer_and_not_by_a_closed_one() -> None:
-    """aioice's ``Connection.build_request`` / ``remote_password`` and ``StunProtocol.request``."""
+async def test_the_readers_consent_checks_are_answered_by_a_live_peer_and_aioices_loop_stops() -> None:
+    """aioice's ``Connection.build_request``, ``remote_password`` and ``_query_consent_task``: a check that
+    ``PairReader.ask_consent`` sends is answered (``on_consent``) while the peer lives, not once it closed;
+    ``stop_aioice_consent`` ends aioice's consent loop."""
+    answers: list[float] = []
     async with pair() as peers:
-        assert await aio_as_trio(aiortc_internals.consent_fresh)(peers.sender_pc) is True
-        await aio_as_trio(peers.receiver_pc.close)()
-        assert await aio_as_trio(aiortc_internals.consent_fresh)(peers.sender_pc) is False
+        aioice_loop = peers.sender.transport.transport._connection._query_consent_task
+        assert isinstance(aioice_loop, asyncio.Task) and not aioice_loop.done()
+        path = aiortc_internals.nominated_socket(peers.sender_pc)
+        assert path is not None
+        reader = aiortc_internals.PairReader(
+            peers.sender_pc,
+            path[0],
+            on_rtcp=lambda packets: None,
+            on_consent=lambda: answers.append(trio.current_time()),
+        )
+        reader.stop_aioice_consent()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader.run)
+                reader.ask_consent()
+                with trio.fail_after(2):
+                    while not answers:
+                        await trio.sleep(0.01)
+                assert aioice_loop.done()
+                await aio_as_trio(peers.receiver_pc.close)()
+                reader.ask_consent()
+                await trio.sleep(0.5)
+                assert len(answers) == 1
+                nursery.cancel_scope.cancel()
+        finally:
+            path[0].close()
 
 
 async def test_the_dtls_transport_has_its_outgoing_srtp_session_once_connected() -> None:
@@ -257,3 +335,32 @@ def test_a_frame_leaves_as_the_datagrams_pylibsrtp_would_protect_with_or_without
         assert ours.send_many(packets) == 0
         assert [receiver.recv(2048) for _ in packets] == [reference.protect(packet) for packet in packets]
         assert ours.gso is kernel_segments
+
+
+def test_only_the_feedback_the_fan_out_answers_is_parsed_from_a_compound_rtcp_packet() -> None:
+    """``feedback``: NACK and PLI come out parsed; reports, SDES and REMB are skipped; bad lengths raise."""
+    info = RtcpReceiverInfo(
+        ssrc=7, fraction_lost=0, packets_lost=0, highest_sequence=1, jitter=0, lsr=0, dlsr=0
+    )
+    nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=7, lost=[10, 12])
+    pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=7)
+    remb = RtcpPsfbPacket(
+        fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=b"REMB\x01\x00\x00\x01\x00\x00\x00\x07"
+    )
+    compound = b"".join(
+        bytes(packet)
+        for packet in (
+            RtcpRrPacket(ssrc=1, reports=[info]),
+            RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=1, items=[(1, b"cname")])]),
+            remb,
+            nack,
+            pli,
+        )
+    )
+    parsed = aiortc_internals.feedback(compound)
+    assert [type(packet) for packet in parsed] == [RtcpRtpfbPacket, RtcpPsfbPacket]
+    assert parsed[0].lost == [10, 12] and parsed[1].fmt == RTCP_PSFB_PLI
+    assert aiortc_internals.feedback(bytes(RtcpRrPacket(ssrc=1, reports=[info]))) == []
+    for broken in (compound[:-2], compound + b"\x80", b"\x00" + compound[1:]):
+        with pytest.raises(ValueError):
+            aiortc_internals.feedback(broken)

@@ -22,6 +22,8 @@ from dragonfork.stream.stream import Stream, StreamSettings
 from dragonfork.webrtc import fanout as fanout_module
 from dragonfork.webrtc.aiortc_internals import SrtpSocket
 from dragonfork.webrtc.fanout import (
+    CONSENT_EXPIRY,
+    CONSENT_INTERVAL,
     LIVENESS_INTERVAL,
     FastViewer,
     Liveness,
@@ -83,11 +85,11 @@ class Peer:
     def _first_video(self) -> None:
         self.first_video += 1
 
-    async def _consent(self) -> bool:
-        """The peer's side of an ICE consent check: a round trip, then its answer (or none)."""
+    def _consent(self) -> None:
+        """The peer's side of an ICE consent check: its answer at once (or none)."""
         self.consent_checks += 1
-        await trio.sleep(0.01)
-        return self.answers_consent
+        if self.answers_consent:
+            self.viewer.consented()
 
     def receive(
         self, count: int, *, lose: int | None = None
@@ -174,7 +176,7 @@ async def test_a_burst_packet_is_retransmitted_with_the_timestamp_that_viewer_go
         lost = live_packets[0][1] + 1
         for peer, timestamp in ((joiner, burst[1][2]), (live, idr)):
             nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=fanout.ssrc, lost=[lost])
-            stream.handle_rtcp(peer.viewer, nack)
+            stream.handle_rtcp(peer.viewer, [nack])
             (resent,) = peer.receive(1)
             assert resent[2] == timestamp  # as RTX to the joiner, as it was to the live viewer
         assert live.nothing_more() and joiner.nothing_more()
@@ -209,16 +211,16 @@ async def test_a_nack_is_answered_to_that_viewer_only_as_rtx_when_negotiated() -
         assert plain.receive(4, lose=2) == originals[:2] + originals[3:]
         lost = originals[2]
         nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=fanout.ssrc, lost=[lost[1]])
-        stream.handle_rtcp(with_rtx.viewer, nack)
+        stream.handle_rtcp(with_rtx.viewer, [nack])
         (resent,) = with_rtx.receive(1)
         assert (resent[0], resent[3], resent[2]) == (103, rtx.ssrc, lost[2])
         assert resent[5] == struct.pack("!H", lost[1]) + lost[5]  # RFC 4588: the original sequence first
         assert plain.nothing_more()
-        stream.handle_rtcp(plain.viewer, nack)
+        stream.handle_rtcp(plain.viewer, [nack])
         (again,) = plain.receive(1)
         assert again == lost  # without RTX: the very packet again (the receiver's SRTP takes it: it was lost)
         too_old = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=fanout.ssrc, lost=[lost[1] - 99])
-        stream.handle_rtcp(plain.viewer, too_old)
+        stream.handle_rtcp(plain.viewer, [too_old])
         assert plain.nothing_more()  # never sent: nothing to answer with
 
 
@@ -232,11 +234,11 @@ async def test_a_picture_loss_is_answered_with_the_keyframe_burst_at_most_once_a
         fanout.add(peer.sink)
         burst = peer.receive(5)
         pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=fanout.ssrc)
-        stream.handle_rtcp(peer.viewer, pli)
+        stream.handle_rtcp(peer.viewer, [pli])
         again = peer.receive(5)
         assert [packet[5][2:] for packet in again] == [packet[5] for packet in burst]  # as RTX, in order
         assert {packet[3] for packet in again} == {rtx.ssrc}
-        stream.handle_rtcp(peer.viewer, pli)  # a storm of PLIs: one burst per second
+        stream.handle_rtcp(peer.viewer, [pli])  # a storm of PLIs: one burst per second
         assert peer.nothing_more()
 
 
@@ -322,9 +324,38 @@ async def test_the_liveness_sweep_asks_silent_viewers_for_consent_and_ends_those
             nursery.start_soon(stream.watch_liveness)
             for _ in range(int(3 * GRACE)):
                 await trio.sleep(LIVENESS_INTERVAL * 0.75)  # receiver reports come every 0.5-1.5 s
-                stream.handle_rtcp(reporting.viewer, RtcpRrPacket(ssrc=1))
+                stream.handle_rtcp(reporting.viewer, [RtcpRrPacket(ssrc=1)])
             nursery.cancel_scope.cancel()
-        assert reporting.consent_checks == 0 and not reporting.silenced
+        # RFC 7675: a reporting viewer too is asked every 4-6 s (which it does not answer here: it has 30 s)
+        assert 1 <= reporting.consent_checks <= 3 and not reporting.silenced
         assert answering.consent_checks >= 2 and not answering.silenced  # asked once it was silent for 2 s
         assert vanished.consent_checks >= 2 and len(vanished.silenced) == 1
         assert GRACE < vanished.silenced[0] - started <= GRACE + LIVENESS_INTERVAL
+
+
+async def test_a_viewer_that_reports_but_answers_no_consent_check_is_let_go_when_its_consent_expires(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """RFC 7675: consent is asked of every viewer about every 5 s (randomized); RTCP alone does not renew
+    it: a viewer whose checks go unanswered for 30 s is let go, one that answers them stays."""
+    stream = video_fanout()
+    with (
+        peers((PacketLayout(96), None)) as (deaf,),
+        peers((PacketLayout(96), None), answers_consent=True) as (answering,),
+    ):
+        for peer in (deaf, answering):
+            stream.add(peer.viewer)
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.watch_liveness)
+            while trio.current_time() - started < CONSENT_EXPIRY + 3:
+                await trio.sleep(LIVENESS_INTERVAL * 0.75)
+                for peer in (deaf, answering):
+                    stream.handle_rtcp(peer.viewer, [])
+            nursery.cancel_scope.cancel()
+        assert len(deaf.silenced) == 1
+        assert CONSENT_EXPIRY < deaf.silenced[0] - started <= CONSENT_EXPIRY + LIVENESS_INTERVAL
+        assert not answering.silenced
+        duration = CONSENT_EXPIRY + 3  # checks 4-6 s apart, on the sweep's 1 s ticks
+        longest, shortest = 1.2 * CONSENT_INTERVAL + LIVENESS_INTERVAL, 0.8 * CONSENT_INTERVAL
+        assert duration / longest - 1 <= answering.consent_checks <= duration / shortest + 1
