@@ -1,27 +1,55 @@
 """The aiortc glue every peer connection of the server shares (WHEP viewers send, WHIP publishers receive).
 
-Each function is one step of a session's life that must behave the same on both sides: negotiating an
-answer (aiortc's refusals become a 406 or 400 for the client, never an exception deep in a session),
-applying trickled candidates (RFC 8840 fragments, bounded, BUNDLE-aware, ICE restarts refused), waiting for
-connection states, and closing the peer connection bounded in time without ever raising.
+Each function is one step of a session's life that must behave the same on both sides: making the peer
+connection (with the process's DTLS certificate, renewed daily), negotiating an answer (aiortc's refusals
+become a 406 or 400 for the client, never an exception deep in a session), applying trickled candidates
+(RFC 8840 fragments, bounded, BUNDLE-aware, ICE restarts refused), waiting for connection states, and
+closing the peer connection bounded in time without ever raising.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import structlog
 import trio
-from aiortc import RTCIceCandidate, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import OperationError
 from trio_asyncio import aio_as_trio
 
+from dragonfork.webrtc.aiortc_internals import SharedCertificate, peer_connection
 from dragonfork.webrtc.sdp import FragmentRejected, Offer, OfferLimits, OfferRejected, parse_trickle_fragment
 
 log = structlog.get_logger(__name__)
 
 CLOSE_TIMEOUT = 5.0  # bound on pc.close(); it normally takes a few milliseconds
+CERTIFICATE_RENEWAL = 24 * 3600.0  # seconds a DTLS certificate serves new connections (aiortc's last 30 days)
+
+
+class _Certificates:
+    """The process's DTLS certificate for new peer connections, replaced by a new one once a day."""
+
+    def __init__(self) -> None:
+        self._certificate: SharedCertificate | None = None
+        self._made_at = 0.0
+
+    def current(self) -> SharedCertificate:
+        now = time.monotonic()
+        if self._certificate is None or now - self._made_at > CERTIFICATE_RENEWAL:
+            self._certificate, self._made_at = SharedCertificate.generateCertificate(), now
+        return self._certificate
+
+
+_certificates = _Certificates()
+
+
+def new_peer_connection(ice_servers: list[dict[str, str]]) -> RTCPeerConnection:
+    """A peer connection with ``ice_servers`` (``{"urls", "username", "credential"}``) and the process's
+    DTLS certificate (``aiortc_internals.SharedCertificate``: no key generated per connection)."""
+    configuration = RTCConfiguration(iceServers=[RTCIceServer(**server) for server in ice_servers])
+    return peer_connection(configuration, _certificates.current())
 
 
 async def negotiate(pc: RTCPeerConnection, offer: Offer, **log_fields: Any) -> str:
