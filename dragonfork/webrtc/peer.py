@@ -56,8 +56,7 @@ async def negotiate(pc: RTCPeerConnection, offer: Offer, **log_fields: Any) -> s
     """Apply the offer and create the answer with every local candidate gathered; ``OfferRejected`` 406 when
     aiortc finds no codec in common, 400 for any other refusal of an offer that passed our checks."""
     try:
-        await aio_as_trio(pc.setRemoteDescription)(RTCSessionDescription(sdp=offer.sdp, type="offer"))
-        await aio_as_trio(pc.setLocalDescription)()  # creates the answer and gathers every candidate
+        await aio_as_trio(_apply_offer)(pc, offer.sdp)  # one trio → asyncio hop for both steps
     except OperationError as exc:  # no codec in common
         raise OfferRejected(406, f"offer refused by the WebRTC stack: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - the offer passed our checks; aiortc's own refusal is still a 400
@@ -142,6 +141,12 @@ def leaf_type(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return type(exc).__name__
+
+
+async def _apply_offer(pc: RTCPeerConnection, offer_sdp: str) -> None:
+    """Set the remote offer, then create the answer and gather every candidate (on the asyncio side)."""
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+    await pc.setLocalDescription()
 
 
 async def _add_ice_candidates(pc: RTCPeerConnection, candidates: list[RTCIceCandidate | None]) -> None:
