@@ -50,7 +50,7 @@ def run_ready_callbacks_together(loop: trio_asyncio.TrioEventLoop) -> None:
     asyncio steps (aiortc's tasks, aioice binding its sockets, futures and their callbacks): on a busy
     server each step waits for a whole round (the fan-out's slices, every other task), which was most of a
     POST's time during a sweep. Here a turn runs what is ready and what that makes ready, up to
-    ``ASYNCIO_BATCH`` handles (or due timers) without a checkpoint between them: an answer takes about 4
+    ``ASYNCIO_BATCH`` handles (or due timers) without a checkpoint between them: an answer takes about 3
     rounds instead of 30, and a callback that keeps rescheduling itself still yields every
     ``ASYNCIO_BATCH`` runs, so Trio's tasks keep their turns.
     """
