@@ -91,6 +91,9 @@ class SharedCertificate(RTCCertificate):
         context = self._contexts.get(key)
         if context is None:
             context = self._contexts[key] = super()._create_ssl_context(srtp_profiles)
+            # A server-side context caches every session it negotiates (for resumption, which WebRTC
+            # does not use); shared by every connection, that cache would only grow.
+            context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         return context
 
 

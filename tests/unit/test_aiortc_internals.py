@@ -26,6 +26,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
+from OpenSSL import SSL
 from trio_asyncio import aio_as_trio
 
 from dragonfork.webrtc import aiortc_internals
@@ -332,4 +333,5 @@ async def test_peer_connections_given_one_certificate_present_it_and_share_its_d
             (transport,) = {sender.transport for sender in peers.sender_pc.getSenders()}
             assert transport._ssl.get_context() is next(iter(certificate._contexts.values()))
     assert len(certificate._contexts) == 1
+    assert next(iter(certificate._contexts.values())).get_session_cache_mode() == SSL.SESS_CACHE_OFF
     assert aiortc.rtcpeerconnection.RTCCertificate is RTCCertificate  # put back after each construction
