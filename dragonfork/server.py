@@ -37,6 +37,7 @@ from dragonfork.http.body_guard import UnreadBodyGuard
 from dragonfork.http.expect_continue import challenge_memfs_writes_first
 from dragonfork.logs import log_asyncio_error
 from dragonfork.systemd import notify_systemd, watch_event_loop
+from dragonfork.webrtc.aiortc_internals import run_ready_callbacks_together
 
 log = structlog.get_logger("dragonfork.server")
 
@@ -101,6 +102,7 @@ async def serve(loaded: LoadedSettings, started_at: float | None = None) -> None
     core = build_core(loaded)
     async with trio_asyncio.open_loop() as loop, trio.open_nursery() as root:
         loop.set_exception_handler(log_asyncio_error)
+        run_ready_callbacks_together(loop)
         root.start_soon(watch_event_loop, lambda: core.settings.metrics.interval_sec)
         await root.start(core.config.run)
         await start_scoped_services(core)

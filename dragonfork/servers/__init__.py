@@ -87,6 +87,18 @@ def answer_entity_tag(answer_sdp: str) -> str:
     return f'"{hashlib.sha256(answer_sdp.encode()).hexdigest()[:24]}"'
 
 
+@dataclasses.dataclass(frozen=True)
+class SignallingSession:
+    """What a WHEP or WHIP POST answers with: the session's id (its ``Location``) and SDP answer."""
+
+    resource_id: str
+    answer: str
+
+    @property
+    def etag(self) -> str:
+        return answer_entity_tag(self.answer)
+
+
 def entity_tag_matches(if_match: str, entity_tag: str) -> bool:
     """RFC 9110 §13.1.1: ``*`` or a list of entity tags, compared strongly (a weak ``W/`` never matches)."""
     return if_match.strip() == "*" or entity_tag in (tag.strip() for tag in if_match.split(","))

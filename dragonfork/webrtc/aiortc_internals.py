@@ -1,4 +1,4 @@
-"""Every private attribute of aiortc, aioice and pylibsrtp the fast path relies on, and nothing else.
+"""Every private attribute of aiortc, aioice, pylibsrtp and trio-asyncio the server uses, and nothing else.
 
 The fast path (``webrtc/fanout.py``) keeps aiortc for SDP, ICE and DTLS and then sends media itself: per
 packet one SRTP protect with the viewer's own keys and one non-blocking ``sendto`` on the viewer's nominated
@@ -7,10 +7,12 @@ viewer of a stream carries the stream's SSRC), its RTCP task and RTCP handler (t
 reports and answers NACK/PLI itself), the DTLS transport's outgoing and incoming SRTP sessions, the ICE
 connection's nominated pair, its protocol's transport and datagram handler (``PairReader`` reads the socket:
 the peer's RTCP and the answers to our consent checks are taken there), aioice's consent loop (replaced by
-the fan-out's checks), and libsrtp's protect call on pylibsrtp's own buffer. They are all reached here,
-nowhere else (the receive side's are in ``webrtc/rtp_tap.py``), and ``tests/unit/test_aiortc_internals.py``
-tests each so that an upgrade that moves one fails loudly (pyproject pins the versions they were written
-against).
+the fan-out's checks), and libsrtp's protect call on pylibsrtp's own buffer. Besides the fast path,
+trio-asyncio's loop is made to run its ready callbacks in batches (``run_ready_callbacks_together``), and
+every peer connection is given the process's DTLS certificate (``peer_connection``) instead of generating
+its own. They are all reached here, nowhere else (the receive side's are in ``webrtc/rtp_tap.py``), and
+``tests/unit/test_aiortc_internals.py`` tests each so that an upgrade that moves one fails loudly (pyproject
+pins the versions they were written against).
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ import struct
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, cast
 
+import aiortc.rtcpeerconnection
 import pylibsrtp
 import trio
+import trio_asyncio
 from aioice import stun
 from aioice.ice import CandidatePair, Connection
-from aiortc import RTCPeerConnection, RTCRtpSender
+from aiortc import RTCCertificate, RTCConfiguration, RTCPeerConnection, RTCRtpSender
+from aiortc.rtcdtlstransport import RTCDtlsFingerprint, SRTPProtectionProfile
 from aiortc.rtp import (
     RTCP_PSFB,
     RTCP_PSFB_FIR,
@@ -38,9 +43,91 @@ from aiortc.rtp import (
     RtcpPacket,
     is_rtcp,
 )
+from OpenSSL import SSL
 from pylibsrtp._binding import ffi, lib  # type: ignore[import-untyped]
 
 RtcpHandler = Callable[[Any], Coroutine[Any, Any, None]]
+ASYNCIO_BATCH = (
+    32  # asyncio callbacks run in one turn of the Trio scheduler, at most (run_ready_callbacks_together)
+)
+
+
+def run_ready_callbacks_together(loop: trio_asyncio.TrioEventLoop) -> None:
+    """Make ``loop`` run the asyncio callbacks that are ready in one turn of the Trio scheduler.
+
+    trio-asyncio's loop is one Trio task that runs one asyncio callback per turn
+    (``TrioEventLoop._main_loop_one``: receive one handle from its queue, a checkpoint, run it), so the
+    asyncio side moves one step per Trio scheduling round. A WHEP answer is a chain of some 30 dependent
+    asyncio steps (aiortc's tasks, aioice binding its sockets, futures and their callbacks): on a busy
+    server each step waits for a whole round (the fan-out's slices, every other task), which was most of a
+    POST's time during a sweep. Here a turn runs what is ready and what that makes ready, up to
+    ``ASYNCIO_BATCH`` handles (or due timers) without a checkpoint between them: an answer takes about 3
+    rounds instead of 30, and a callback that keeps rescheduling itself still yields every
+    ``ASYNCIO_BATCH`` runs, so Trio's tasks keep their turns.
+    """
+    one = loop._main_loop_one
+
+    async def run_ready(no_wait: bool = False) -> None:
+        await one(no_wait)  # waits for a handle when none is ready
+        for _ in range(ASYNCIO_BATCH - 1):
+            try:
+                await one(True)  # no_wait: a queued handle or a due timer, no checkpoint
+            except trio.WouldBlock:
+                return
+
+    loop._main_loop_one = run_ready  # type: ignore[method-assign]
+
+
+class SharedCertificate(RTCCertificate):
+    """A DTLS certificate that many peer connections present (one fingerprint, as Janus and MediaMTX do).
+
+    aiortc makes a new key and certificate for every ``RTCPeerConnection`` (about 0.4 ms), computes its
+    three fingerprints each time a transport's parameters are asked for, and builds a new OpenSSL context
+    (certificate, key, ciphers: about 1.2 ms) for every DTLS handshake. The certificate only identifies
+    the server's end of the handshake (the peer checks it against the answer's fingerprint), so one per
+    process serves every connection: its fingerprints and its context are made once. An OpenSSL context
+    is meant to be shared by connections; each handshake still has its own ``SSL.Connection``.
+    """
+
+    def __init__(self, key: Any, cert: Any) -> None:
+        super().__init__(key, cert)
+        self._fingerprints = super().getFingerprints()
+        self._contexts: dict[tuple[str, ...], SSL.Context] = {}
+
+    def getFingerprints(self) -> list[RTCDtlsFingerprint]:  # noqa: N802 - aiortc's name
+        return list(self._fingerprints)
+
+    def _create_ssl_context(self, srtp_profiles: list[SRTPProtectionProfile]) -> SSL.Context:
+        key = tuple(profile.openssl_profile.decode() for profile in srtp_profiles)
+        context = self._contexts.get(key)
+        if context is None:
+            context = self._contexts[key] = super()._create_ssl_context(srtp_profiles)
+            # A server-side context caches every session it negotiates (for resumption, which WebRTC
+            # does not use); shared by every connection, that cache would only grow.
+            context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        return context
+
+
+class _GivenCertificate:
+    """Stands in for ``RTCCertificate`` in aiortc's peer connection module while one is constructed."""
+
+    def __init__(self, certificate: RTCCertificate) -> None:
+        self._certificate = certificate
+
+    def generateCertificate(self) -> RTCCertificate:  # noqa: N802 - aiortc's name
+        return self._certificate
+
+
+def peer_connection(configuration: RTCConfiguration, certificate: RTCCertificate) -> RTCPeerConnection:
+    """A new ``RTCPeerConnection`` that presents ``certificate`` (aiortc takes none: its ``__init__``
+    calls ``RTCCertificate.generateCertificate()`` from its module, which is swapped for the call)."""
+    module: Any = aiortc.rtcpeerconnection
+    generator = module.RTCCertificate
+    module.RTCCertificate = _GivenCertificate(certificate)
+    try:
+        return RTCPeerConnection(configuration)
+    finally:
+        module.RTCCertificate = generator
 
 
 def set_sender_ssrc(sender: RTCRtpSender, ssrc: int) -> None:

@@ -1,35 +1,62 @@
 """The aiortc glue every peer connection of the server shares (WHEP viewers send, WHIP publishers receive).
 
-Each function is one step of a session's life that must behave the same on both sides: negotiating an
-answer (aiortc's refusals become a 406 or 400 for the client, never an exception deep in a session),
-applying trickled candidates (RFC 8840 fragments, bounded, BUNDLE-aware, ICE restarts refused), waiting for
-connection states, and closing the peer connection bounded in time without ever raising.
+Each function is one step of a session's life that must behave the same on both sides: making the peer
+connection (with the process's DTLS certificate, renewed daily), negotiating an answer (aiortc's refusals
+become a 406 or 400 for the client, never an exception deep in a session), applying trickled candidates
+(RFC 8840 fragments, bounded, BUNDLE-aware, ICE restarts refused), waiting for connection states, and
+closing the peer connection bounded in time without ever raising.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import structlog
 import trio
-from aiortc import RTCIceCandidate, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import OperationError
 from trio_asyncio import aio_as_trio
 
+from dragonfork.webrtc.aiortc_internals import SharedCertificate, peer_connection
 from dragonfork.webrtc.sdp import FragmentRejected, Offer, OfferLimits, OfferRejected, parse_trickle_fragment
 
 log = structlog.get_logger(__name__)
 
 CLOSE_TIMEOUT = 5.0  # bound on pc.close(); it normally takes a few milliseconds
+CERTIFICATE_RENEWAL = 24 * 3600.0  # seconds a DTLS certificate serves new connections (aiortc's last 30 days)
+
+
+class _Certificates:
+    """The process's DTLS certificate for new peer connections, replaced by a new one once a day."""
+
+    def __init__(self) -> None:
+        self._certificate: SharedCertificate | None = None
+        self._made_at = 0.0
+
+    def current(self) -> SharedCertificate:
+        now = time.monotonic()
+        if self._certificate is None or now - self._made_at > CERTIFICATE_RENEWAL:
+            self._certificate, self._made_at = SharedCertificate.generateCertificate(), now
+        return self._certificate
+
+
+_certificates = _Certificates()
+
+
+def new_peer_connection(ice_servers: list[dict[str, str]]) -> RTCPeerConnection:
+    """A peer connection with ``ice_servers`` (``{"urls", "username", "credential"}``) and the process's
+    DTLS certificate (``aiortc_internals.SharedCertificate``: no key generated per connection)."""
+    configuration = RTCConfiguration(iceServers=[RTCIceServer(**server) for server in ice_servers])
+    return peer_connection(configuration, _certificates.current())
 
 
 async def negotiate(pc: RTCPeerConnection, offer: Offer, **log_fields: Any) -> str:
     """Apply the offer and create the answer with every local candidate gathered; ``OfferRejected`` 406 when
     aiortc finds no codec in common, 400 for any other refusal of an offer that passed our checks."""
     try:
-        await aio_as_trio(pc.setRemoteDescription)(RTCSessionDescription(sdp=offer.sdp, type="offer"))
-        await aio_as_trio(pc.setLocalDescription)()  # creates the answer and gathers every candidate
+        await aio_as_trio(_apply_offer)(pc, offer.sdp)  # one trio → asyncio hop for both steps
     except OperationError as exc:  # no codec in common
         raise OfferRejected(406, f"offer refused by the WebRTC stack: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - the offer passed our checks; aiortc's own refusal is still a 400
@@ -114,6 +141,12 @@ def leaf_type(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return type(exc).__name__
+
+
+async def _apply_offer(pc: RTCPeerConnection, offer_sdp: str) -> None:
+    """Set the remote offer, then create the answer and gather every candidate (on the asyncio side)."""
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+    await pc.setLocalDescription()
 
 
 async def _add_ice_candidates(pc: RTCPeerConnection, candidates: list[RTCIceCandidate | None]) -> None:

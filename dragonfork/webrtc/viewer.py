@@ -49,11 +49,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 import trio
-from aiortc import (
-    RTCConfiguration,
-    RTCIceServer,
-    RTCPeerConnection,
-)
+from aiortc import RTCPeerConnection
 from trio_asyncio import aio_as_trio
 
 from dragonfork import metrics
@@ -80,6 +76,7 @@ from dragonfork.webrtc.peer import (
     close_peer_connection,
     leaf_type,
     negotiate,
+    new_peer_connection,
 )
 from dragonfork.webrtc.rtp_tap import drop_receive_bitrate_estimator
 from dragonfork.webrtc.sdp import (
@@ -219,9 +216,7 @@ class Viewer:
             audio = FrameTrack("audio", max_delay=max_delay, on_stopped=self._on_track_stopped)
             feeds.append((audio, stream.audio))
         answered = False
-        pc = self._pc = RTCPeerConnection(
-            RTCConfiguration(iceServers=[RTCIceServer(**server) for server in self.settings.ice_servers])
-        )
+        pc = self._pc = new_peer_connection(self.settings.ice_servers)
         self._pc_states = ConnectionStates(pc)
         try:
             with self._scope:

@@ -202,6 +202,14 @@ def test_about_metrics_skills_swagger(server: Server) -> None:
     assert encoders, skills["codecs"]["video"][:3]
     doc = server.api("GET", "/api/swagger/doc.json").json()
     assert "/api/v3/process" in doc["paths"] and "/api/v3/whep/{id}" in doc["paths"]
+    files = {"/api/v3/fs", "/api/v3/fs/{storage}", "/api/v3/fs/{storage}/{filepath}", "/memfs/{filepath}"}
+    assert files <= set(doc["paths"]) and set(doc["paths"]["/memfs/{filepath}"]) == {
+        "get",
+        "head",
+        "put",
+        "post",
+        "delete",
+    }
     assert {"api.ProcessConfig", "api.ProgressIO", "api.Error"} <= set(doc["components"]["schemas"])
     page = server.api("GET", "/api/swagger")
     assert (

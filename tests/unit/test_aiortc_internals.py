@@ -13,13 +13,20 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
+import aiortc.rtcpeerconnection
 import pylibsrtp
 import pytest
 import trio
 import trio_asyncio
 from aioice import stun
 from aioice.ice import CandidatePair, Connection
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import (
+    RTCCertificate,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_PLI,
@@ -32,10 +39,11 @@ from aiortc.rtp import (
     RtcpSourceInfo,
     RtcpSrPacket,
 )
+from OpenSSL import SSL
 from trio_asyncio import aio_as_trio
 
 from dragonfork.webrtc import aiortc_internals
-from dragonfork.webrtc.aiortc_internals import RtcpTakeover, SrtpSocket
+from dragonfork.webrtc.aiortc_internals import RtcpTakeover, SharedCertificate, SrtpSocket
 from dragonfork.webrtc.sdp import answered_media
 from dragonfork.webrtc.track import FrameTrack
 
@@ -45,8 +53,13 @@ SO_NO_CHECK = 11  # asm-generic/socket.h: send UDP without checksums
 class Pair:
     """A sending peer (ours, one video track) and a receiving peer, connected over loopback."""
 
-    def __init__(self) -> None:
-        self.sender_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    def __init__(self, certificate: RTCCertificate | None = None) -> None:
+        configuration = RTCConfiguration(iceServers=[])
+        self.sender_pc = (
+            RTCPeerConnection(configuration)
+            if certificate is None
+            else aiortc_internals.peer_connection(configuration, certificate)
+        )
         self.receiver_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.receiver_pc.addTransceiver("video", direction="recvonly")
         self.track = FrameTrack("video")
@@ -90,9 +103,11 @@ async def consent_fresh(pc: RTCPeerConnection) -> bool:
 
 
 @asynccontextmanager
-async def pair(*, connect: bool = True, before_connect: Any = None) -> AsyncIterator[Pair]:
+async def pair(
+    *, connect: bool = True, before_connect: Any = None, certificate: RTCCertificate | None = None
+) -> AsyncIterator[Pair]:
     async with trio_asyncio.open_loop():
-        peers = Pair()
+        peers = Pair(certificate)
         if before_connect is not None:
             before_connect(peers)
         try:
@@ -364,3 +379,66 @@ def test_only_the_feedback_the_fan_out_answers_is_parsed_from_a_compound_rtcp_pa
     for broken in (compound[:-2], compound + b"\x80", b"\x00" + compound[1:]):
         with pytest.raises(ValueError):
             aiortc_internals.feedback(broken)
+
+
+async def _turns_until(done: Callable[[], bool], *, at_most: int) -> int:
+    """Trio checkpoints of this task until ``done()`` (each is one turn of every other runnable task)."""
+    for turn in range(at_most):
+        if done():
+            return turn
+        await trio.lowlevel.checkpoint()
+    return at_most
+
+
+@pytest.mark.parametrize("batched", [False, True])
+async def test_trio_asyncio_runs_a_chain_of_ready_callbacks_in_one_turn_and_still_yields(
+    batched: bool,
+) -> None:
+    """``TrioEventLoop._main_loop_one`` (with ``no_wait``): with ``run_ready_callbacks_together``
+    twenty ready callbacks, and a chain of ten that each schedules the next, take a turn or two of the Trio
+    scheduler, not one each; a callback that reschedules itself for ever still lets Trio's tasks run."""
+    async with trio_asyncio.open_loop() as loop:
+        if batched:
+            aiortc_internals.run_ready_callbacks_together(loop)
+        ran: list[int] = []
+        for index in range(20):
+            loop.call_soon(ran.append, index)
+        turns = await _turns_until(lambda: len(ran) == 20, at_most=100)
+        assert (turns <= 3) if batched else (turns >= 10), turns
+        assert ran == list(range(20))
+
+        def chain(left: int) -> None:
+            ran.append(left)
+            if left:
+                loop.call_soon(chain, left - 1)
+
+        loop.call_soon(chain, 9)
+        turns = await _turns_until(lambda: len(ran) == 30, at_most=100)
+        assert (turns <= 3) if batched else (turns >= 5), turns
+
+        stopped = False
+
+        def forever() -> None:
+            ran.append(-1)
+            if not stopped:
+                loop.call_soon(forever)
+
+        loop.call_soon(forever)
+        turns = await _turns_until(lambda: False, at_most=10)  # returns: the loop task yields
+        assert 30 < len(ran) <= 30 + (turns + 1) * aiortc_internals.ASYNCIO_BATCH
+        stopped = True
+
+
+async def test_peer_connections_given_one_certificate_present_it_and_share_its_dtls_context() -> None:
+    """``aiortc.rtcpeerconnection.RTCCertificate`` (what ``RTCPeerConnection.__init__`` generates its
+    certificate with) and ``RTCCertificate._create_ssl_context`` (what each DTLS handshake calls)."""
+    certificate = SharedCertificate.generateCertificate()
+    (fingerprint,) = [f.value for f in certificate.getFingerprints() if f.algorithm == "sha-256"]
+    async with pair(certificate=certificate) as first, pair(certificate=certificate) as second:
+        for peers in (first, second):  # connected: DTLS completed with the shared context
+            assert f"a=fingerprint:sha-256 {fingerprint}" in peers.answer
+            (transport,) = {sender.transport for sender in peers.sender_pc.getSenders()}
+            assert transport._ssl.get_context() is next(iter(certificate._contexts.values()))
+    assert len(certificate._contexts) == 1
+    assert next(iter(certificate._contexts.values())).get_session_cache_mode() == SSL.SESS_CACHE_OFF
+    assert aiortc.rtcpeerconnection.RTCCertificate is RTCCertificate  # put back after each construction

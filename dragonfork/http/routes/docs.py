@@ -39,6 +39,8 @@ _PATH_PARAMETERS = {
     "key": "Metadata key",
     "resource": "WHEP or WHIP session id (the last segment of the Location header)",
     "name": "Stream name (what a WHIP publisher publishes, what {whip,name=NAME} reads)",
+    "storage": "Filesystem name (GET /api/v3/fs lists them: disk, mem)",
+    "filepath": "Path of a file in the filesystem",
 }
 
 
@@ -454,6 +456,9 @@ SCHEMAS: dict[str, Schema] = {
             ),
         }
     ),
+    # datarhei's api.FilesystemInfo and api.FileInfo (GET /api/v3/fs, /api/v3/fs/{storage})
+    "api.FilesystemInfo": _object({"name": _STRING, "type": _STRING, "mount": _STRING}),
+    "api.FileInfo": _object({"name": _STRING, "size_bytes": _INTEGER, "last_modified": _INTEGER}),
     # datarhei's api.ConfigError (409): each contradicting key with its messages
     "api.ConfigError": {"type": "object", "additionalProperties": _array(_STRING)},
 }
@@ -474,6 +479,7 @@ class Route:
     # A component schema name for a JSON body, ``_ANY`` for any JSON value, or a non-JSON media type.
     body: str | Schema | None = None
     status: int = 200
+    also: tuple[int, ...] = ()  # other success statuses, without a body (a PUT: 201 new, 204 replaced)
     # A component schema name, a schema, or a non-JSON media type; None for an empty response.
     response: str | Schema | None = None
     errors: tuple[int, ...] = ()  # besides the derived ones
@@ -530,6 +536,38 @@ def _signalling_routes(protocol: str, endpoint: str, offer: str) -> tuple[Route,
             not_found=False,
         ),
     )
+
+
+def _file_routes(path: str, where: str, writes: tuple[str, ...]) -> tuple[Route, ...]:
+    """A file's read (GET, HEAD; a single byte ``Range`` is a 206), write and delete, on ``path``.
+
+    Under /api/v3 the API's auth covers all of them (401 derived); memfs asks for its own HTTP Basic
+    credentials (storage.memory.auth) to write and delete."""
+    credentials = (401,) if path.startswith("/memfs") else ()
+    reads = tuple(
+        Route(
+            method,
+            path,
+            f"A file of {where}",
+            response="*/*" if method == "get" else None,
+            errors=(400, 403, 416),  # a bad path, an HLS session refused, a range outside the file
+        )
+        for method in ("get", "head")
+    )
+    stores = tuple(
+        Route(
+            method,
+            path,
+            f"Store a file in {where}: 201 when it is new, 204 when it replaced one",
+            body="application/octet-stream",
+            status=201,
+            also=(204,),
+            errors=(*credentials, 507),  # 507: the filesystem is full
+        )
+        for method in writes
+    )
+    remove = Route("delete", path, f"Remove a file of {where}", response=_TEXT, errors=(400, *credentials))
+    return (*reads, *stores, remove)
 
 
 _FILTER = (
@@ -712,6 +750,26 @@ ROUTES: tuple[Route, ...] = (
         public=True,
     ),
     Route("get", "/api/v3/config/reload", "Apply the stored configuration", response=_STRING),
+    Route(
+        "get",
+        "/api/v3/fs",
+        "The filesystems (disk, mem) and where they are mounted",
+        response=_array(_ref("api.FilesystemInfo")),
+    ),
+    Route(
+        "get",
+        "/api/v3/fs/{storage}",
+        "The files of a filesystem",
+        response=_array(_ref("api.FileInfo")),
+        errors=(400,),
+        query=(
+            ("glob", "Only the paths that match this pattern (*, **, ?, [...], {a,b})"),
+            ("sort", "none (default), name, size or lastmod"),
+            ("order", "asc (default) or desc"),
+        ),
+    ),
+    *_file_routes("/api/v3/fs/{storage}/{filepath}", "a filesystem", ("put",)),
+    *_file_routes("/memfs/{filepath}", "memfs", ("put", "post")),
     *_signalling_routes(
         "WHEP",
         "/api/v3/whep/{id}",
@@ -784,6 +842,7 @@ def _operation(route: Route) -> Schema:
         "tags": [route.path.split("/")[3] if route.path.startswith("/api/v3/") else "server"],
         "parameters": path_parameters + query_parameters,
         "responses": {str(route.status): success}
+        | {str(code): {"description": "success"} for code in route.also}
         | {
             str(code): {"description": "error", "content": {_JSON: {"schema": _ref(error_schemas[code])}}}
             for code in route.error_statuses()

@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from dragonfork import metrics
-from dragonfork.servers import answer_entity_tag, trickle
+from dragonfork.servers import SignallingSession, trickle
 from dragonfork.servers.whep.sessions import SessionEntry, ViewerObserver, ViewerSessions
 from dragonfork.servers.whep.viewer_start import (
     RETRY_AFTER_NOT_LIVE,
@@ -58,16 +58,6 @@ class PublisherStatus:
     started: bool
     """Ordered to run: its stream is live, or will be shortly (starting, restarting)."""
     state: str
-
-
-@dataclasses.dataclass(frozen=True)
-class WhepSession:
-    resource_id: str
-    answer: str
-
-    @property
-    def etag(self) -> str:
-        return answer_entity_tag(self.answer)
 
 
 class WhepServer:
@@ -113,7 +103,7 @@ class WhepServer:
         """The ETag of a session (GET/HEAD on it); ``WhepRefused`` 404 when there is none."""
         return self._session(name, resource_id).entity_tag
 
-    async def new_session(self, name: str, offer_sdp: str, client: Any = None) -> WhepSession:
+    async def new_session(self, name: str, offer_sdp: str, client: Any = None) -> SignallingSession:
         """Answer ``offer_sdp`` with a viewer of stream ``name``; raises ``WhepRefused``. ``client`` (who
         asks, as the caller identified it) goes to the viewer observer."""
         status = self.check_endpoint(name)
@@ -141,7 +131,7 @@ class WhepServer:
                 max_viewers=self.settings.max_viewers_per_stream,
                 client=client,
             )
-        session = WhepSession(viewer.id, answer)
+        session = SignallingSession(viewer.id, answer)
         viewer.entity_tag = session.etag
         return session
 

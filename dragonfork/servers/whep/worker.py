@@ -43,6 +43,7 @@ from dragonfork.servers.whep.viewer_start import WhepRefused, start_viewer
 from dragonfork.stream.directory import StreamDirectory, StreamNotLive
 from dragonfork.stream.stream import Stream, StreamSettings
 from dragonfork.stream.track import Codec
+from dragonfork.webrtc.aiortc_internals import run_ready_callbacks_together
 from dragonfork.webrtc.sdp import OfferLimits, SdpRejected
 from dragonfork.webrtc.viewer import CloseReason, Viewer, ViewerSettings
 
@@ -221,6 +222,7 @@ async def serve(index: int, control_fd: int, media_fd: int) -> None:
     worker = Worker(index, control, media)
     async with trio_asyncio.open_loop() as loop:
         loop.set_exception_handler(log_asyncio_error)
+        run_ready_callbacks_together(loop)
         gc.collect()
         gc.freeze()  # as the server does: start-up objects out of the collector's walks (server.py)
         with contextlib.suppress(ChannelClosed):

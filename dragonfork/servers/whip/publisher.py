@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 import trio
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpReceiver
+from aiortc import RTCPeerConnection, RTCRtpReceiver
 from aiortc.sdp import SessionDescription
 from trio_asyncio import aio_as_trio
 
@@ -42,6 +42,7 @@ from dragonfork.webrtc.peer import (
     close_peer_connection,
     leaf_type,
     negotiate,
+    new_peer_connection,
 )
 from dragonfork.webrtc.sdp import (
     OfferLimits,
@@ -148,9 +149,7 @@ class WhipPublisher:
             has_audio=offer.offer.has_audio,
             video_codec=VIDEO_CODECS[offer.video_codec],
         )
-        pc = self._pc = RTCPeerConnection(
-            RTCConfiguration(iceServers=[RTCIceServer(**server) for server in settings.ice_servers])
-        )
+        pc = self._pc = new_peer_connection(settings.ice_servers)
         self._pc_states = ConnectionStates(pc)
         answered = False
         try:

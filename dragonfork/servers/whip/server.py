@@ -21,7 +21,7 @@ import structlog
 import trio
 
 from dragonfork import metrics
-from dragonfork.servers import SignallingRefused, answer_entity_tag, trickle
+from dragonfork.servers import SignallingRefused, SignallingSession, trickle
 from dragonfork.servers.whip.matroska import MatroskaWriter
 from dragonfork.servers.whip.publisher import (
     PROTOCOL,
@@ -63,16 +63,6 @@ class PublisherObserver(Protocol):
     def opened(self, publisher: WhipPublisher, client: Any, /) -> None: ...
 
     def closed(self, publisher: WhipPublisher, /) -> None: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class WhipSession:
-    resource_id: str
-    answer: str
-
-    @property
-    def etag(self) -> str:
-        return answer_entity_tag(self.answer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +117,7 @@ class WhipServer:
         finally:
             self._nursery = None
 
-    async def new_session(self, name: str, offer_sdp: str, client: Any = None) -> WhipSession:
+    async def new_session(self, name: str, offer_sdp: str, client: Any = None) -> SignallingSession:
         """Answer ``offer_sdp`` with a publisher of stream ``name``; raises ``WhipRefused``."""
         nursery = self._nursery
         if nursery is None:
@@ -153,7 +143,7 @@ class WhipServer:
             raise self._refused("timeout", 504, str(exc), None) from None
         except StreamNameTaken as exc:
             raise self._refused("name_taken", 409, str(exc), "name") from None
-        session = WhipSession(publisher.id, answer)
+        session = SignallingSession(publisher.id, answer)
         publisher.entity_tag = session.etag
         return session
 
