@@ -19,12 +19,6 @@ SHARED_ENV = Path(__file__).parent / ".nox" / "shared"
 # Everything tests, chaos, e2e and typecheck run, installed in one pip call (one resolve, one build of the
 # package); `nox -s tests` alone installs the same, so switching sessions never reinstalls.
 SHARED_REQUIREMENTS = ("-e", ".[test]", "playwright", "mypy")
-# Most tests wait on real-time media (FFmpeg's -re patterns, HLS segments, viewers decoding for seconds), so
-# two test files at a time use CI's two cores far better than one. ``loadfile`` keeps a file on one worker,
-# where its tests share the module's server; tests/harness.py gives each worker its own ports and waits for
-# a server start as long as a loaded machine needs. Chaos and e2e stay serial (they are the load, or a
-# browser is). ``nox -s tests -- -n 0`` runs one file after another.
-TWO_FILES_AT_A_TIME = ("--numprocesses=2", "--dist=loadfile")
 CHROMIUM = "/usr/bin/chromium"
 # Debian programs the tests run for real: Prometheus and promtool (deploy/prometheus), systemd-analyze.
 TEST_PROGRAMS = {
@@ -72,16 +66,7 @@ def run_shared(session: nox.Session, program: str, *args: str, extra: tuple[str,
 def tests(session: nox.Session) -> None:
     """Unit and integration tests with real FFmpeg, real aiortc peers, real Prometheus and systemd-analyze."""
     apt_install_missing(session, TEST_PROGRAMS)
-    run_shared(
-        session,
-        "pytest",
-        *TWO_FILES_AT_A_TIME,
-        "-ra",
-        "--durations=15",
-        "-m",
-        "not e2e and not chaos",
-        *session.posargs,
-    )
+    run_shared(session, "pytest", "-ra", "--durations=15", "-m", "not e2e and not chaos", *session.posargs)
 
 
 @nox.session(python=False)
