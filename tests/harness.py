@@ -29,10 +29,33 @@ TEST_VIDEO = "testsrc2=size=320x240:rate=25"
 TEST_AUDIO = "sine=frequency=440:sample_rate=48000"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# Ports the tests hand to servers and peers come from below the kernel's ephemeral range (32768-60999), so no
+# client connection can take one between the check and the server's bind, and from a block of their own per
+# pytest-xdist worker (gw0, gw1, ...; a serial run is block 0), so two workers are never handed the same port.
+# WebRTC's UDP ranges (free_udp_range) are above this, from 30000.
+PORT_BLOCK_SIZE = 2000
+PORT_BLOCKS_FROM = 10000
+PORT_BLOCKS = 10  # 10000-29999
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+_port_block = int(_worker[2:]) + 1 if _worker.startswith("gw") and _worker[2:].isdigit() else 0
+_next_port = random.randrange(PORT_BLOCK_SIZE)  # where this run starts in its block (others may share it)
+
+
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A port of this worker's block that is free now (bound once to check), never one handed out before in
+    this test session (the block is walked in order), so two ``free_port()`` calls never collide."""
+    global _next_port
+    block_start = PORT_BLOCKS_FROM + (_port_block % PORT_BLOCKS) * PORT_BLOCK_SIZE
+    for _ in range(PORT_BLOCK_SIZE):
+        port = block_start + _next_port % PORT_BLOCK_SIZE
+        _next_port += 1
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (by anything, another test run included), or in TIME_WAIT
+            return port
+    raise RuntimeError(f"no free port in {block_start}-{block_start + PORT_BLOCK_SIZE - 1}")
 
 
 def free_udp_range(size: int = 40) -> tuple[int, int]:
@@ -82,7 +105,9 @@ class Server:
         self.token: str | None = None
         self.started_seconds = 0.0
 
-    def start(self, timeout: float = 20) -> None:
+    def start(self, timeout: float = 60) -> None:
+        """Until the server answers ``/ping``. A server that exits fails at once; the deadline is only for a
+        start that hangs, so it is wide: starts took up to ~20 s at load averages near 15 on two cores."""
         log = self.log_path.open("ab")
         began = time.monotonic()
         self.proc = subprocess.Popen(

@@ -9,7 +9,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from harness import TEST_AUDIO, TEST_VIDEO
+from harness import TEST_AUDIO, TEST_VIDEO, free_port
 from rtmp_helpers import FFMPEG
 
 from dragonfork.servers.srt import handshake as hs
@@ -17,9 +17,7 @@ from dragonfork.servers.srt import packet as pk
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port(socket.SOCK_DGRAM)
 
 
 def srt_url(port: int, stream_id: str, **query: str) -> str:
