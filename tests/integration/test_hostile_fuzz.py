@@ -93,6 +93,8 @@ with httpx.Client(timeout=10) as client:
             samples.append((time.time(), time.perf_counter() - began))
         except httpx.HTTPError:
             samples.append((time.time(), 10.0))
+        if len(samples) == 1:
+            open(out + ".ready", "w").close()
         if os.path.exists(out + ".stop") or os.getppid() != parent:  # stopped, or the test is gone
             break
         time.sleep(max(0.0, interval - (time.perf_counter() - began)))
@@ -458,7 +460,10 @@ def _ping_latencies(
         [sys.executable, "-c", PING_MONITOR, f"{server.url}/ping", str(out), "0.02"], stdin=subprocess.DEVNULL
     )
     try:
-        time.sleep(1)  # the monitor's own start is not the server's latency
+        ready, deadline = Path(f"{out}.ready"), time.monotonic() + 30
+        while not ready.exists():  # the monitor's own start (slow on a loaded machine) is not the server's
+            assert time.monotonic() < deadline and monitor.poll() is None, "the /ping monitor did not start"
+            time.sleep(0.05)
         idle_from = time.time()
         time.sleep(2)
         began = time.time()

@@ -59,7 +59,8 @@ async def test_a_tapped_receiver_hands_its_packets_over_and_sends_plis() -> None
                 await original(packet)
 
             rtp_sender._handle_rtcp_packet = record_rtcp  # type: ignore[method-assign]
-            await aio_as_trio(_connect)(sending, receiving)
+            with trio.fail_after(20):
+                await aio_as_trio(_connect)(sending, receiving)
             with trio.fail_after(20):
                 while len(packets) < 20:
                     await trio.sleep(0.05)
@@ -74,8 +75,9 @@ async def test_a_tapped_receiver_hands_its_packets_over_and_sends_plis() -> None
                 await aio_as_trio(receiver.track.recv)()
             assert nothing_decoded.cancelled_caught
         finally:
-            await aio_as_trio(sending.close)()
-            await aio_as_trio(receiving.close)()
+            with trio.move_on_after(10):  # bounded: a hung close must not hang the test
+                await aio_as_trio(sending.close)()
+                await aio_as_trio(receiving.close)()
     assert all(packet.payload for packet in packets)
     del sending, receiving, receiver, rtp_sender, transceiver, receiving_transceiver
     gc.collect()  # peer connections are reference cycles: free them now, not in a later test's object count
