@@ -8,9 +8,10 @@ the server to a viewer may carry a wake-up that a server sending through a netwo
 
 This measures it: a receiver process on the second CPU either sleeps in ``epoll_wait`` between datagrams
 (``asleep``, like the bench's viewers) or polls its socket without sleeping (``awake``), and the sender on the
-first CPU times each of its calls (wall clock around the call, one call every 0.8 ms, the CPU otherwise
-idle): one datagram of 160 bytes (an Opus packet) and seven of 1300 bytes back to back (a 2 Mbit/s frame).
-Prints the median µs per call of each; it runs about 30 seconds and needs two CPUs.
+first CPU times each of its calls (wall clock around the call, one call every 0.8 ms, spinning in between
+so that its own CPU never sleeps): one datagram of 160 bytes (an Opus packet) and seven of 1300 bytes back to
+back (a 2 Mbit/s frame). Prints the median µs per call of each; it runs about 50 seconds (each measurement
+waits for its receiver's ``RECEIVER_SECONDS``) and needs two CPUs.
 """
 
 from __future__ import annotations
