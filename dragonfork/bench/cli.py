@@ -1,10 +1,16 @@
-"""``dragonfork bench [--out DIR] [--quick] [--no-janus]``: the benchmark suite (``nox -s bench``).
+"""``dragonfork bench [--out DIR] [--quick] [--repeats N] [--no-janus]``: the benchmarks (``nox -s bench``).
 
 Runs, on this machine, against dragonfork and then Janus with the same FFmpeg command and the same viewers:
 fan-out capacity, server-hop latency, time to first frame (dragonfork with the keyframe cache on and off),
 signalling times, a py-spy profile of dragonfork at 100 viewers, and dragonfork's memfs under 200 concurrent
-HLS clients (``--memfs-only`` runs just that and prints its figures). Writes ``results.json``, ``README.md``
-(the tables) and PNG plots into ``--out``. About 10 minutes; ``--quick`` is a short smoke run.
+HLS clients (``--memfs-only`` runs just that and prints its figures). The fan-out sweeps behind the headline
+run ``--repeats`` times, interleaved, and the report quotes their medians (see METHOD). Writes
+``results.json``, ``README.md`` (the tables) and PNG plots into ``--out``.
+
+About 30 minutes with the default 3 repeats: a fan-out sweep takes ~2.4 min, a round of the three ~7 min,
+and what runs once ~9 min (the joins one at a time ~3, ingest ~3, Janus's default config's sweep, memfs);
+each repeat more adds a round. ``--quick`` is a smoke run: ~5 min, 3 of them ingest (which it does not
+shorten).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import trio
 
 HELP = "benchmark dragonfork against Janus on this machine (writes docs/benchmarks)"
 DEFAULT_REPEATS = 3
-# the whole suite: the phases run once (~8 min at the defaults) and each round of sweeps (~8 min), with room
+# the whole suite: what runs once (~9 min at the defaults) and each round of sweeps (~7 min), with room
 ONCE_TIMEOUT, ROUND_TIMEOUT = 25 * 60.0, 20 * 60.0
 
 METHOD = """\

@@ -306,6 +306,8 @@ def _spread_cell(spread: Spread | None, digits: int = 1) -> str:
     """ "median (min–max)" over repeats; the median alone when one repeat had it or all agree."""
     if spread is None:
         return "–"
+    if isinstance(spread["min"], int) and isinstance(spread["max"], int):
+        digits = 0  # counts (viewers, packets): a median between two is still shown as a whole one
     text = _cell(spread["median"], digits)
     if spread["min"] != spread["max"]:
         text += f" ({_cell(spread['min'], digits)}–{_cell(spread['max'], digits)})"

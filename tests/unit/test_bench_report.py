@@ -128,6 +128,16 @@ def test_over_repeats_takes_the_median_of_the_repeats_that_have_the_figure() -> 
     assert report.over_repeats(repeats, report.figure_at("missing")) is None
 
 
+def test_a_count_is_shown_whole_even_when_its_median_falls_between_two_repeats() -> None:
+    spread = report.over_repeats([{"viewers": 379}, {"viewers": 440}], report.figure_at("viewers"))
+
+    assert spread is not None and spread["median"] == 409.5
+    assert report._spread_cell(spread, 2) == "410 (379–440)"
+    assert report._spread_cell(
+        report.over_repeats([{"cpu": 0.2}, {"cpu": 0.3}], report.figure_at("cpu")), 3
+    ) == ("0.250 (0.200–0.300)")
+
+
 def test_derived_figures_are_medians_over_repeats_with_their_range(three_repeats: dict[str, Any]) -> None:
     report.complete(three_repeats)
 
