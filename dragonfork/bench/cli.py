@@ -26,11 +26,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import trio
+
+if TYPE_CHECKING:
+    from dragonfork.bench.servers import RunningServer
+
+    # what a sweep's first round also runs on its server: (the server, that server's results) → None
+    OnServer = Callable[[RunningServer, dict[str, Any]], Awaitable[None]]
 
 HELP = "benchmark dragonfork against Janus on this machine (writes docs/benchmarks)"
 DEFAULT_REPEATS = 3
@@ -172,6 +180,12 @@ async def run_suite(settings: Any, with_janus: bool, workers: int = 1, repeats: 
     The phases that do not feed the medians run once: the joins one at a time and the memfs reads (first
     round), the py-spy profile (first dragonfork sweep), then the keyframe cache off, ingest and Janus's
     default config after the rounds. A server that fails is not started again in later rounds.
+
+    Every repeat is a full sweep (all steps, the hop captures included): CPU per viewer is a least-squares
+    line through the idle window and every clean step up to 200 viewers, the workers' capacity ratio needs
+    the largest step, and the hop p99 at 1, 10 and 100 viewers is a headline figure, so a shorter repeat
+    would be another estimator whose values a median must not mix with the first's. The captures cost 3 × 8 s
+    of a ~2.4 min sweep; 3 full repeats keep the run at ~30 min (it was ~16 with one).
     """
     from dragonfork.bench.hls_reads import memfs_reads
     from dragonfork.bench.media import DESCRIPTION, make_clip
@@ -186,7 +200,11 @@ async def run_suite(settings: Any, with_janus: bool, workers: int = 1, repeats: 
     feed: list[str] | None = None
 
     async def sweep(
-        key: str, server_context: Any, sweep_settings: Any, before: Any = None, after: Any = None
+        key: str,
+        server_context: AbstractAsyncContextManager[RunningServer],
+        sweep_settings: Any,
+        before: OnServer | None = None,
+        after: OnServer | None = None,
     ) -> bool:
         """One fan-out sweep into ``results[key]["fan_out_repeats"]``, with ``before``/``after`` run on the
         same server (first round); False, and the error in ``results[key]``, if the server failed."""
@@ -206,16 +224,16 @@ async def run_suite(settings: Any, with_janus: bool, workers: int = 1, repeats: 
             return False
         return True
 
-    async def dragonfork_first_frames(server: Any, figures: dict[str, Any]) -> None:
+    async def dragonfork_first_frames(server: RunningServer, figures: dict[str, Any]) -> None:
         nonlocal feed
         feed = server.feed_command
         figures["first_frames_cache_on"] = await first_frames(server, settings)
 
-    async def dragonfork_memfs_reads(server: Any, figures: dict[str, Any]) -> None:
+    async def dragonfork_memfs_reads(server: RunningServer, figures: dict[str, Any]) -> None:
         say("dragonfork: memfs under HLS clients")
         figures["memfs_reads"] = await memfs_reads(server)
 
-    async def janus_first_frames(server: Any, figures: dict[str, Any]) -> None:
+    async def janus_first_frames(server: RunningServer, figures: dict[str, Any]) -> None:
         figures["first_frames"] = await first_frames(server, settings)
 
     with trio.fail_after(ONCE_TIMEOUT + ROUND_TIMEOUT * repeats):
