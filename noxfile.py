@@ -116,7 +116,7 @@ def e2e(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def bench(session: nox.Session) -> None:
-    """Benchmarks against Janus on this machine (~10 min; not in the default run): writes docs/benchmarks/.
+    """Benchmarks against Janus on this machine (~30 min; not in the default run): writes docs/benchmarks/.
 
     Needs root for the packet capture (server-hop latency) and, when Janus is missing, for apt-get.
     """

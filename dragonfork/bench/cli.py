@@ -1,15 +1,22 @@
-"""``dragonfork bench [--out DIR] [--quick] [--no-janus]``: the benchmark suite (``nox -s bench``).
+"""``dragonfork bench [--out DIR] [--quick] [--repeats N] [--no-janus]``: the benchmarks (``nox -s bench``).
 
 Runs, on this machine, against dragonfork and then Janus with the same FFmpeg command and the same viewers:
 fan-out capacity, server-hop latency, time to first frame (dragonfork with the keyframe cache on and off),
 signalling times, a py-spy profile of dragonfork at 100 viewers, and dragonfork's memfs under 200 concurrent
-HLS clients (``--memfs-only`` runs just that and prints its figures). Writes ``results.json``, ``README.md``
-(the tables) and PNG plots into ``--out``. About 10 minutes; ``--quick`` is a short smoke run.
+HLS clients (``--memfs-only`` runs just that and prints its figures). The fan-out sweeps behind the headline
+run ``--repeats`` times, interleaved, and the report quotes their medians (see METHOD). Writes
+``results.json``, ``README.md`` (the tables) and PNG plots into ``--out``.
+
+About 30 minutes with the default 3 repeats: a fan-out sweep takes ~2.4 min, a round of the three ~7 min,
+and what runs once ~9 min (the joins one at a time ~3, ingest ~3, Janus's default config's sweep, memfs);
+each repeat more adds a round. ``--quick`` is a smoke run: ~5 min, 3 of them ingest (which it does not
+shorten).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -19,17 +26,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import trio
 
+if TYPE_CHECKING:
+    from dragonfork.bench.servers import RunningServer
+
+    # what a sweep's first round also runs on its server: (the server, that server's results) → None
+    OnServer = Callable[[RunningServer, dict[str, Any]], Awaitable[None]]
+
 HELP = "benchmark dragonfork against Janus on this machine (writes docs/benchmarks)"
-SUITE_TIMEOUT = 45 * 60.0
-# (results key, Janus event_loops, measure time to first frame): Janus configured for one core, as its
-# documentation advises for many viewers, is the comparison; its default (a thread per viewer) is shown too.
-JANUS_RUNS = (("janus", 1, True), ("janus_default", None, False))
+DEFAULT_REPEATS = 3
+# the whole suite: what runs once (~9 min at the defaults) and each round of sweeps (~7 min), with room
+ONCE_TIMEOUT, ROUND_TIMEOUT = 25 * 60.0, 20 * 60.0
 
 METHOD = """\
 - **One machine, split in two.** The server under test (and the FFmpeg feeding it) runs pinned to CPU 0
@@ -51,7 +65,16 @@ METHOD = """\
   receiver reports stay true. No NACKs after the first keyframe: loss is reported as sent.
   Loss = expected (from RTP sequence numbers) − received.
 - **Fan-out.** Viewers join at 10 per second up to each step and stay; after 4 s of settling a 10 s window
-  measures. The sweep stops after a step whose server CPU reaches 90 % of a core. "Client-limited" marks
+  measures. The sweep stops after a step whose server CPU reaches 90 % of a core.
+- **Repeats.** The sweeps behind the headline (dragonfork, dragonfork with `webrtc.workers` 2, Janus with
+  one event loop) run `--repeats` times (default 3), interleaved: round 1 runs the three one after the
+  other, then round 2, and so on, each on a freshly started server, so that a drift of the shared
+  machine's load hits all three alike. Every figure (CPU per viewer, viewers per core, CPU and packets
+  per CPU-s per step, hop p50/p95/p99 per step, signalling during the sweep) is derived from each sweep
+  on its own and quoted as its median over the sweeps, min–max in brackets; every ratio (dragonfork ÷
+  Janus, 2 workers ÷ 1) is a ratio of those medians. The profile is taken in the first dragonfork sweep
+  only; the joins one at a time (keyframe cache on and off, Janus), the memfs reads, ingest and Janus's
+  default config run once. "Client-limited" marks
   steps where the viewers' CPUs were over 85 % busy: their loss may be the clients'. `socket_receive_drops`
   in the JSON (UDP receive-buffer overflows, machine-wide) tells whether packets died in a viewer's socket.
 - **Server-hop latency.** A packet socket on `lo` (kernel timestamps, one clock) sees both the source leg
@@ -91,6 +114,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a second fan-out sweep with webrtc.workers N on every CPU (default 2; 1: skip it)",
     )
     parser.add_argument(
+        "--repeats",
+        type=int,
+        help=f"fan-out sweeps per server behind the headline, interleaved (default {DEFAULT_REPEATS}; "
+        "--quick: 1)",
+    )
+    parser.add_argument(
         "--render-only", action="store_true", help="rewrite README.md and the plots from OUT/results.json"
     )
 
@@ -122,7 +151,8 @@ def main(args: argparse.Namespace) -> int:
         if args.memfs_only:
             print(json.dumps(trio.run(run_memfs_reads, settings), indent=2))
             return 0
-        results = trio.run(run_suite, settings, not args.no_janus, args.workers)
+        repeats = args.repeats if args.repeats is not None else 1 if args.quick else DEFAULT_REPEATS
+        results = trio.run(run_suite, settings, not args.no_janus, args.workers, max(1, repeats))
         _write(results, out)
     print(f"wrote {out / 'README.md'} and {out / 'results.json'}", file=sys.stderr)
     failed = [name for name, figures in results.items() if isinstance(figures, dict) and figures.get("error")]
@@ -143,7 +173,20 @@ async def run_memfs_reads(settings: Any) -> dict[str, Any]:
     return {**figures, "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 
-async def run_suite(settings: Any, with_janus: bool, workers: int = 1) -> dict[str, Any]:
+async def run_suite(settings: Any, with_janus: bool, workers: int = 1, repeats: int = 1) -> dict[str, Any]:
+    """Every phase; the fan-out sweeps behind the headline (dragonfork, dragonfork with ``workers``, Janus
+    with one event loop) ``repeats`` times, interleaved round by round, each on a freshly started server.
+
+    The phases that do not feed the medians run once: the joins one at a time and the memfs reads (first
+    round), the py-spy profile (first dragonfork sweep), then the keyframe cache off, ingest and Janus's
+    default config after the rounds. A server that fails is not started again in later rounds.
+
+    Every repeat is a full sweep (all steps, the hop captures included): CPU per viewer is a least-squares
+    line through the idle window and every clean step up to 200 viewers, the workers' capacity ratio needs
+    the largest step, and the hop p99 at 1, 10 and 100 viewers is a headline figure, so a shorter repeat
+    would be another estimator whose values a median must not mix with the first's. The captures cost 3 × 8 s
+    of a ~2.4 min sweep; 3 full repeats keep the run at ~30 min (it was ~16 with one).
+    """
     from dragonfork.bench.hls_reads import memfs_reads
     from dragonfork.bench.media import DESCRIPTION, make_clip
     from dragonfork.bench.servers import ServerFailed, dragonfork_server, janus_server
@@ -152,47 +195,96 @@ async def run_suite(settings: Any, with_janus: bool, workers: int = 1) -> dict[s
     started, load_before = time.monotonic(), os.getloadavg()[0]
     results: dict[str, Any] = {}
     clip = make_clip(Path.home() / ".cache" / "dragonfork" / "bench")
-    workdir = settings.workdir
+    workdir, cpus = settings.workdir, settings.server_cpus
+    every_cpu = (settings.server_cpus or set()) | (settings.client_cpus or set()) or None
     feed: list[str] | None = None
-    with trio.fail_after(SUITE_TIMEOUT):
-        ours: dict[str, Any] = {}
-        results["dragonfork"] = ours
-        cpus = settings.server_cpus
+
+    async def sweep(
+        key: str,
+        server_context: AbstractAsyncContextManager[RunningServer],
+        sweep_settings: Any,
+        before: OnServer | None = None,
+        after: OnServer | None = None,
+    ) -> bool:
+        """One fan-out sweep into ``results[key]["fan_out_repeats"]``, with ``before``/``after`` run on the
+        same server (first round); False, and the error in ``results[key]``, if the server failed."""
+        figures = results.setdefault(key, {})
         try:
-            async with dragonfork_server(workdir, clip, keyframe_cache=True, cpus=cpus) as server:
-                feed = server.feed_command
-                ours["first_frames_cache_on"] = await first_frames(server, settings)
-                ours["fan_out"] = await fan_out(server, settings)
-                say("dragonfork: memfs under HLS clients")
-                ours["memfs_reads"] = await memfs_reads(server)
-            if workers > 1:
-                say(f"dragonfork: restarting with webrtc.workers {workers}, on every CPU")
-                every_cpu = (settings.server_cpus or set()) | (settings.client_cpus or set()) or None
-                async with dragonfork_server(
-                    workdir, clip, keyframe_cache=True, cpus=every_cpu, workers=workers
-                ) as server:
-                    results["dragonfork_workers"] = {"fan_out": await fan_out(server, settings)}
-            say("dragonfork: restarting with the keyframe cache off")
-            async with dragonfork_server(workdir, clip, keyframe_cache=False, cpus=cpus) as server:
-                ours["first_frames_cache_off"] = await first_frames(server, settings)
+            async with server_context as server:
+                if before is not None:
+                    await before(server, figures)
+                sweep_started = time.monotonic()
+                measured = await fan_out(server, sweep_settings)
+                measured["sweep_seconds"] = round(time.monotonic() - sweep_started, 1)
+                figures.setdefault("fan_out_repeats", []).append(measured)
+                if after is not None:
+                    await after(server, figures)
         except ServerFailed as exc:
-            ours["error"] = str(exc)
+            figures["error"] = str(exc)
+            return False
+        return True
+
+    async def dragonfork_first_frames(server: RunningServer, figures: dict[str, Any]) -> None:
+        nonlocal feed
+        feed = server.feed_command
+        figures["first_frames_cache_on"] = await first_frames(server, settings)
+
+    async def dragonfork_memfs_reads(server: RunningServer, figures: dict[str, Any]) -> None:
+        say("dragonfork: memfs under HLS clients")
+        figures["memfs_reads"] = await memfs_reads(server)
+
+    async def janus_first_frames(server: RunningServer, figures: dict[str, Any]) -> None:
+        figures["first_frames"] = await first_frames(server, settings)
+
+    with trio.fail_after(ONCE_TIMEOUT + ROUND_TIMEOUT * repeats):
+        ours_running, workers_running, janus_running = True, workers > 1, with_janus
+        round_minutes: list[float] = []
+        for index in range(repeats):
+            round_started, first = time.monotonic(), index == 0
+            say(f"round {index + 1} of {repeats}")
+            # the profile is one-time: later sweeps skip py-spy (its window and its pauses of the server)
+            round_settings = settings if first else dataclasses.replace(settings, profile_step=None)
+            if ours_running:
+                ours_running = await sweep(
+                    "dragonfork",
+                    dragonfork_server(workdir, clip, keyframe_cache=True, cpus=cpus),
+                    round_settings,
+                    before=dragonfork_first_frames if first else None,
+                    after=dragonfork_memfs_reads if first else None,
+                )
+            if workers_running:
+                say(f"dragonfork: webrtc.workers {workers}, on every CPU")
+                workers_running = await sweep(
+                    "dragonfork_workers",
+                    dragonfork_server(workdir, clip, keyframe_cache=True, cpus=every_cpu, workers=workers),
+                    round_settings,
+                )
+            if janus_running and feed is not None:  # one event loop, as Janus advises for many viewers
+                janus_running = await sweep(
+                    "janus",
+                    janus_server(workdir, feed, event_loops=1, cpus=cpus),
+                    round_settings,
+                    before=janus_first_frames if first else None,
+                )
+            round_minutes.append(round((time.monotonic() - round_started) / 60, 1))
+            say(f"round {index + 1} of {repeats} took {round_minutes[-1]} minutes")
+        if ours_running:
+            say("dragonfork: restarting with the keyframe cache off")
+            try:
+                async with dragonfork_server(workdir, clip, keyframe_cache=False, cpus=cpus) as server:
+                    results["dragonfork"]["first_frames_cache_off"] = await first_frames(server, settings)
+            except ServerFailed as exc:
+                results["dragonfork"]["error"] = str(exc)
         say("ingest: RTMP, SRT and WHIP publisher → WHEP viewer latency, CPU per publisher")
         results["ingest"] = await ingest_figures(settings.server_cpus)
         if with_janus and feed is not None:
-            for key, event_loops, with_first_frames in JANUS_RUNS:
-                theirs: dict[str, Any] = {}
-                results[key] = theirs
-                try:
-                    async with janus_server(workdir, feed, event_loops=event_loops, cpus=cpus) as server:
-                        if with_first_frames:
-                            theirs["first_frames"] = await first_frames(server, settings)
-                        theirs["fan_out"] = await fan_out(server, settings)
-                except ServerFailed as exc:
-                    theirs["error"] = str(exc)
+            say("Janus: its default config (a thread per viewer), one sweep")
+            await sweep("janus_default", janus_server(workdir, feed, event_loops=None, cpus=cpus), settings)
     results["run"] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "duration_minutes": round((time.monotonic() - started) / 60, 1),
+        "repeats": repeats,
+        "round_minutes": round_minutes,
         "machine": machine_description(),
         "load_before": round(load_before, 2),
         "load_after": round(os.getloadavg()[0], 2),
@@ -220,11 +312,11 @@ def _write(results: dict[str, Any], out: Path) -> None:
     from dragonfork.bench import report
 
     report.complete(results)
-    profiled = (results.get("dragonfork") or {}).get("fan_out", {}) or {}
-    stacks = (profiled.get("profile") or {}).get("collapsed_stacks")
+    profiled = report.dragonfork_profile(results) or {}
+    stacks = profiled.get("collapsed_stacks")
     if stacks and Path(stacks).exists():
         shutil.copy(stacks, out / Path(stacks).name)
-        profiled["profile"]["collapsed_stacks"] = Path(stacks).name
+        profiled["collapsed_stacks"] = Path(stacks).name
     results["plots"] = report.plots(results, out)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "README.md").write_text(report.markdown(results, METHOD))

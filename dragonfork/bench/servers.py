@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -80,6 +81,11 @@ class RunningServer:
 
     def log_tail(self, lines: int = 15) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _fresh_folder(workdir: Path, name: str) -> Path:
+    """A new folder for one server start (``name-XXXX``): a repeated sweep restarts the same configuration."""
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
 
 
 def pinned(argv: list[str], cpus: set[int] | None) -> list[str]:
@@ -150,8 +156,8 @@ async def dragonfork_server(
 ) -> AsyncIterator[RunningServer]:
     """A dragonfork server with one WebRTC process playing ``clip``, ready for viewers (in the server, or
     in ``workers`` WebRTC worker processes)."""
-    db = workdir / f"dragonfork-{'cache' if keyframe_cache else 'nocache'}-{workers}-workers"
-    (db / "data").mkdir(parents=True)
+    db = _fresh_folder(workdir, f"dragonfork-{'cache' if keyframe_cache else 'nocache'}-{workers}-workers")
+    (db / "data").mkdir()
     shutil.copy(clip, db / "data" / "clip.mkv")
     http_port, rtp_port = free_port(), _free_udp_pair()
     env = {
@@ -263,9 +269,9 @@ def _janus_config(
     ``event_loops`` None keeps Janus's default (a thread with its own event loop per viewer); a number makes
     the viewers share that many loops, which Janus's documentation recommends for many viewers.
     """
-    folder = workdir / ("janus" if event_loops is None else f"janus-{event_loops}-loops")
+    folder = _fresh_folder(workdir, "janus" if event_loops is None else f"janus-{event_loops}-loops")
     for sub in ("plugins", "transports", "events", "loggers"):
-        (folder / sub).mkdir(parents=True)
+        (folder / sub).mkdir()
     (folder / "plugins" / "libjanus_streaming.so").symlink_to(
         JANUS_LIBRARIES / "plugins" / "libjanus_streaming.so"
     )

@@ -49,7 +49,7 @@ CAPTURE_ALL_UP_TO = 10  # viewers; above, the latency capture samples the viewer
 class SuiteSettings:
     steps: tuple[int, ...] = (1, 10, 25, 50, 100, 200)
     latency_steps: tuple[int, ...] = (1, 10, 100)
-    profile_step: int | None = 100
+    profile_step: int | None = 100  # None: no py-spy profile (the bench's repeats after the first)
     settle_seconds: float = 4.0
     window_seconds: float = 10.0
     latency_seconds: float = 8.0
