@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,13 @@ class Server:
         self.token = str(response.json()["access_token"])
         return self.token
 
+    def logged(self, event: str) -> list[dict[str, Any]]:
+        """The entries of ``event`` in the server's log, oldest first (the server logs JSON lines when its
+        stderr is not a terminal, each with its ISO ``timestamp``: see ``logged_at``)."""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        entries = [json.loads(line) for line in lines if line.startswith("{") and f'"{event}"' in line]
+        return [entry for entry in entries if entry["event"] == event]
+
     def db(self) -> dict[str, Any]:
         return json.loads((self.data_dir / "db.json").read_text())
 
@@ -186,6 +194,11 @@ class Server:
 
         self.wait_for(reached, timeout, f"{process_id} to be {exec_state} (last: {last.get('exec')})")
         return last
+
+
+def logged_at(entry: dict[str, Any]) -> float:
+    """When the server logged ``entry``, on the wall clock (``time.time()``) the tests share with it."""
+    return datetime.fromisoformat(entry["timestamp"]).timestamp()
 
 
 def server_env(data_dir: Path, **overrides: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from harness import Server, lavfi_process, metric, running_server, wait_live, whep_url
+from harness import Server, lavfi_process, logged_at, metric, running_server, wait_live, whep_url
 from whep_peers import aiortc_offer, play, start_client
 
 from dragonfork.servers.whep.workers import WORKER_MODULE
@@ -226,7 +226,7 @@ def test_teardown_closes_every_viewer_within_a_second(
     )
     time.sleep(0.5)
 
-    acted_at = time.monotonic()
+    acted_at = time.time()  # the wall clock, which the server's log timestamps are on
     if action == "crash":
         command = whep_server.state(process_id)["command"]
         ffmpeg = next(child for child in psutil.Process(server_pid).children() if child.cmdline() == command)
@@ -239,13 +239,21 @@ def test_teardown_closes_every_viewer_within_a_second(
         )
         assert command_response.status_code == 200
 
-    ended = [client.finished_within(5) for client in clients]
-    assert all(ended), "a viewer's peer did not see the end"
-    delays = [end - acted_at for end in ended if end is not None]
+    # The bound is on the server's side: when it closed each viewer (its log's viewer_closed; 0.05-0.56 s
+    # with a test run beside it). Each client, a Python process of its own, must see that end too, and its
+    # exit is bounded only against its 30 s duration: how soon a client process gets to run on a loaded
+    # machine is not the server's doing (with the clients' exits in it, this bound took 4.66 s under xdist).
+    assert all(client.exits_within(10) for client in clients), "a viewer's peer did not see the end"
     reports = [client.report() for client in clients]
     assert all(report["server_closed"] for report in reports), reports
-    print(f"{action}: clients saw the end after {max(delays):.2f} s (incl. their DELETE and exit)")
-    assert max(delays) < 3
+    closed = [
+        logged_at(entry) - acted_at
+        for entry in whep_server.logged("viewer_closed")
+        if entry["process"] == process_id
+    ]
+    assert len(closed) == 3, closed
+    print(f"{action}: the server closed the viewers {max(closed):.2f} s after")
+    assert max(closed) < 3
 
     assert metric(whep_server, "dragonfork_webrtc_viewers_active", process=process_id) == 0
     udp_after = udp_sockets(whep_server)
