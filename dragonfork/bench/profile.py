@@ -87,7 +87,7 @@ IDLE_LEAVES = ("EpollIOManager.get_events (", "Condition.wait (", "Event.wait ("
 
 # Call paths reported inclusively: share of samples with this frame anywhere in the stack.
 PATHS: dict[str, str] = {
-    "fast path (StreamFanout.write and below: packetize, protect, send)": "StreamFanout.write (",
+    "fast path (TrackFanout.write and below: packetize, protect, send)": "TrackFanout.write (",
     "aiortc sender path (RTCRtpSender._run_rtp and below)": "RTCRtpSender._run_rtp (",
     "RTP ingest (RtpReceiver.handle_datagram and below: parse, depacketize, fan-out)": "handle_datagram (",
     "track hand-off, Trio side (FrameTrack.put)": "FrameTrack.put (",

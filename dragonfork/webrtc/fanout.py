@@ -5,21 +5,14 @@ fast-path viewer. Each frame of a track is packetized once (H.264 FU-A/STAP-A by
 fragments of one size so that a frame leaves in one segmented send; Opus as it is) into RTP packets with the
 stream's SSRC and sequence numbers; a packet's wire form (header, the shared ``sdes:mid`` extension, payload)
 is built once per *layout* (payload type, extension id and mid: identical for every viewer that offered
-alike). Then one synchronous loop over the stream's viewers sends each its packets back to back: SRTP
-protect with that viewer's keys into a reused buffer and a non-blocking ``sendto`` on its nominated ICE socket
-(``aiortc_internals.SrtpSocket``). No task, channel or ``await`` per packet per viewer; a send that would
-block is a packet dropped for that viewer, counted. The loop lets the rest of the server run
+alike). Then one synchronous loop over the track's viewers sends the frame's packets to each back to back:
+SRTP protect with that viewer's keys into a reused buffer and a non-blocking ``sendto`` on its nominated ICE
+socket (``aiortc_internals.SrtpSocket``). No task, channel or ``await`` per packet per viewer; a send that
+would block is a packet dropped for that viewer, counted. The loop lets the rest of the server run
 (``trio.lowlevel.checkpoint``) between viewers whenever it has held the event loop for ``SLICE_SECONDS``: a
 keyframe to a few hundred viewers takes tens of milliseconds, which signalling and the other streams must not
-wait for. Each viewer still gets a frame's packets back to back, and the next frame only after every viewer
-had this one (the tracks' subscriptions buffer meanwhile).
-
-Audio waits for video: an audio frame is held until the next video frame (``AUDIO_HOLD_SECONDS`` at most,
-then it goes alone), and each viewer gets both in the same turn, video first. At 100 viewers a lone audio
-packet cost 17 µs per viewer, most of it the wake-up of the receiving process that any first send to it pays
-on loopback; right behind a video frame it costs a few. Audio reaches the viewer up to one video frame
-interval later (33 ms at 30 fps): its sender reports still map its timestamps by arrival at the server, and
-browsers hold whichever track is ahead for lip sync, usually audio anyway.
+wait for. Each viewer still gets a frame's packets back to back, and the track's next frame only after every
+viewer had this one (the track's subscription buffers meanwhile).
 
 Per track the fan-out keeps the packets since the last keyframe (the burst a joining viewer starts with, so
 its first packets are contiguous with the live ones; ``rebase_burst`` says why its frames' timestamps are
@@ -44,7 +37,6 @@ import collections
 import dataclasses
 import errno
 import functools
-import math
 import random
 import secrets
 import struct
@@ -78,7 +70,6 @@ log = structlog.get_logger(__name__)
 HISTORY_SECONDS = 1.0  # packets kept for NACKs
 HISTORY_MAX_PACKETS = 4096  # and never more than this many per track
 SLICE_SECONDS = 0.002  # the longest a frame's fan-out holds the event loop before other tasks get a turn
-AUDIO_HOLD_SECONDS = 0.04  # audio waits at most this long for a video frame to leave with (30 fps: 33 ms)
 LIVENESS_INTERVAL = 1.0  # how often the stream's sweep looks at every viewer's silence
 CONSENT_AFTER = 2.0  # seconds of silence before a consent check: receiver reports come every 0.5-1.5 s
 CONSENT_INTERVAL = 5.0  # RFC 7675: a consent check about this often (0.8-1.2 times, randomized) regardless
@@ -236,40 +227,6 @@ class TrackSink:
             self.dropped += 1
 
 
-class Departure:
-    """One track's packets on their way to every viewer: their wire form per layout (made for the first
-    viewer of that layout), and what reached how many viewers."""
-
-    __slots__ = ("track", "packets", "octets", "keyframe", "viewers", "dropped", "_wires")
-
-    def __init__(self, track: TrackFanout, packets: list[OutgoingPacket], *, keyframe: bool = False) -> None:
-        self.track = track
-        self.packets = packets
-        self.octets = sum(len(packet.payload) for packet in packets)
-        self.keyframe = keyframe
-        self.viewers = 0  # sent to
-        self.dropped = 0  # packets that would have blocked, over all viewers
-        self._wires: dict[PacketLayout, list[bytes]] = {}
-
-    def send_to(self, sink: TrackSink) -> bool:
-        """Protect and send the packets to ``sink``'s viewer; False when that failed the viewer."""
-        wire = self._wires.get(sink.layout)
-        if wire is None:
-            ssrc = self.track.ssrc
-            wire = self._wires[sink.layout] = [packet.wire(sink.layout, ssrc) for packet in self.packets]
-        blocked_before = sink.dropped
-        try:
-            sink.send(wire, self.octets)
-        except Exception as exc:  # noqa: BLE001 - one viewer's failure ends that viewer only
-            if not (isinstance(exc, OSError) and exc.errno == errno.ENOBUFS):
-                sink.viewer.fail(exc)
-                return False
-            sink.dropped += len(wire)  # the kernel is short of buffers: a drop, like EAGAIN
-        self.viewers += 1
-        self.dropped += sink.dropped - blocked_before
-        return True
-
-
 class TrackFanout:
     """The packets of one track and the viewers they go to."""
 
@@ -282,6 +239,7 @@ class TrackFanout:
         self._keyframe_burst: list[OutgoingPacket] | None = None  # since the last keyframe (video)
         self._history: collections.deque[OutgoingPacket] = collections.deque()
         self._by_sequence: dict[int, OutgoingPacket] = {}
+        self._groups: dict[PacketLayout, list[TrackSink]] = {}
         self._clock = StreamClock(self.clock_rate)
         self._forwarded_packets = metrics.RTP_PACKETS_FORWARDED.labels(self.kind)
         self._forwarded_bytes = metrics.RTP_BYTES_FORWARDED.labels(self.kind)
@@ -292,8 +250,51 @@ class TrackFanout:
 
     # -- the stream's side ---------------------------------------------------------------------------------
 
-    def packetize(self, frame: MediaFrame) -> list[OutgoingPacket]:
-        """``frame``'s RTP packets (kept for joiners' bursts and NACKs); none when it cannot be sent."""
+    async def write(self, frame: MediaFrame) -> None:
+        """Packetize ``frame`` once and send it to every viewer of the track, in slices of the loop's time.
+
+        Viewers that join during a checkpoint got this frame in their keyframe burst (or wait for the
+        next keyframe); viewers that leave during one are skipped.
+        """
+        packets = self._packetize(frame)
+        if not packets:
+            return
+        octets = sum(len(packet.payload) for packet in packets)
+        keyframe = frame.keyframe
+        sent = 0
+        slice_ends = time.perf_counter() + SLICE_SECONDS
+        groups = [(layout, list(sinks)) for layout, sinks in self._groups.items()]
+        for layout, sinks in groups:
+            wire: list[bytes] | None = None
+            for sink in sinks:
+                if time.perf_counter() > slice_ends:
+                    await trio.lowlevel.checkpoint()
+                    slice_ends = time.perf_counter() + SLICE_SECONDS
+                if not sink.active:
+                    continue
+                if sink.awaiting_keyframe:
+                    if not keyframe:
+                        continue
+                    sink.awaiting_keyframe = False
+                    sink.viewer.first_video_sent()
+                if wire is None:
+                    wire = [packet.wire(layout, self.ssrc) for packet in packets]
+                blocked_before = sink.dropped
+                try:
+                    sink.send(wire, octets)
+                except Exception as exc:  # noqa: BLE001 - one viewer's failure ends that viewer only
+                    if not (isinstance(exc, OSError) and exc.errno == errno.ENOBUFS):
+                        sink.viewer.fail(exc)
+                        continue
+                    sink.dropped += len(wire)  # the kernel is short of buffers: a drop, like EAGAIN
+                sent += 1
+                if sink.dropped != blocked_before:
+                    self._dropped_blocked.inc(sink.dropped - blocked_before)
+        if sent:
+            self._forwarded_packets.inc(len(packets) * sent)
+            self._forwarded_bytes.inc(octets * sent)
+
+    def _packetize(self, frame: MediaFrame) -> list[OutgoingPacket]:
         if self.kind == "video":
             payloads = packetize(frame.data)
         elif len(frame.data) > MAX_PAYLOAD:
@@ -349,14 +350,15 @@ class TrackFanout:
                 sink.viewer.first_video_sent()
             else:
                 sink.awaiting_keyframe = True
+        self._groups.setdefault(sink.layout, []).append(sink)
 
-    def count(self, departure: Departure) -> None:
-        """What ``departure`` sent, in the track's counters."""
-        if departure.viewers:
-            self._forwarded_packets.inc(len(departure.packets) * departure.viewers)
-            self._forwarded_bytes.inc(departure.octets * departure.viewers)
-        if departure.dropped:
-            self._dropped_blocked.inc(departure.dropped)
+    def remove(self, sink: TrackSink) -> None:
+        sink.active = False
+        sinks = self._groups.get(sink.layout)
+        if sinks is not None and sink in sinks:
+            sinks.remove(sink)
+            if not sinks:
+                del self._groups[sink.layout]
 
     def retransmit(self, sink: TrackSink, sequences: list[int]) -> None:
         """Answer a NACK: the packets still in the history, to ``sink`` only."""
@@ -507,10 +509,6 @@ class StreamFanout:
         self._viewers: list[FastViewer] = []
         self._kinds = {fanout.ssrc: kind for kind, fanout in self.tracks.items()}
         self._name = stream.name
-        self._held_audio: list[OutgoingPacket] = []  # waiting for a video frame to leave with
-        self._held_until = math.inf
-        self._hold_timer = trio.CancelScope()  # the deadline of ``_send_held_audio``'s sleep (once running)
-        self._sending = trio.Lock()  # one ``_send`` at a time: a viewer's packets of a track stay in order
 
     def ssrc(self, kind: str) -> int | None:
         track = self.tracks.get(kind)  # type: ignore[call-overload]
@@ -520,84 +518,21 @@ class StreamFanout:
         """Read every track of ``stream`` and fan it out, send the sender reports and watch the viewers'
         liveness, until it ends."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._forward, stream.video)
+            nursery.start_soon(self._forward, stream.video, self.tracks["video"])
             if stream.audio is not None:
-                nursery.start_soon(self._forward, stream.audio)
-                nursery.start_soon(self._send_held_audio)
+                nursery.start_soon(self._forward, stream.audio, self.tracks["audio"])
             nursery.start_soon(self._report)
             nursery.start_soon(self.watch_liveness)
             task_status.started()
 
-    async def _forward(self, track: Track) -> None:
+    async def _forward(self, track: Track, fanout: TrackFanout) -> None:
         with track.subscribe() as subscription:
             async for frame in subscription.frames:
                 try:
-                    await self.write(frame)
+                    await fanout.write(frame)
                 except Exception as exc:  # noqa: BLE001 - a frame we cannot packetize is dropped alone
-                    log.exception("fanout_frame_failed", stream=self._name, kind=track.kind)
+                    log.exception("fanout_frame_failed", stream=self._name, kind=fanout.kind)
                     metrics.FAILURES.labels("webrtc_fanout", type(exc).__name__).inc()
-
-    async def write(self, frame: MediaFrame) -> None:
-        """Packetize ``frame`` once; a video frame goes to every viewer at once, with the audio held for it.
-
-        An audio frame is held until the next video frame (at most ``AUDIO_HOLD_SECONDS``), so that each
-        viewer gets both in one turn: the second send to a viewer right after the first costs a third of a
-        lone one (on loopback most of a lone send is waking the receiver; see docs/whep.md).
-        """
-        track = self.tracks[frame.kind]
-        packets = track.packetize(frame)
-        if not packets:
-            return
-        if frame.kind == "audio":
-            if not self._held_audio:
-                self._held_until = trio.current_time() + AUDIO_HOLD_SECONDS
-                self._hold_timer.deadline = self._held_until
-            self._held_audio.extend(packets)
-            return
-        departures = [Departure(track, packets, keyframe=frame.keyframe)]
-        if self._held_audio:
-            departures.append(Departure(self.tracks["audio"], self._take_held_audio()))
-        await self._send(departures)
-
-    def _take_held_audio(self) -> list[OutgoingPacket]:
-        held, self._held_audio = self._held_audio, []
-        self._held_until = self._hold_timer.deadline = math.inf
-        return held
-
-    async def _send_held_audio(self) -> None:
-        """Send the held audio alone when no video frame came to take it in time (a stalled or slow video
-        track)."""
-        while True:
-            with trio.CancelScope(deadline=self._held_until) as self._hold_timer:
-                await trio.sleep_forever()
-            if self._held_audio:
-                await self._send([Departure(self.tracks["audio"], self._take_held_audio())])
-
-    async def _send(self, departures: list[Departure]) -> None:
-        """One synchronous loop over the viewers: each gets every departure's packets in turn, back to back
-        (a video viewer waits for a keyframe first). Checkpoints every ``SLICE_SECONDS`` let the rest of the
-        server run; viewers that join during one got these packets in their keyframe burst (or wait for the
-        next keyframe), viewers that leave during one are skipped."""
-        async with self._sending:
-            slice_ends = time.perf_counter() + SLICE_SECONDS
-            for viewer in list(self._viewers):
-                if time.perf_counter() > slice_ends:
-                    await trio.lowlevel.checkpoint()
-                    slice_ends = time.perf_counter() + SLICE_SECONDS
-                sinks = viewer.sinks
-                for departure in departures:
-                    sink = sinks.get(departure.track.kind)
-                    if sink is None or not sink.active:
-                        continue
-                    if sink.awaiting_keyframe:
-                        if not departure.keyframe:
-                            continue
-                        sink.awaiting_keyframe = False
-                        viewer.first_video_sent()
-                    if not departure.send_to(sink):
-                        break
-        for departure in departures:
-            departure.track.count(departure)
 
     def add(self, viewer: FastViewer) -> None:
         """Start sending to ``viewer`` on every track it has a sink for."""
@@ -608,8 +543,8 @@ class StreamFanout:
     def remove(self, viewer: FastViewer) -> None:
         if viewer in self._viewers:
             self._viewers.remove(viewer)
-        for sink in viewer.sinks.values():
-            sink.active = False  # a fan-out half-way through the viewers skips it
+        for kind, sink in viewer.sinks.items():
+            self.tracks[kind].remove(sink)
 
     def handle_rtcp(self, viewer: FastViewer, packets: Iterable[Any]) -> None:
         """One datagram of RTCP from the peer (``packets``: the feedback in it, or all of it): any keeps the

@@ -17,7 +17,7 @@ import pytest
 import trio
 from aiortc.rtp import RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRrPacket, RtcpRtpfbPacket
 
-from dragonfork.stream.frames import AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE, MediaFrame
+from dragonfork.stream.frames import VIDEO_CLOCK_RATE, MediaFrame
 from dragonfork.stream.stream import Stream, StreamSettings
 from dragonfork.webrtc import fanout as fanout_module
 from dragonfork.webrtc.aiortc_internals import SrtpSocket
@@ -134,19 +134,18 @@ def peers(*layouts: tuple[PacketLayout, Retransmission | None], **options: bool)
 
 
 def video_fanout() -> StreamFanout:
-    """The fan-out of a video-only stream (frames are written into it directly, not read from a track)."""
+    """The fan-out of a video-only stream (frames are written into its track fan-out directly)."""
     return StreamFanout(Stream("cam", StreamSettings(), has_audio=False))
 
 
 async def test_a_joining_viewer_gets_the_keyframe_burst_contiguous_with_the_live_packets() -> None:
-    stream = video_fanout()
-    fanout = stream.tracks["video"]
+    fanout = video_fanout().tracks["video"]
     with peers((PacketLayout(96), None)) as (peer,):
         for index in range(3):
-            await stream.write(frame(index, keyframe=index == 0))
-        stream.add(peer.viewer)  # mid-GOP: the keyframe and the two frames after it, at once
+            await fanout.write(frame(index, keyframe=index == 0))
+        fanout.add(peer.sink)  # mid-GOP: the keyframe and the two frames after it, at once
         burst = peer.receive(4 + 2)  # STAP-A (SPS+PPS) + three FU-A fragments of the IDR, two deltas
-        await stream.write(frame(3))
+        await fanout.write(frame(3))
         live = peer.receive(1)
         sequences = [packet[1] for packet in burst + live]
         assert sequences == [(sequences[0] + step) & 0xFFFF for step in range(len(sequences))]
@@ -165,11 +164,11 @@ async def test_a_burst_packet_is_retransmitted_with_the_timestamp_that_viewer_go
     fanout = stream.tracks["video"]
     rtx = Retransmission(payload_type=103, ssrc=0x0BADCAFE)
     with peers((PacketLayout(102), None), (PacketLayout(102), rtx)) as (live, joiner):
-        stream.add(live.viewer)
-        await stream.write(frame(0, keyframe=True))
-        await stream.write(frame(1))
+        fanout.add(live.sink)
+        await fanout.write(frame(0, keyframe=True))
+        await fanout.write(frame(1))
         live_packets = live.receive(5, lose=1)  # the IDR's first fragment is lost on the way
-        stream.add(joiner.viewer)
+        fanout.add(joiner.sink)
         burst = joiner.receive(5)
         idr, delta = START & 0xFFFFFFFF, (START + 3600) & 0xFFFFFFFF
         assert [packet[2] for packet in live_packets] == [idr] * 3 + [delta]
@@ -184,14 +183,14 @@ async def test_a_burst_packet_is_retransmitted_with_the_timestamp_that_viewer_go
 
 
 async def test_viewers_that_offered_differently_get_the_same_packets_in_their_own_layout() -> None:
-    stream = video_fanout()
+    fanout = video_fanout().tracks["video"]
     chrome_like, aiortc_like = PacketLayout(102, 4, "0"), PacketLayout(97, None, None)
     with peers((chrome_like, None), (aiortc_like, None)) as (first, second):
-        stream.add(first.viewer)
-        stream.add(second.viewer)  # both wait for the next keyframe: nothing cached yet
-        await stream.write(frame(0))
+        fanout.add(first.sink)
+        fanout.add(second.sink)  # both wait for the next keyframe: nothing cached yet
+        await fanout.write(frame(0))
         assert first.nothing_more() and second.nothing_more()
-        await stream.write(frame(1, keyframe=True))
+        await fanout.write(frame(1, keyframe=True))
         one, other = first.receive(4), second.receive(4)
         assert [packet[1] for packet in one] == [packet[1] for packet in other]
         assert [packet[5] for packet in one] == [packet[5] for packet in other]
@@ -205,9 +204,9 @@ async def test_a_nack_is_answered_to_that_viewer_only_as_rtx_when_negotiated() -
     fanout = stream.tracks["video"]
     rtx = Retransmission(payload_type=103, ssrc=0x12345678)
     with peers((PacketLayout(102), rtx), (PacketLayout(102), None)) as (with_rtx, plain):
-        await stream.write(frame(0, keyframe=True))
-        stream.add(with_rtx.viewer)
-        stream.add(plain.viewer)
+        await fanout.write(frame(0, keyframe=True))
+        fanout.add(with_rtx.sink)
+        fanout.add(plain.sink)
         originals = with_rtx.receive(4)
         assert plain.receive(4, lose=2) == originals[:2] + originals[3:]
         lost = originals[2]
@@ -230,9 +229,9 @@ async def test_a_picture_loss_is_answered_with_the_keyframe_burst_at_most_once_a
     fanout = stream.tracks["video"]
     rtx = Retransmission(payload_type=103, ssrc=0x0BADCAFE)
     with peers((PacketLayout(102), rtx)) as (peer,):
-        await stream.write(frame(0, keyframe=True))
-        await stream.write(frame(1))
-        stream.add(peer.viewer)
+        await fanout.write(frame(0, keyframe=True))
+        await fanout.write(frame(1))
+        fanout.add(peer.sink)
         burst = peer.receive(5)
         pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=fanout.ssrc)
         stream.handle_rtcp(peer.viewer, [pli])
@@ -247,15 +246,14 @@ async def test_sender_reports_map_rtp_time_by_the_least_arrival_delay_not_the_la
     """Frames 40 ms apart arriving 5 ms after their moment, but the latest (a keyframe: many packets) 35 ms
     after: the reports' RTP time at ``now`` comes from the 5 ms, so one late frame does not shift a track's
     mapping against the other's (browsers align picture and sound by it)."""
-    stream = video_fanout()
-    fanout = stream.tracks["video"]
+    fanout = video_fanout().tracks["video"]
     assert fanout.rtp_timestamp_at(trio.current_time()) is None
     origin = trio.current_time()
     for index in range(10):
         late = 0.030 if index == 9 else 0.0
         data = b"\0\0\0\1\x41" + secrets.token_bytes(200)
         arrived = origin + index * 0.040 + 0.005 + late
-        await stream.write(
+        await fanout.write(
             MediaFrame("video", data, START + index * 3600, VIDEO_CLOCK_RATE, False, 1, len(data), arrived)
         )
     now = origin + 0.400
@@ -269,17 +267,18 @@ async def test_a_frame_fans_out_in_slices_and_each_viewer_gets_its_packets_back_
     """With a checkpoint before every viewer (a zero slice), other tasks run while a frame is half sent, yet
     every viewer gets each frame's packets whole, in order, before the next frame's; a viewer that leaves
     mid-frame (its socket closed at once, as a closing viewer's is) is skipped, not failed; one that joins
-    mid-frame has the frame in its keyframe burst, once (also when viewers of its layout are yet to be
-    sent to)."""
+    mid-frame has the frame in its keyframe burst, once (also when its layout's viewers are
+    yet to be sent)."""
     monkeypatch.setattr(fanout_module, "SLICE_SECONDS", 0.0)
     stream = video_fanout()
-    other_layout = (PacketLayout(97), None)  # ``late`` offered as the last viewer in the loop did
+    fanout = stream.tracks["video"]
+    other_layout = (PacketLayout(97), None)  # ``late`` joins a group whose turn in the loop is still to come
     with peers(*[(PacketLayout(96), None)] * 5, other_layout) as viewers, peers(other_layout) as (late,):
         first, *staying, leaving, last = (
             viewers  # ``leaving`` a few viewers (hence checkpoints) after ``first``
         )
         for peer in viewers:
-            stream.add(peer.viewer)  # all wait for the first keyframe
+            fanout.add(peer.sink)  # all wait for the first keyframe
         progress: list[int] = []
 
         async def meanwhile() -> None:
@@ -288,14 +287,14 @@ async def test_a_frame_fans_out_in_slices_and_each_viewer_gets_its_packets_back_
                 if first.sink.packets and leaving.sink.active:
                     stream.remove(leaving.viewer)
                     leaving.srtp.close()
-                    stream.add(late.viewer)
+                    fanout.add(late.sink)
                 await trio.lowlevel.checkpoint()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(meanwhile)
             await trio.lowlevel.checkpoint()
-            await stream.write(frame(0, keyframe=True))  # STAP-A + three FU-A fragments
-            await stream.write(frame(1))
+            await fanout.write(frame(0, keyframe=True))  # STAP-A + three FU-A fragments
+            await fanout.write(frame(1))
             nursery.cancel_scope.cancel()
         assert any(0 < done < 4 * len(viewers) for done in progress)  # the loop was not held for the frame
         for peer in [first, *staying, last, late]:
@@ -305,56 +304,6 @@ async def test_a_frame_fans_out_in_slices_and_each_viewer_gets_its_packets_back_
             assert [packet[2] for packet in packets] == [START] * 4 + [START + 3600]
             assert peer.nothing_more() and not peer.failures
         assert leaving.sink.packets == 0 and not leaving.failures
-
-
-def opus_frame(index: int) -> MediaFrame:
-    data = secrets.token_bytes(120)
-    return MediaFrame(
-        "audio", data, START + index * 960, AUDIO_CLOCK_RATE, True, 1, len(data), trio.current_time()
-    )
-
-
-async def test_audio_is_held_for_the_next_video_frame_and_goes_alone_when_none_comes_in_time(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """Read from the stream's own tracks: an audio frame reaches the viewer right behind the next video
-    frame, in the same turn; with no video frame within ``AUDIO_HOLD_SECONDS`` it goes alone, once. A
-    viewer without video (it offered audio only) gets its audio all the same."""
-    stream = Stream("cam", StreamSettings(), has_audio=True)
-    assert stream.audio is not None
-    fanout = StreamFanout(stream)
-    audio_layout = PacketLayout(111)
-    with peers((PacketLayout(96), None), (PacketLayout(96), None)) as (watching, listening):
-        for peer in (watching, listening):
-            peer.viewer.sinks["audio"] = TrackSink(peer.viewer, audio_layout, None)
-        del listening.viewer.sinks["video"]
-        async with trio.open_nursery() as nursery:
-            await nursery.start(fanout.run, stream)
-            stream.video.write(frame(0, keyframe=True))
-            await trio.sleep(0.001)
-            fanout.add(watching.viewer)
-            assert len(watching.receive(4)) == 4  # the keyframe burst
-            fanout.add(listening.viewer)
-            stream.audio.write(opus_frame(0))
-            await trio.sleep(fanout_module.AUDIO_HOLD_SECONDS / 2)
-            assert watching.nothing_more() and listening.nothing_more()  # held
-            stream.video.write(frame(1))
-            await trio.sleep(0.001)
-            delta, sound = watching.receive(2)
-            assert (delta[0], delta[2]) == (96, START + 3600)
-            assert (sound[0], sound[2], sound[3]) == (111, START, fanout.ssrc("audio"))
-            (only_sound,) = listening.receive(1)
-            assert only_sound[5] == sound[5]
-            stream.audio.write(opus_frame(1))
-            await trio.sleep(fanout_module.AUDIO_HOLD_SECONDS / 2)
-            assert watching.nothing_more()
-            await trio.sleep(fanout_module.AUDIO_HOLD_SECONDS)
-            (alone,) = watching.receive(1)
-            assert (alone[0], alone[2]) == (111, START + 960)
-            assert listening.receive(1)[0][2] == START + 960
-            assert watching.nothing_more() and listening.nothing_more()
-            assert watching.viewer.sinks["audio"].packets == 2 and not watching.failures
-            nursery.cancel_scope.cancel()
 
 
 async def test_the_liveness_sweep_asks_silent_viewers_for_consent_and_ends_those_silent_past_the_grace(
