@@ -1,6 +1,6 @@
 """``python -m dragonfork.bench.perpacket --viewers 100``: server CPU per forwarded packet, quickly.
 
-The development loop for the fast path's per-packet cost (``nox -s bench`` takes 15 minutes and measures
+The development loop for the fast path's per-packet cost (``nox -s bench`` takes 30 minutes and measures
 everything; this takes about a minute and measures one thing). It starts the benchmark's dragonfork server
 (pinned to the first CPU, the viewers to the others, as the bench does), measures an idle window, lets
 ``--viewers`` real WebRTC viewers join at the bench's rate, settles, and measures a window. Printed (and as
