@@ -240,9 +240,10 @@ def test_teardown_closes_every_viewer_within_a_second(
         assert command_response.status_code == 200
 
     # The bound is on the server's side: it closed each viewer within a second of the action (its log's
-    # viewer_closed; 0.05-0.56 s with a test run beside it). Each client, a Python process of its own, must see that end too, and its
-    # exit is bounded only against its 30 s duration: how soon a client process gets to run on a loaded
-    # machine is not the server's doing (with the clients' exits in it, this bound took 4.66 s under xdist).
+    # viewer_closed; 0.05-0.60 s with other tests running beside it). Each client, a Python process of its
+    # own, must see that end too, and its exit is bounded only against its 30 s duration: how soon a client
+    # process gets to run on a loaded machine is not the server's doing (with the clients' exits in it, a
+    # 3 s bound took 4.66 s under xdist).
     assert all(client.exits_within(10) for client in clients), "a viewer's peer did not see the end"
     reports = [client.report() for client in clients]
     assert all(report["server_closed"] for report in reports), reports
