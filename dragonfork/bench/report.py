@@ -691,9 +691,15 @@ def _step_medians(
             continue
         viewers.append(count)
         medians.append(spread["median"])
-        errors[0].append(spread["median"] - spread["min"])
-        errors[1].append(spread["max"] - spread["median"])
+        below, above = _error_bar(spread)
+        errors[0].append(below)
+        errors[1].append(above)
     return viewers, medians, errors
+
+
+def _error_bar(spread: Spread) -> tuple[float, float]:
+    """The distances from the median down to the min and up to the max (matplotlib's ``yerr``)."""
+    return spread["median"] - spread["min"], spread["max"] - spread["median"]
 
 
 def _plot_fan_out(results: dict[str, Any], plt: Any) -> Any:
@@ -742,7 +748,7 @@ def _plot_latency(results: dict[str, Any], plt: Any) -> Any:
         group, k = divmod(index, 3)
         axis.bar(
             group + k * 0.25, spread["median"], 0.25, color=COLOURS[name], alpha=(1.0, 0.7, 0.4)[k],
-            yerr=[[spread["median"] - spread["min"]], [spread["max"] - spread["median"]]], capsize=2,
+            yerr=[[bar] for bar in _error_bar(spread)], capsize=2,
         )  # fmt: skip
     labels = [f"{SHORT[name]}\n{viewers} viewers" for name, viewers, _ in bars[::3]]
     axis.set_xticks([group + 0.25 for group in range(len(labels))], labels, fontsize=7)

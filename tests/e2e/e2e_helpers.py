@@ -87,11 +87,7 @@ def wait_for_webrtc_ready(server: Server, process_id: str, timeout: float = 20) 
 
 def viewer_close_reasons(server: Server) -> list[str]:
     """The reason of every ``viewer_closed`` event in the server log, oldest first."""
-    reasons = []
-    for line in server.log_path.read_text(errors="replace").splitlines():
-        if '"viewer_closed"' in line:
-            reasons.append(json.loads(line)["reason"])
-    return reasons
+    return [entry["reason"] for entry in server.logged("viewer_closed")]
 
 
 def whep_requests(server: Server, method: str, status: int) -> float:
