@@ -13,6 +13,8 @@ from dragonfork.webrtc.rtp_tap import drop_receive_bitrate_estimator
 
 
 def _rate_buckets() -> int:
+    """Live buckets only: a previous test's peer connection may still be uncollected garbage."""
+    gc.collect()
     return sum(isinstance(thing, RateBucket) for thing in gc.get_objects())
 
 
