@@ -28,21 +28,26 @@ _UDP_SEND = (
 )
 
 
-def _protect_line() -> str:
-    """How py-spy ends the frame of ``SrtpSocket.send_many`` at its libsrtp call: it names frames by line,
+def _protect_lines() -> tuple[str, ...]:
+    """How py-spy ends the frames of ``SrtpSocket``'s sends at their libsrtp calls: it names frames by line,
     so the C call of the fast path's inner loop is told apart from the Python around it."""
     source = (Path(__file__).parents[1] / "webrtc" / "aiortc_internals.py").read_text().splitlines()
-    start = next(number for number, line in enumerate(source, 1) if "def send_many(" in line)
-    number = next(number for number, line in enumerate(source, 1) if number > start and "= protect(" in line)
-    return f"aiortc_internals.py:{number})"
+    lines = tuple(
+        f"aiortc_internals.py:{number})"
+        for number, line in enumerate(source, 1)
+        if "= protect(context, " in line
+    )
+    if not lines:
+        raise RuntimeError("no srtp_protect call found in webrtc/aiortc_internals.py")
+    return lines
 
 
-_PROTECT_LINE = _protect_line()
+_PROTECT_LINES = _protect_lines()
 _FAST_PATH_SENDS = ("SrtpSocket._send_run (", "SrtpSocket._send_each (")
 BUCKETS: list[tuple[str, Callable[[str], bool]]] = [
     (
         "fast path: SRTP protect (libsrtp, in place)",
-        lambda f: f.startswith("SrtpSocket.send_many (") and f.endswith(_PROTECT_LINE),
+        lambda f: f.startswith("SrtpSocket.send_") and f.endswith(_PROTECT_LINES),
     ),
     (
         "fast path: sendmsg (UDP segmentation) / sendto (kernel, loopback delivery included)",

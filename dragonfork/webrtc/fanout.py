@@ -62,7 +62,7 @@ from dragonfork import metrics
 from dragonfork.stream.frames import MediaFrame, MediaKind
 from dragonfork.stream.stream import Stream
 from dragonfork.stream.track import Track
-from dragonfork.webrtc.aiortc_internals import SrtpSocket
+from dragonfork.webrtc.aiortc_internals import LaidOutFrame, SrtpSocket
 from dragonfork.webrtc.h264 import MAX_PAYLOAD, packetize  # an audio frame over MAX_PAYLOAD is dropped
 
 log = structlog.get_logger(__name__)
@@ -197,9 +197,9 @@ class TrackSink:
         self.active = True  # False once removed (a frame's fan-out may be half-way when it leaves)
         self.rebased_timestamps: dict[int, int] = {}  # of the frames in its join burst (``rebase_burst``)
 
-    def send(self, wire: list[bytes], octets: int) -> None:
-        blocked = self.viewer.srtp.send_many(wire)
-        self.packets += len(wire) - blocked
+    def send(self, frame: LaidOutFrame, octets: int) -> None:
+        blocked = self.viewer.srtp.send_frame(frame)
+        self.packets += len(frame.packets) - blocked
         self.octets += octets
         self.dropped += blocked
 
@@ -265,7 +265,7 @@ class TrackFanout:
         slice_ends = time.perf_counter() + SLICE_SECONDS
         groups = [(layout, list(sinks)) for layout, sinks in self._groups.items()]
         for layout, sinks in groups:
-            wire: list[bytes] | None = None
+            wire: LaidOutFrame | None = None
             for sink in sinks:
                 if time.perf_counter() > slice_ends:
                     await trio.lowlevel.checkpoint()
@@ -278,7 +278,7 @@ class TrackFanout:
                     sink.awaiting_keyframe = False
                     sink.viewer.first_video_sent()
                 if wire is None:
-                    wire = [packet.wire(layout, self.ssrc) for packet in packets]
+                    wire = LaidOutFrame([packet.wire(layout, self.ssrc) for packet in packets])
                 blocked_before = sink.dropped
                 try:
                     sink.send(wire, octets)
@@ -286,7 +286,7 @@ class TrackFanout:
                     if not (isinstance(exc, OSError) and exc.errno == errno.ENOBUFS):
                         sink.viewer.fail(exc)
                         continue
-                    sink.dropped += len(wire)  # the kernel is short of buffers: a drop, like EAGAIN
+                    sink.dropped += len(packets)  # the kernel is short of buffers: a drop, like EAGAIN
                 sent += 1
                 if sink.dropped != blocked_before:
                     self._dropped_blocked.inc(sink.dropped - blocked_before)
@@ -343,7 +343,7 @@ class TrackFanout:
             if self._keyframe_burst:
                 burst, sink.rebased_timestamps = rebase_burst(self._keyframe_burst)
                 sink.send(
-                    [packet.wire(sink.layout, self.ssrc) for packet in burst],
+                    LaidOutFrame([packet.wire(sink.layout, self.ssrc) for packet in burst]),
                     sum(len(packet.payload) for packet in burst),
                 )
                 metrics.KEYFRAME_BURSTS.inc()

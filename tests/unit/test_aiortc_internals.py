@@ -293,15 +293,22 @@ async def test_the_dtls_transport_has_its_outgoing_srtp_session_once_connected()
         assert aiortc_internals.outgoing_srtp(peers.sender_pc) is peers.sender.transport._tx_srtp
 
 
+SRTP_PROFILES = {  # profile: master key + salt bytes (RFC 3711, RFC 7714), and the trailer it adds
+    pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80: (30, 10),
+    pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_32: (30, 4),
+    pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM: (28, 16),
+}
+
+
 @contextmanager
 def srtp_socket(
-    *, udp_checksums: bool = True
+    *, udp_checksums: bool = True, profile: int = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
 ) -> Iterator[tuple[SrtpSocket, pylibsrtp.Session, socket.socket]]:
     """Our SRTP socket towards a receiving socket, and a pylibsrtp session with the same key."""
-    key = secrets.token_bytes(30)
+    key = secrets.token_bytes(SRTP_PROFILES[profile][0])
 
     def session() -> pylibsrtp.Session:
-        policy = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        policy = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile)
         policy.allow_repeat_tx = True
         return pylibsrtp.Session(policy)
 
@@ -350,6 +357,31 @@ def test_a_frame_leaves_as_the_datagrams_pylibsrtp_would_protect_with_or_without
         assert ours.send_many(packets) == 0
         assert [receiver.recv(2048) for _ in packets] == [reference.protect(packet) for packet in packets]
         assert ours.gso is kernel_segments
+
+
+@pytest.mark.parametrize("kernel_segments", [True, False])
+@pytest.mark.parametrize("profile", list(SRTP_PROFILES))
+def test_laid_out_frames_leave_as_the_datagrams_pylibsrtp_would_protect(
+    profile: int, kernel_segments: bool
+) -> None:
+    """``LaidOutFrame`` and ``send_frame``: the first frame goes the way of ``send_many`` and teaches the
+    socket its profile's trailer; later frames, laid out once with room for it after each packet, give
+    exactly the datagrams pylibsrtp's own call gives, in batches and runs as ``send_many`` sends them."""
+    sizes = [1201] * 3 + [1200] * 4 + [300] + [1201] * 60  # the last 60: more than one batch
+    frames = [
+        [rtp(sequence + 100 * frame, size) for sequence, size in enumerate(sizes)] for frame in range(3)
+    ]
+    with srtp_socket(udp_checksums=kernel_segments, profile=profile) as (ours, reference, receiver):
+        assert ours.trailer is None
+        for packets in frames:
+            assert ours.send_frame(aiortc_internals.LaidOutFrame(packets)) == 0
+            assert ours.trailer == SRTP_PROFILES[profile][1]
+            assert [receiver.recv(2048) for _ in packets] == [reference.protect(packet) for packet in packets]
+        laid_out = aiortc_internals.LaidOutFrame(frames[0])
+        assert [len(batch.protects) for batch in laid_out.batches(ours.trailer)] == [
+            48,
+            20,
+        ]  # PACKETS a batch
 
 
 def test_only_the_feedback_the_fan_out_answers_is_parsed_from_a_compound_rtcp_packet() -> None:
