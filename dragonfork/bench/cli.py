@@ -183,9 +183,9 @@ async def run_suite(settings: Any, with_janus: bool, workers: int = 1, repeats: 
 
     Every repeat is a full sweep (all steps, the hop captures included): CPU per viewer is a least-squares
     line through the idle window and every clean step up to 200 viewers, the workers' capacity ratio needs
-    the largest step, and the hop p99 at 1, 10 and 100 viewers is a headline figure, so a shorter repeat
-    would be another estimator whose values a median must not mix with the first's. The captures cost 3 × 8 s
-    of a ~2.4 min sweep; 3 full repeats keep the run at ~30 min (it was ~16 with one).
+    the largest step, and the hop p99 at 1, 10, 100 and 200 viewers is a headline figure, so a shorter
+    repeat would be another estimator whose values a median must not mix with the first's. The captures cost
+    4 × 8 s of a ~2.5 min sweep; 3 full repeats keep the run at ~32 min (it was ~16 with one).
     """
     from dragonfork.bench.hls_reads import memfs_reads
     from dragonfork.bench.media import DESCRIPTION, make_clip

@@ -2,8 +2,8 @@
 
 - ``fan_out``: viewers join in steps (1, 10, 25, 50, 100, 200 by default) and stay; at each step a window
   measures the server process's CPU (its FFmpeg separately), packets the viewers received, loss per viewer,
-  RSS; at 1, 10 and 100 viewers the kernel measures the server hop (``hop_latency``); at 100 py-spy profiles
-  the server. The sweep stops after the step where the server's core saturates.
+  RSS; at 1, 10, 100 and 200 viewers the kernel measures the server hop (``hop_latency``); at 100 py-spy
+  profiles the server. The sweep stops after the step where the server's core saturates.
 - ``first_frames``: viewers join one at a time, each leaving once its first complete keyframe arrived and
   decoded: time to first frame, signalling and ICE+DTLS times on an otherwise idle server.
 
@@ -48,7 +48,7 @@ CAPTURE_ALL_UP_TO = 10  # viewers; above, the latency capture samples the viewer
 @dataclasses.dataclass
 class SuiteSettings:
     steps: tuple[int, ...] = (1, 10, 25, 50, 100, 200)
-    latency_steps: tuple[int, ...] = (1, 10, 100)
+    latency_steps: tuple[int, ...] = (1, 10, 100, 200)  # 200: the share of capacity is in the report
     profile_step: int | None = 100  # None: no py-spy profile (the bench's repeats after the first)
     settle_seconds: float = 4.0
     window_seconds: float = 10.0

@@ -190,8 +190,9 @@ def test_markdown_quotes_medians_with_their_ranges(three_repeats: dict[str, Any]
     assert "about **380 (317–475) viewers per core**" in text
     # the fan-out table: per step, the median with its range (packets per server CPU-s at 100 viewers)
     assert "| 70000 (65000–80000) |" in text
-    # the latency table: dragonfork's hop at 100 viewers, p50 / p95 / p99
-    assert "| dragonfork | 100 | 0.60 / 1.20 / 7.60 (7.30–9.10) |" in text
+    # the latency table: dragonfork's hop at 100 viewers (26 % of its 380 viewers), p50 / p95 / p99
+    assert "| dragonfork | 100 | 26 % | 0.60 / 1.20 / 7.60 (7.30–9.10) |" in text
+    assert "| dragonfork | 1 | 0.3 % |" in text
     assert "## Where dragonfork's per-packet time goes (100 viewers)" in text  # the first sweep's profile
 
 
