@@ -4,7 +4,9 @@ While a process's order is ``start`` it has one supervisor task (``ManagedProces
 run happens in a nursery of its own that holds everything belonging to that run: the FFmpeg child, its output
 readers, the stale and resource watchdogs, and with WebRTC the run's ``Stream`` (listed in the stream
 directory under the process id), its RTP publisher and, in the stream's nursery, its readers (WHEP viewers).
-When the child exits, the run's nursery is cancelled, so the publisher and every reader end with it.
+When the child exits, the run's nursery is cancelled, so the publisher and every reader end with it. A stop
+(or restart, delete, shutdown) ends the stream's readers as it sends FFmpeg its SIGINT: they do not wait the
+fraction of a second FFmpeg takes to flush its outputs and exit.
 
 A run is a failure boundary: whatever goes wrong in it (no free UDP pair, a probe that fails or hangs, a
 missing binary, a bug) ends that run as ``failed`` with a message naming the cause, is logged with the process
@@ -242,6 +244,8 @@ class ManagedProcess:
         if run is not None and run.process is not None and run.process.returncode is None:
             run.stopping = True
             self._set_state("finishing")
+            if run.stream is not None:
+                run.stream.end()  # its viewers end now, not after FFmpeg has flushed its outputs and exited
             run.signal(signal.SIGINT)
             with trio.move_on_after(self.runtime.stop_timeout):
                 await run.exited.wait()
