@@ -309,7 +309,7 @@ WHIP_PUBLISHERS_CLOSED = Counter(
 )
 WHIP_KEYFRAME_REQUESTS = Counter(
     "dragonfork_whip_keyframe_requests_total",
-    "RTCP PLIs sent to WHIP publishers because a reader was waiting for a keyframe",
+    "RTCP PLIs sent to WHIP publishers: a reader was waiting for a keyframe, or the stream had none yet",
     registry=REGISTRY,
 )
 INGEST_REFUSALS = Counter(

@@ -2,19 +2,30 @@
 
 A process reading ``{whip,name=cam3}`` goes live and plays over WHEP with video and audio; the publisher
 leaving ends the process's input and the process reconnects when it is back; an offer with no usable codec
-is refused for that client only while the publisher and a viewer keep streaming.
+is refused for that client only while the publisher and a viewer keep streaming. An aiortc VP8 publisher
+is read as VP8, also when its first keyframe is lost on the way (the server asks for another).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 import trio_asyncio
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription, VideoStreamTrack
+from aiortc import (
+    RTCConfiguration,
+    RTCDtlsTransport,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+    VideoStreamTrack,
+)
+from aiortc.rtp import is_rtcp
 from harness import Server, metric, running_logged_in, running_server, whep_url
 from rtmp_helpers import Publisher, play
 from trio_asyncio import aio_as_trio
@@ -153,8 +164,13 @@ def test_with_auth_whip_needs_a_bearer_token_and_the_process_reads_with_its_key(
             assert report["video_frames_decoded"] > 10, report
 
 
-async def _publish_vp8(url: str, stop: trio.Event) -> None:
-    """An aiortc peer publishing its own test pattern in VP8 (aiortc's libvpx encoder) until ``stop``."""
+async def _publish_vp8(url: str, stop: trio.Event, *, lose_first_packets: int = 0) -> None:
+    """An aiortc peer publishing its own test pattern in VP8 (aiortc's libvpx encoder) until ``stop``.
+
+    aiortc's VP8 encoder makes a keyframe as it starts and then only every 3,000 frames or when asked (PLI),
+    as a browser's does; ``lose_first_packets`` drops that many of its first RTP packets on the way out, the
+    first keyframe with them.
+    """
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
         transceiver = pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
@@ -162,6 +178,8 @@ async def _publish_vp8(url: str, stop: trio.Event) -> None:
         assert capabilities is not None
         transceiver.setCodecPreferences([c for c in capabilities.codecs if c.mimeType == "video/VP8"])
         await aio_as_trio(pc.setLocalDescription)(await aio_as_trio(pc.createOffer)())
+        if lose_first_packets:
+            _lose_first_rtp_packets(transceiver.sender.transport, lose_first_packets)
         response = await trio.to_thread.run_sync(
             lambda: httpx.post(
                 url, content=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}
@@ -175,24 +193,61 @@ async def _publish_vp8(url: str, stop: trio.Event) -> None:
             await aio_as_trio(pc.close)()
 
 
-async def test_a_vp8_publisher_is_read_as_matroska_and_transcoded_for_webrtc(server: Server) -> None:
+def _lose_first_rtp_packets(transport: RTCDtlsTransport, count: int) -> None:
+    """Drop the first ``count`` RTP packets the publisher sends (RTCP still goes): a lossy start."""
+    send = transport._send_rtp
+    lost = 0
+
+    async def lossy_send(data: bytes) -> None:
+        nonlocal lost
+        if lost < count and not is_rtcp(data):
+            lost += 1
+            return
+        await send(data)
+
+    transport._send_rtp = lossy_send  # type: ignore[method-assign]
+
+
+@contextlib.asynccontextmanager
+async def _vp8_read_as_matroska(
+    server: Server, name: str, *, lose_first_packets: int = 0
+) -> AsyncIterator[None]:
+    """A VP8 publisher of ``name`` (``_publish_vp8``) whose stream FFmpeg has read as VP8 Matroska; it
+    publishes until the block ends."""
     stop = trio.Event()
+    publish = functools.partial(_publish_vp8, lose_first_packets=lose_first_packets)
     async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
-        nursery.start_soon(_publish_vp8, whip_url(server, "vp8cam"), stop)
+        nursery.start_soon(publish, whip_url(server, name), stop)
         try:
             await trio.to_thread.run_sync(
-                lambda: server.wait_for(lambda: "vp8cam" in live_publishers(server), 20, "the VP8 publisher")
+                lambda: server.wait_for(lambda: name in live_publishers(server), 20, "the VP8 publisher")
             )
+            # The read waits up to whip.reader_wait (3 s) for the stream's first keyframe.
             read = await trio.to_thread.run_sync(
-                lambda: play(f"{server.url}/api/v3/whip/vp8cam/stream.mkv", 2)
+                lambda: play(f"{server.url}/api/v3/whip/{name}/stream.mkv", 2)
             )
             assert "Video: vp8" in read.stderr and read.returncode == 0, read.stderr[-1500:]
-            config = {"id": "vp8view", "input": [{"address": "{whip,name=vp8cam}"}], "output": []}
-            config["webrtc"] = {"enabled": True}
-            assert server.api("POST", "/api/v3/process", json=config).status_code == 200
-            await trio.to_thread.run_sync(lambda: server.wait_state("vp8view", "running", timeout=20))
-            report = await trio.to_thread.run_sync(lambda: whep_play(whep_url(server, "vp8view"), duration=3))
-            assert report["video_frames_decoded"] > 20, report  # transcoded to H.264 by the process
+            yield
         finally:
             stop.set()
+
+
+async def test_a_publisher_whose_first_keyframe_is_lost_is_asked_for_one_and_goes_live(
+    server: Server,
+) -> None:
+    requests_before = metric(server, "dragonfork_whip_keyframe_requests_total")
+    # Without the server's PLI, aiortc's next keyframe would come 100 s later, and the read a 404.
+    async with _vp8_read_as_matroska(server, "lossy", lose_first_packets=30):
+        pass
+    assert metric(server, "dragonfork_whip_keyframe_requests_total") > requests_before
+
+
+async def test_a_vp8_publisher_is_read_as_matroska_and_transcoded_for_webrtc(server: Server) -> None:
+    async with _vp8_read_as_matroska(server, "vp8cam"):
+        config = {"id": "vp8view", "input": [{"address": "{whip,name=vp8cam}"}], "output": []}
+        config["webrtc"] = {"enabled": True}
+        assert server.api("POST", "/api/v3/process", json=config).status_code == 200
+        await trio.to_thread.run_sync(lambda: server.wait_state("vp8view", "running", timeout=20))
+        report = await trio.to_thread.run_sync(lambda: whep_play(whep_url(server, "vp8view"), duration=3))
+        assert report["video_frames_decoded"] > 20, report  # transcoded to H.264 by the process
     server.api("DELETE", "/api/v3/process/vp8view")

@@ -9,7 +9,10 @@ writes what arrives into the stream's tracks: RTP packets are taken from aiortc 
 (``webrtc/rtp_tap.py``) and rebuilt into frames by the hub's own depacketizer (``RtpFrameWriter``).
 
 A reader that starts without a keyframe (no keyframe-cache burst) makes the publisher send an RTCP PLI,
-so FFmpeg reading the stream does not wait for the publisher's next GOP. The publisher ends on DELETE, when
+so FFmpeg reading the stream does not wait for the publisher's next GOP. Until the stream's first keyframe
+has arrived the publisher asks for one every ``KEYFRAME_REQUEST_INTERVAL`` too: a browser sends a keyframe
+as it starts and then only when asked, and readers wait for the stream to be live before they subscribe, so
+a lost first keyframe would otherwise leave the stream never live. The publisher ends on DELETE, when
 the peer closes or fails, or after ``idle_timeout`` seconds without media; its stream and readers end with
 it (FFmpeg reading it sees the end of its input). An exception after the answer is logged with its id,
 counted (``dragonfork_failures_total{component="whip_publisher"}``) and ends that publisher only.
@@ -173,7 +176,7 @@ class WhipPublisher:
                         task_status.started(answer)
                         nursery.start_soon(self._request_keyframes)
                         if await self._connect(pc, deadline):
-                            await self._publish(pc)
+                            await self._publish(pc, stream)
                         nursery.cancel_scope.cancel()
                 if name_taken:
                     raise StreamNameTaken(f"a stream named {self.name!r} is already published")
@@ -278,11 +281,12 @@ class WhipPublisher:
         metrics.INGEST_PUBLISHERS.labels(PROTOCOL).inc()
         return True
 
-    async def _publish(self, pc: RTCPeerConnection) -> None:
+    async def _publish(self, pc: RTCPeerConnection, stream: Stream) -> None:
         """Media flows in through the taps; watch the connection and the silence until either ends it."""
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_pc_state, pc)
+                nursery.start_soon(self._ask_for_the_first_keyframe, stream)
                 idle_timeout = self.settings.idle_timeout
                 while True:
                     await trio.sleep(min(1.0, idle_timeout))
@@ -306,6 +310,15 @@ class WhipPublisher:
                 await aio_as_trio(rtp_tap.request_keyframe)(receiver, ssrc)
                 metrics.WHIP_KEYFRAME_REQUESTS.inc()
             await trio.sleep(KEYFRAME_REQUEST_INTERVAL)
+
+    async def _ask_for_the_first_keyframe(self, stream: Stream) -> None:
+        """Want a keyframe every interval until the stream has its first one (the publisher's own may be
+        lost, and nothing reads the stream before it is live)."""
+        while True:
+            with trio.move_on_after(KEYFRAME_REQUEST_INTERVAL):
+                await stream.live.wait()
+                return
+            self._want_keyframe()
 
     def _want_keyframe(self) -> None:
         self._keyframe_wanted.set()
