@@ -88,7 +88,11 @@ METHOD = """\
   so that joins land at every phase of the GOP; each viewer leaves when its first complete keyframe has
   arrived and decoded (PyAV). Measured from WHEP POST sent (Janus: `create` request sent) to the arrival of
   the keyframe's last packet. Signalling = WHEP POST → 201 (Janus: create → attach → watch → offer → start
-  acknowledged, our answer included); connected = ICE + DTLS done, from the same start.
+  acknowledged, our answer included); connected = ICE + DTLS done, from the same start. Both as the
+  viewers time them, in their own event loops beside the other viewers on the client CPUs. During the
+  sweep's joins dragonfork's POSTs are also captured on lo (`bench/signalling_latency.py`, kernel
+  timestamps, only while viewers join): "on the wire" = the request's last byte in → the 201's first byte
+  out, the server's answer without the clients' delays in reading it.
 - **Profile.** py-spy samples dragonfork's stacks at 100 viewers; each sample is charged to the innermost
   frame of a known component; with the server's CPU seconds and the packets the viewers received in the
   same window this gives µs per forwarded packet per component. On loopback a `sendto` also delivers the

@@ -25,9 +25,7 @@ Needs root (a raw packet socket) and runs as its own process so its CPU never la
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
-import socket
 import statistics
 import struct
 import sys
@@ -37,30 +35,32 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from dragonfork.bench.lo_capture import (
+    ANCILLARY_BYTES,
+    LINK_HEADER,
+    PACKET_OUTGOING,
+    SKF_AD_PKTTYPE,
+    Instruction,
+    kernel_drops,
+    kernel_ns,
+    open_capture,
+)
 from dragonfork.loadtest.report import percentiles
 
-ETH_P_ALL = 0x0003
-SO_TIMESTAMPNS = 35
-SO_RCVBUFFORCE = 33
-SO_ATTACH_FILTER = 26
-SOL_PACKET = 263
-PACKET_STATISTICS = 6
 SNAP_LENGTH = 96  # IP + UDP + RTP header (+ extension length word) is all we read
-PACKET_VNET_HDR = 15
-LINK_HEADER = 14  # lo's (Ethernet) header, which a SOCK_RAW packet socket sees
 _VNET_HEADER = struct.Struct("=BBHHHH")  # virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_*
 
 _ACCEPT, _DROP = 18, 19
 
 
-def _filter(input_port: int, sample_mask: int) -> list[tuple[int, int, int, int]]:
+def _filter(input_port: int, sample_mask: int) -> list[Instruction]:
     """Classic BPF after lo's link header: UDP over IPv4 or IPv6 (ICE may pair either), not the
     PACKET_OUTGOING copy (loopback shows every packet twice); everything to ``input_port``, and of the rest
     only packets whose source port has no bit of ``sample_mask`` set: a sample of the viewer streams, so that
     at many viewers the capture adds little kernel work to the server's sends."""
     return [
-        (0x20, 0, 0, 0xFFFFF004),  # 0: A = SKF_AD_PKTTYPE
-        (0x15, _DROP - 2, 0, 4),  # 1: outgoing copy → drop
+        (0x20, 0, 0, SKF_AD_PKTTYPE),  # 0: A = the packet's type
+        (0x15, _DROP - 2, 0, PACKET_OUTGOING),  # 1: outgoing copy → drop
         (0x30, 0, 0, LINK_HEADER),  # 2: A = IP byte 0
         (0x54, 0, 0, 0xF0),  # 3: A &= 0xf0 (IP version)
         (0x15, 0, 9 - 5, 0x40),  # 4: IPv4 → 5, else → 9
@@ -83,7 +83,6 @@ def _filter(input_port: int, sample_mask: int) -> list[tuple[int, int, int, int]
 
 
 _RTP = struct.Struct("!BBHII")
-_TIMESPEC = struct.Struct("qq")
 
 
 @dataclass(slots=True)
@@ -100,13 +99,6 @@ class Capture:
     packets_in: int = 0
     packets_out: int = 0
     kernel_drops: int = 0
-
-
-def _attach_filter(sock: socket.socket, instructions: list[tuple[int, int, int, int]]) -> None:
-    program = b"".join(struct.pack("HBBI", *instruction) for instruction in instructions)
-    buffer = ctypes.create_string_buffer(program)
-    fprog = struct.pack("HL", len(instructions), ctypes.addressof(buffer))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 def _add(frames: dict[int, Frame], timestamp: int, at: int, packets: int = 1) -> None:
@@ -131,35 +123,26 @@ def capture(input_port: int, server_pids: list[int], seconds: float, sample_mask
     server_ports = {
         conn.laddr.port for pid in server_pids for conn in psutil.Process(pid).net_connections(kind="udp")
     } - {input_port, input_port + 1}
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     result = Capture()
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 * 1024 * 1024)
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)  # each packet's GSO segment size
-        _attach_filter(sock, _filter(input_port, sample_mask))
-        sock.bind(("lo", ETH_P_ALL))
-        sock.settimeout(0.2)
-        ancillary = socket.CMSG_SPACE(_TIMESPEC.size)
+    with open_capture(_filter(input_port, sample_mask), vnet_header=True) as sock:
         deadline = time.monotonic() + seconds
         source, viewers = result.source, result.viewers
         while time.monotonic() < deadline:
             try:
                 captured, ancdata, _, _ = sock.recvmsg(
-                    _VNET_HEADER.size + LINK_HEADER + SNAP_LENGTH, ancillary
+                    _VNET_HEADER.size + LINK_HEADER + SNAP_LENGTH, ANCILLARY_BYTES
                 )
             except TimeoutError:
                 continue
             data = captured[_VNET_HEADER.size + LINK_HEADER :]
             header = (data[0] & 0x0F) * 4 if data[0] >> 4 == 4 else 40  # IPv6: no extension headers here
-            if len(data) < header + 8 + 12 or not ancdata:
+            at = kernel_ns(ancdata)
+            if len(data) < header + 8 + 12 or at is None:
                 continue
             src_port, dst_port, udp_length = struct.unpack_from("!HHH", data, header)
             first, second, _, timestamp, ssrc = _RTP.unpack_from(data, header + 8)
             if first >> 6 != 2 or 192 <= second <= 223:
                 continue  # not RTP (STUN, DTLS, RTCP)
-            seconds_part, nanoseconds = _TIMESPEC.unpack(ancdata[0][2][: _TIMESPEC.size])
-            at = seconds_part * 1_000_000_000 + nanoseconds
             if dst_port == input_port:
                 result.packets_in += 1
                 _add(source, timestamp, at)
@@ -167,9 +150,7 @@ def capture(input_port: int, server_pids: list[int], seconds: float, sample_mask
                 segments = _segments(captured, udp_length - 8)
                 result.packets_out += segments
                 _add(viewers[(dst_port, ssrc)], timestamp, at, segments)
-        _, result.kernel_drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
-    finally:
-        sock.close()
+        result.kernel_drops = kernel_drops(sock)
     return result
 
 

@@ -6,9 +6,10 @@ everything; this takes about a minute and measures one thing). It starts the ben
 ``--viewers`` real WebRTC viewers join at the bench's rate, settles, and measures a window. Printed (and as
 JSON with ``--json``): µs of server CPU (user + system, the process's own) per packet the viewers received,
 in all and above the idle window's CPU, loss, the viewers' own CPU, the load average, and signalling (WHEP
-POST → 201, as the viewers saw it and as the server's histogram has it) and connection times of the
-joins; with ``--hop``, then the server hop (``hop_latency``); with ``--profile SECONDS``, then a py-spy
-profile of the server sorted into the bench's buckets (``bench/profile.py``), µs per packet each.
+POST → 201: as the viewers saw it, on the wire as ``signalling_latency`` captures it on lo, and as the
+server's histogram has it) and connection times of the joins; with ``--hop``, then the server hop
+(``hop_latency``); with ``--profile SECONDS``, then a py-spy profile of the server sorted into the bench's
+buckets (``bench/profile.py``), µs per packet each.
 ``--workers 1 2`` measures one server after the other, each with that ``webrtc.workers`` (above 1 on every
 CPU, its workers' CPU, RSS and packets counted with the server's), and prints them side by side;
 ``--every-cpu`` runs the 1-worker server on every CPU too, beside the viewers, as the 2-worker one has to
@@ -36,11 +37,13 @@ from dragonfork.bench.suite import (
     JOIN_RATE,
     SETUP_TIMEOUT,
     SuiteSettings,
+    WireSignalling,
     hop_latency,
     measure_window,
     profile_server,
     say,
     server_meter,
+    signalling_on_the_wire,
 )
 from dragonfork.loadtest.report import session_figures
 from dragonfork.loadtest.runner import LoadTestOptions, open_load_test, workers_for
@@ -79,8 +82,10 @@ async def per_packet(
         async with open_load_test(options) as test:
             idle = await measure_window(server, test, meter, seconds / 2)
             say(f"{viewers} viewers joining")
-            await test.join(viewers, viewers / JOIN_RATE)
-            await test.wait_for_setups(SETUP_TIMEOUT)
+            wire = WireSignalling()
+            async with signalling_on_the_wire(server, wire):
+                await test.join(viewers, viewers / JOIN_RATE)
+                await test.wait_for_setups(SETUP_TIMEOUT)
             await trio.sleep(settle)
             window = await measure_window(server, test, meter, seconds)
             hop_figures = await hop_latency(server, seconds, viewers) if hop else None
@@ -119,6 +124,7 @@ async def per_packet(
             "signalling_seconds": joins["signalling_seconds"],
             "connected_seconds": joins["connected_seconds"],
             "server_post_seconds_at_most": served,
+            "post_on_the_wire": wire.figures(),
         },
     }
 
@@ -196,13 +202,18 @@ def _print(figures: dict[str, Any]) -> None:
     cpus = ",".join(str(cpu) for cpu in figures["server_cpus"] or []) or "any"
     print(f"webrtc.workers {figures['workers']} on CPUs {cpus} (CPU and RSS: the server and its workers):")
     signalling = figures["joins"]["signalling_seconds"] or {}
+    wire = figures["joins"]["post_on_the_wire"]
+    on_the_wire = wire["answer_ms"] or {}
     print(
         f"{figures['connected']}/{figures['viewers']} viewers: {figures['us_per_packet']} µs of server CPU"
         f" per forwarded packet ({figures['us_per_packet_above_idle']} above idle),"
         f" server {figures['server_cpu_percent']} % of a core, {figures['packets_per_second']} packets/s,"
         f" loss {figures['loss_percent']} %, clients {figures['client_cpu_percent']} %,"
         f" load {figures['load_average']}; joins: POST → 201 p50 {1000 * signalling.get('p50', 0):.0f}"
-        f" / p95 {1000 * signalling.get('p95', 0):.0f} ms (the server's own: at most"
+        f" / p95 {1000 * signalling.get('p95', 0):.0f} ms as the viewers saw it, on the wire p50"
+        f" {on_the_wire.get('p50')} / p95 {on_the_wire.get('p95')} ms (statuses {wire['statuses']}"
+        f"{', errors ' + '; '.join(wire['errors']) if wire['errors'] else ''};"
+        " the server's histogram: at most"
         f" {figures['joins']['server_post_seconds_at_most']} s),"
         f" failures {figures['joins']['failures'] or 'none'}, RSS {figures['server_rss_mib']} MiB"
     )

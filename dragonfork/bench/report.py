@@ -273,6 +273,12 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{label}, joins during the fan-out sweep, {point}, ms",
                 figure_at("setup", key, point, scale=1000),
             )
+            if key == "signalling_seconds":  # the server's answer alone (Janus's is not HTTP request/answer)
+                sweep_row(
+                    f"WHEP POST → 201 on the wire (kernel timestamps on lo), joins during the fan-out sweep,"
+                    f" {point}, ms",
+                    figure_at("signalling_on_the_wire", "answer_ms", point),
+                )
     return [
         {
             "figure": name,

@@ -17,15 +17,20 @@ server runs on the CPUs in ``server_cpus``; viewers, this orchestrator, the pack
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -42,6 +47,7 @@ JOIN_RATE = 10.0  # viewers per second while a step ramps up
 SETUP_TIMEOUT = 40.0
 SATURATED_PERCENT = 90.0  # of one core: the sweep stops after such a step
 CLIENT_BUSY_PERCENT = 85.0  # of the client CPUs: figures of such a step are marked client-limited
+SIGNALLING_CAPTURE_SECONDS = 600  # a join phase's capture ends by itself after this at the latest
 CAPTURE_ALL_UP_TO = 10  # viewers; above, the latency capture samples the viewer streams
 
 
@@ -199,6 +205,74 @@ async def hop_latency(server: RunningServer, seconds: float, viewers: int) -> di
     return figures
 
 
+@dataclasses.dataclass
+class WireSignalling:
+    """WHEP POSTs and their answers captured on lo over one or more join phases
+    (``signalling_on_the_wire``)."""
+
+    answers_ms: list[float] = dataclasses.field(default_factory=list)  # of the 201s
+    statuses: Counter[str] = dataclasses.field(default_factory=Counter)
+    unpaired: int = 0
+    kernel_drops: int = 0
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+    def add(self, captured: dict[str, Any]) -> None:
+        self.answers_ms += captured["answers_ms"]
+        self.statuses.update(captured["statuses"])
+        self.unpaired += captured["unpaired"]
+        self.kernel_drops += captured["kernel_drops"]
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "answer_ms": percentiles(self.answers_ms),
+            "statuses": dict(sorted(self.statuses.items())),
+            "unpaired": self.unpaired,
+            "kernel_drops": self.kernel_drops,
+            "errors": self.errors,
+        }
+
+
+@contextlib.asynccontextmanager
+async def signalling_on_the_wire(server: RunningServer, into: WireSignalling) -> AsyncIterator[None]:
+    """Capture the WHEP POSTs to ``server`` and their answers on lo while the block runs, into ``into``
+    (``bench/signalling_latency.py``: the server's answer time without the clients' own delays).
+
+    Only around joins: while a packet socket is open on lo every packet the server sends passes its filter
+    in the kernel, on loopback in the sender's time, which would add to the CPU the sweep's windows measure.
+    Nothing for a server without a WHEP endpoint (Janus) or without root.
+    """
+    url = urlsplit(server.target.url)
+    if server.target.janus_mountpoint is not None or url.port is None or os.geteuid() != 0:
+        yield
+        return
+    command = [
+        sys.executable, "-m", "dragonfork.bench.signalling_latency",
+        "--port", str(url.port), "--path", url.path, "--seconds", str(SIGNALLING_CAPTURE_SECONDS),
+    ]  # fmt: skip
+    process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    output = bytearray()
+    try:
+        with trio.move_on_after(30):  # "ready": capturing (a capture that fails says why on exit)
+            while b"\n" not in output and (chunk := await process.stdout.receive_some(4096)):
+                output += chunk
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(30):
+            while chunk := await process.stdout.receive_some(65536):
+                output += chunk
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()  # when it did not end by itself
+        await process.wait()
+        text = output.decode(errors="replace")
+        try:
+            into.add(json.loads(text.splitlines()[-1]))
+        except (IndexError, KeyError, TypeError, json.JSONDecodeError):
+            into.errors.append(f"exit {process.returncode}: {text[-300:]}")
+
+
 async def profile_server(
     server: RunningServer, test: LoadTest, meter: ProcessMeter, settings: SuiteSettings
 ) -> Any:
@@ -238,6 +312,7 @@ async def fan_out(server: RunningServer, settings: SuiteSettings) -> dict[str, A
         worker_cpus=settings.client_cpus,
         lifetime=1800,
     )
+    wire = WireSignalling()
     async with open_load_test(options) as test:
         say(f"{server.name}: idle window")
         result["idle"] = await measure_window(server, test, meter, settings.window_seconds / 2)
@@ -245,8 +320,9 @@ async def fan_out(server: RunningServer, settings: SuiteSettings) -> dict[str, A
         for step in settings.steps:
             added = step - test.joined
             say(f"{server.name}: {step} viewers (+{added})")
-            await test.join(added, added / JOIN_RATE)
-            await test.wait_for_setups(SETUP_TIMEOUT)
+            async with signalling_on_the_wire(server, wire):
+                await test.join(added, added / JOIN_RATE)
+                await test.wait_for_setups(SETUP_TIMEOUT)
             await trio.sleep(settings.settle_seconds)
             figures = await measure_window(server, test, meter, settings.window_seconds)
             figures["viewers"] = step
@@ -274,6 +350,8 @@ async def fan_out(server: RunningServer, settings: SuiteSettings) -> dict[str, A
                 break
     # joins while the fan-out grew: signalling, connection and first frames under load (sessions end above)
     result["setup"] = session_figures(list(test.setups.values()), test.ends)
+    if server.target.janus_mountpoint is None and can_capture:
+        result["signalling_on_the_wire"] = wire.figures()
     if not can_capture:
         result["hop_latency_skipped"] = "needs root for a packet socket on lo"
     return result

@@ -17,6 +17,7 @@ from dragonfork.bench.cli import METHOD
 
 STEPS = (1, 10, 25, 50, 100)
 SIGNALLING = "signalling (WHEP POST → 201 / Janus create → start), joins during the fan-out sweep, p95, ms"
+WIRE = "WHEP POST → 201 on the wire (kernel timestamps on lo), joins during the fan-out sweep, p95, ms"
 
 
 def sweep(
@@ -26,6 +27,7 @@ def sweep(
     workers: int = 1,
     hop_p99_at_100: float = 7.0,
     signalling_p95: float = 0.03,
+    wire_p95: float | None = None,
     packets_per_cpu_second_at_100: int = 70_000,
     profiled: bool = False,
 ) -> dict[str, Any]:
@@ -63,7 +65,7 @@ def sweep(
         "paths": [{"name": "fast path", "share_percent": 90.0, "us_per_packet": 9.0}], "viewers": 100,
     }  # fmt: skip
     idle = {**window(0), "server_cpu_percent": base}
-    return {
+    figures = {
         "idle": idle,
         "steps": steps,
         "stopped": None,
@@ -71,6 +73,12 @@ def sweep(
         "setup": {"signalling_seconds": {"p50": 0.016, "p95": signalling_p95}},
         "workers": workers,
     }
+    if wire_p95 is not None:
+        figures["signalling_on_the_wire"] = {
+            "answer_ms": {"p50": 9.0, "p95": wire_p95},
+            "statuses": {"201": 100},
+        }
+    return figures
 
 
 def one_join_at_a_time(ttff_p95: float) -> dict[str, Any]:
@@ -93,12 +101,22 @@ def three_repeats() -> dict[str, Any]:
     return {
         "dragonfork": {
             "fan_out_repeats": [
-                sweep(5.0, 0.2, hop_p99_at_100=7.6, signalling_p95=0.0427, profiled=True),
+                sweep(5.0, 0.2, hop_p99_at_100=7.6, signalling_p95=0.0427, wire_p95=21.0, profiled=True),
                 sweep(
-                    5.0, 0.25, hop_p99_at_100=9.1, signalling_p95=0.0186, packets_per_cpu_second_at_100=65_000
+                    5.0,
+                    0.25,
+                    hop_p99_at_100=9.1,
+                    signalling_p95=0.0186,
+                    wire_p95=14.0,
+                    packets_per_cpu_second_at_100=65_000,
                 ),
                 sweep(
-                    5.0, 0.3, hop_p99_at_100=7.3, signalling_p95=0.0300, packets_per_cpu_second_at_100=80_000
+                    5.0,
+                    0.3,
+                    hop_p99_at_100=7.3,
+                    signalling_p95=0.0300,
+                    wire_p95=28.5,
+                    packets_per_cpu_second_at_100=80_000,
                 ),
             ],
             "first_frames_cache_on": one_join_at_a_time(0.063),
@@ -159,6 +177,10 @@ def test_derived_figures_are_medians_over_repeats_with_their_range(three_repeats
         pytest.approx(18.6),
         pytest.approx(42.7),
     )
+    # the server's answer on the wire: dragonfork's alone (Janus's joins are not one HTTP request)
+    wire = headline_row(three_repeats, WIRE)
+    assert wire["dragonfork_spread"] == {"median": 21.0, "min": 14.0, "max": 28.5, "repeats": 3}
+    assert (wire["janus"], wire["ratio"]) == (None, None)
 
 
 def test_ratios_are_of_the_medians_not_medians_of_ratios(three_repeats: dict[str, Any]) -> None:
